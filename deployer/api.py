@@ -1,0 +1,289 @@
+"""The Python API. The core owns the order: validate → plan → deploy → test → teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from . import plugins as plugin_loader
+from .errors import (DeployerError, DeployFailed, ExitCode, Interrupted, NotFound,
+                     TeardownIncomplete)
+from .state import Deployment, StateStore, check_name, name_from
+from .target import DeployContext, PlannedResource, Target
+from .tester import TestOptions, TestReport
+
+log = logging.getLogger("deployer")
+DEFAULT_TARGET = "local"
+
+
+@dataclasses.dataclass
+class Plan:
+    target: str
+    name: str
+    repository: str
+    models: list[str]
+    resources: list[PlannedResource]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TeardownReport:
+    name: str
+    target: str | None
+    #: False when no deployment of that name was recorded (nothing to do)
+    found: bool
+    #: resources removed now, and those that were already gone: [{"kind", "id"}]
+    removed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    already_gone: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RunReport:
+    name: str
+    target: str
+    passed: bool
+    exit_code: int
+    deployment: dict[str, Any] | None
+    test: TestReport | None
+    teardown: TeardownReport | None
+    #: the one-line error that ended the run early (deploy failure, bad sample...), if any
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "passed": self.passed,
+                "exit_code": self.exit_code, "error": self.error,
+                "deployment": self.deployment,
+                "test": self.test.to_dict() if self.test else None,
+                "models": self.test.to_dict()["models"] if self.test else [],
+                "teardown": self.teardown.to_dict() if self.teardown else None}
+
+
+class Deployer:
+    """One configured core: a state directory, the installed targets and a progress sink."""
+
+    def __init__(self, state_dir: str | os.PathLike | None = None,
+                 progress: Callable[[str], None] | None = None, plugins: Iterable[object] = (),
+                 entry_points: bool = True, disabled: Iterable[str] = ()):
+        self.store = StateStore(state_dir)
+        self.progress = progress or log.info
+        self.registry = plugin_loader.load(plugins, entry_points=entry_points, disabled=disabled)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _target(self, name: str, options: Mapping[str, Any] | None) -> Target:
+        return self.registry.create(name, dict(options or {}), self.progress)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.registry.pm.hook, hook)(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - an observer must not change the outcome
+            self.progress(f"warning: a plugin's {hook} failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _public(target: Target) -> dict[str, Any]:
+        secret = {opt.name for opt in target.options if opt.secret}
+        return {k: v for k, v in target.settings.items() if k not in secret}
+
+    # -- commands --------------------------------------------------------------------------
+    def validate(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+                 options: Mapping[str, Any] | None = None):
+        """Load and check the repository, then the target's rules. Returns the Repository."""
+        from .repository import Repository
+
+        repo = Repository.load(repository)
+        self._target(target, options).validate(repo)
+        return repo
+
+    def plan(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+             name: str | None = None, options: Mapping[str, Any] | None = None) -> Plan:
+        from .repository import Repository
+
+        repo = Repository.load(repository)
+        impl = self._target(target, options)
+        impl.validate(repo)
+        name = check_name(name or default_name(repo.path, target))
+        return Plan(target=target, name=name, repository=str(repo.path),
+                    models=impl.models_served(repo), resources=impl.plan(repo, name))
+
+    def deploy(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+               name: str | None = None, options: Mapping[str, Any] | None = None) -> Deployment:
+        """Deploy and block until it answers. Raises DeployFailed (the record stays, so
+        ``teardown(name)`` removes what was created) or a UsageError (nothing created)."""
+        from .repository import Repository
+
+        repo = Repository.load(repository)
+        impl = self._target(target, options)
+        impl.validate(repo)
+        name = check_name(name or default_name(repo.path, target))
+        deployment = Deployment(name=name, target=target, repository=str(repo.path),
+                                models=impl.models_served(repo), options=self._public(impl))
+        self.store.reserve(deployment)
+        context = DeployContext(deployment, lambda: self.store.save(deployment), self.progress,
+                                self.store.work_dir(name))
+        started = time.monotonic()
+        self.progress(f"deploying {name} to {target}")
+        error: DeployerError | None = None
+        try:
+            impl.deploy(repo, context)
+        except DeployerError as exc:
+            error = exc
+            raise
+        except KeyboardInterrupt:
+            error = Interrupted(f"deploy of {name} interrupted; what was created is recorded",
+                                hint=f"run 'deployer teardown {name}'")
+            raise error from None
+        except Exception as exc:
+            error = DeployFailed(f"deploy of {name} failed: {type(exc).__name__}: {exc}",
+                                 hint=f"run 'deployer teardown {name}' to remove what was "
+                                      "created")
+            raise
+        finally:
+            deployment.deploy_seconds = round(time.monotonic() - started, 3)
+            deployment.status = "failed" if error else "ready"
+            deployment.error = str(error) if error else None
+            self.store.save(deployment)
+            self._notify("deployer_deploy_finished", deployment=deployment, error=error)
+        self.progress(f"{name} is ready after {deployment.deploy_seconds:.1f}s")
+        return deployment
+
+    def test(self, name: str, options: TestOptions | None = None) -> TestReport:
+        """Run the test step against deployment ``name``."""
+        from . import tester
+        from .repository import Repository
+
+        options = options or TestOptions()
+        deployment = self.store.load(name)
+        if deployment.status != "ready":
+            raise DeployFailed(f"deployment {name!r} is {deployment.status}, not ready",
+                               hint=f"run 'deployer teardown {name}' and deploy again")
+        impl = self._target(deployment.target, deployment.options)
+        repo = Repository.load(deployment.repository)
+        client = impl.client(deployment)
+        try:
+            report = tester.run(client, repo, deployment.models, name=name,
+                                target=deployment.target, options=options,
+                                progress=self.progress)
+        finally:
+            client.close()
+        self._notify("deployer_test_finished", deployment=deployment, report=report)
+        return report
+
+    def teardown(self, name: str) -> TeardownReport:
+        """Remove everything recorded for ``name``, newest first, and verify it is gone.
+
+        Idempotent: an unknown name is nothing to do. Raises TeardownIncomplete (the record
+        stays, so it can be run again) when something could not be removed or verified."""
+        started = time.monotonic()
+        try:
+            deployment = self.store.load(name)
+        except NotFound:
+            return TeardownReport(name=name, target=None, found=False)
+        impl = self._target(deployment.target, deployment.options)
+        deployment.status = "tearing-down"
+        self.store.save(deployment)
+        report = TeardownReport(name=name, target=deployment.target, found=True)
+        failures = []
+        self.progress(f"tearing down {name} ({deployment.target})")
+        for resource in reversed(deployment.resources):
+            if resource.status == "deleted":
+                continue
+            item = {"kind": resource.kind, "id": resource.id}
+            try:
+                removed = impl.delete(resource, deployment)
+                if impl.exists(resource, deployment):
+                    failures.append(f"{resource.kind} {resource.id} still exists after delete")
+                    continue
+            except DeployerError as exc:
+                failures.append(f"{resource.kind} {resource.id}: {exc}")
+                continue
+            resource.status = "deleted"
+            self.store.save(deployment)
+            (report.removed if removed else report.already_gone).append(item)
+            self.progress(f"  {'removed' if removed else 'already gone'}: "
+                          f"{resource.kind} {resource.id}")
+        report.seconds = round(time.monotonic() - started, 3)
+        if failures:
+            raise TeardownIncomplete(f"teardown of {name} incomplete: {'; '.join(failures)}",
+                                     hint=f"run 'deployer teardown {name}' again")
+        self.store.forget(name)
+        self._notify("deployer_teardown_finished", deployment=deployment, report=report)
+        return report
+
+    def run(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+            name: str | None = None, options: Mapping[str, Any] | None = None,
+            test_options: TestOptions | None = None) -> RunReport:
+        """Deploy → test (if the deploy succeeded) → teardown (always). Never raises an
+        expected error after the deploy started: the outcome is in the report's exit code."""
+        from .repository import Repository
+
+        repo = Repository.load(repository)
+        name = check_name(name or f"{default_name(repo.path, target)}-{secrets.token_hex(2)}")
+        deployment = test_report = teardown_report = None
+        error: DeployerError | None = None
+        interrupted = False
+        try:
+            deployment = self.deploy(repository, target, name, options)
+            test_report = self.test(name, test_options)
+        except DeployerError as exc:
+            error = exc
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if self.store.exists(name):
+                try:
+                    teardown_report = self.teardown(name)
+                except DeployerError as exc:
+                    error = exc
+        if interrupted:
+            raise Interrupted(f"run of {name} interrupted; torn down"
+                              if teardown_report else f"run of {name} interrupted",
+                              hint=None if teardown_report else f"run 'deployer teardown {name}'")
+        if isinstance(error, TeardownIncomplete):
+            code = ExitCode.TEARDOWN_INCOMPLETE
+        elif error is not None:
+            code = error.exit_code
+        elif test_report is not None and not test_report.passed:
+            code = ExitCode.TEST_FAILED
+        else:
+            code = ExitCode.OK
+        return RunReport(name=name, target=target, passed=code == ExitCode.OK,
+                         exit_code=int(code),
+                         deployment=deployment.to_dict() if deployment else None,
+                         test=test_report, teardown=teardown_report,
+                         error=str(error) if error else None)
+
+    def list(self) -> list[Deployment]:
+        return self.store.list()
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The stored record plus whether the deployment answers now (``live``)."""
+        deployment = self.store.load(name)
+        data = deployment.to_dict()
+        data["live"] = None
+        if deployment.status == "ready":
+            with contextlib.suppress(DeployerError):
+                client = self._target(deployment.target, deployment.options).client(deployment)
+                try:
+                    data["live"] = client.ready()
+                finally:
+                    client.close()
+        return data
+
+    def logs(self, name: str, lines: int = 100) -> str:
+        deployment = self.store.load(name)
+        return self._target(deployment.target, deployment.options).logs(deployment, lines)
+
+
+def default_name(repository: Path, target: str) -> str:
+    return name_from(f"{repository.name}-{target}")

@@ -1,0 +1,435 @@
+"""The ``deployer`` command: parse, call the API, print, map errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import DeployerError, ExitCode, UsageError
+
+RAISE_ENV = "DEPLOYER_RAISE_ERRORS"
+
+
+class Context:
+    def __init__(self, state_dir: str | None, quiet: bool):
+        self.state_dir = state_dir
+        self.quiet = quiet
+        self._deployer = None
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    @property
+    def deployer(self):
+        if self._deployer is None:
+            from .api import Deployer
+
+            self._deployer = Deployer(state_dir=self.state_dir, progress=self.progress)
+        return self._deployer
+
+
+def emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as JSON on stdout (progress stays on stderr).")
+
+
+def target_options(fn: Callable) -> Callable:
+    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                      help="TOML or JSON file with target, name and an [options] table.")(fn)
+    fn = click.option("-o", "--option", "raw_options", multiple=True, metavar="KEY=VALUE",
+                      help="A target option (repeatable); 'deployer targets NAME' lists them.")(fn)
+    fn = click.option("--name", help="Deployment name (default: from the repository and "
+                                     "target).")(fn)
+    fn = click.option("-t", "--target", default=None,
+                      help="Target to deploy to (default: local).")(fn)
+    return fn
+
+
+def resolve_target(target: str | None, name: str | None, raw_options: tuple[str, ...],
+                   config_file: str | None) -> tuple[str, str | None, dict[str, Any]]:
+    config: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        try:
+            if path.suffix == ".json":
+                config = json.loads(text)
+            else:
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                config = tomllib.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{config_file}: {exc}",
+                             hint="the config file is TOML (or JSON if it ends in .json)") \
+                from None
+        unknown = set(config) - {"target", "name", "options"}
+        if unknown:
+            raise UsageError(f"{config_file}: unknown key(s) {', '.join(sorted(unknown))}",
+                             hint="allowed: target, name, options")
+    options = dict(config.get("options") or {})
+    for item in raw_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"option {item!r} is not KEY=VALUE",
+                             hint="e.g. -o http_port=8000")
+        options[key.strip()] = value
+    return target or config.get("target") or "local", name or config.get("name"), options
+
+
+def test_options(fn: Callable) -> Callable:
+    decorators = [
+        click.option("--model", "models", multiple=True,
+                     help="Test only this model (repeatable; default: every model)."),
+        click.option("--sample", type=click.Path(dir_okay=False),
+                     help='Inputs as JSON: {"INPUT": [...]}, a KServe v2 body, a bare list, or '
+                          'keyed by model name.'),
+        click.option("--expect", type=click.Path(dir_okay=False),
+                     help='Expected outputs as JSON: {"OUTPUT": [...]} (or keyed by model).'),
+        click.option("--rtol", type=float, default=1e-5, show_default=True,
+                     help="Relative tolerance for --expect."),
+        click.option("--atol", type=float, default=1e-6, show_default=True,
+                     help="Absolute tolerance for --expect."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Batch size of generated inputs."),
+        click.option("--requests", type=click.IntRange(min=0), default=0,
+                     help="Load: number of requests after the checks (0 = no load)."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Load: concurrent connections."),
+        click.option("--junit-xml", type=click.Path(dir_okay=False),
+                     help="Write the results as JUnit XML."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def make_test_options(kwargs: dict[str, Any]):
+    from .tester import TestOptions
+
+    return TestOptions(models=kwargs["models"], sample=kwargs["sample"], expect=kwargs["expect"],
+                       rtol=kwargs["rtol"], atol=kwargs["atol"], batch_size=kwargs["batch_size"],
+                       requests=kwargs["requests"], concurrency=kwargs["concurrency"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="DEPLOYER_STATE_DIR", type=click.Path(file_okay=False),
+              help="Where deployments are recorded (default: ~/.local/state/triton-deployer; "
+                   "env DEPLOYER_STATE_DIR).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.version_option(package_name="triton-deployer")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
+    """Deploy, test and tear down one Triton model repository on any target.
+
+    \b
+    Exit codes: 0 ok, 1 test failed, 2 bad input, 3 deploy failed,
+    4 teardown incomplete, 5 unavailable, 70 internal error, 130 interrupted.
+    """
+    ctx.obj = Context(state_dir, quiet)
+
+
+pass_ctx = click.pass_obj
+
+
+@cli.command()
+@click.argument("name", required=False)
+@json_option
+@pass_ctx
+def targets(ctx: Context, name: str | None, as_json: bool) -> None:
+    """List installed targets, or describe one target's options."""
+    from . import plugins
+    from .render import table
+
+    registry = plugins.load()
+    if name:
+        cls = registry.get(name)
+        data = {"name": cls.name, "description": cls.description,
+                "available": cls.unavailable_reason() is None,
+                "reason": cls.unavailable_reason(),
+                "options": [{"name": o.name, "type": o.type.__name__, "default": o.default,
+                             "choices": list(o.choices) if o.choices else None, "help": o.help}
+                            for o in cls.options]}
+        emit(as_json, data, lambda: f"{cls.name}: {cls.description}\n"
+             + (f"unavailable: {data['reason']}\n" if data["reason"] else "")
+             + table(["option", "type", "default", "help"],
+                     [[o["name"], o["type"], o["default"], o["help"]
+                       + (f" ({'|'.join(o['choices'])})" if o["choices"] else "")]
+                      for o in data["options"]]))
+        return
+    rows = [{"name": cls.name, "available": cls.unavailable_reason() is None,
+             "reason": cls.unavailable_reason(), "description": cls.description}
+            for cls in registry.targets.values()]
+    rows += [{"name": n, "available": False, "reason": r, "description": ""}
+             for n, r in registry.broken.items()]
+    emit(as_json, rows, lambda: table(
+        ["target", "available", "description"],
+        [[r["name"], "yes" if r["available"] else f"no: {r['reason']}", r["description"]]
+         for r in rows]))
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@json_option
+@pass_ctx
+def validate(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
+    """Check a repository and a target's rules, with no side effects."""
+    target, _, options = resolve_target(target, name, raw_options, config_file)
+    repo = ctx.deployer.validate(repository, target, options)
+    data = {"valid": True, "repository": str(repo.path), "target": target,
+            "models": {m.name: {"backend": m.backend, "versions": list(m.versions),
+                                "max_batch_size": m.max_batch_size,
+                                "steps": list(m.steps)} for m in repo.models.values()}}
+    emit(as_json, data, lambda: f"valid for {target}: {repo.path} — {len(repo.models)} model(s): "
+         + ", ".join(f"{m.name} ({m.backend})" for m in repo.models.values()))
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@json_option
+@pass_ctx
+def plan(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
+    """Show what a deploy would create."""
+    from .render import table
+
+    target, name, options = resolve_target(target, name, raw_options, config_file)
+    result = ctx.deployer.plan(repository, target, name, options).to_dict()
+    emit(as_json, result, lambda: f"plan for {result['name']} on {result['target']} "
+         f"({', '.join(result['models'])}):\n" + table(
+             ["create", "name", "details"],
+             [[r["kind"], r["name"], json.dumps(r["details"], default=str)]
+              for r in result["resources"]]))
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@json_option
+@pass_ctx
+def deploy(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
+    """Deploy a repository and wait until it answers."""
+    target, name, options = resolve_target(target, name, raw_options, config_file)
+    deployment = ctx.deployer.deploy(repository, target, name, options)
+    emit(as_json, deployment.to_dict(), lambda: (
+        f"deployed {deployment.name} to {deployment.target} in {deployment.deploy_seconds:.1f}s"
+        f": {deployment.endpoint.get('url', '')}\nnext: deployer test {deployment.name}"))
+
+
+def _test_exit(report: dict[str, Any], junit: str | None, obj) -> None:
+    if junit:
+        from . import junit as junit_writer
+
+        junit_writer.write(obj, junit)
+    if not report["passed"]:
+        sys.exit(ExitCode.TEST_FAILED)
+
+
+@cli.command()
+@click.argument("name")
+@test_options
+@json_option
+@pass_ctx
+def test(ctx: Context, name: str, as_json: bool, junit_xml: str | None, **kwargs) -> None:
+    """Test a deployment: ready, metadata, inference, expected outputs, load."""
+    from .render import test_report
+
+    report = ctx.deployer.test(name, make_test_options(kwargs))
+    data = report.to_dict()
+    emit(as_json, data, lambda: test_report(data))
+    _test_exit(data, junit_xml, report)
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@test_options
+@json_option
+@pass_ctx
+def run(ctx: Context, repository, target, name, raw_options, config_file, as_json, junit_xml,
+        **kwargs) -> None:
+    """Deploy → test → teardown (always), with one exit code."""
+    from .render import teardown_report, test_report
+
+    target, name, options = resolve_target(target, name, raw_options, config_file)
+    report = ctx.deployer.run(repository, target, name, options, make_test_options(kwargs))
+    data = report.to_dict()
+
+    def text() -> str:
+        parts = []
+        if data["test"]:
+            parts.append(test_report(data["test"]))
+        if data["error"]:
+            parts.append(f"error: {data['error']}")
+        if data["teardown"]:
+            parts.append(teardown_report(data["teardown"]))
+        parts.append(f"run {'PASSED' if data['passed'] else 'FAILED'} "
+                     f"(exit {data['exit_code']})")
+        return "\n".join(parts)
+
+    emit(as_json, data, text)
+    if junit_xml and report.test:
+        from . import junit as junit_writer
+
+        junit_writer.write(report.test, junit_xml)
+    sys.exit(report.exit_code)
+
+
+@cli.command(name="list")
+@json_option
+@pass_ctx
+def list_(ctx: Context, as_json: bool) -> None:
+    """List recorded deployments."""
+    from .render import table
+
+    items = [d.to_dict() for d in ctx.deployer.list()]
+    emit(as_json, items, lambda: table(
+        ["name", "target", "status", "endpoint", "created"],
+        [[d["name"], d["target"], d["status"], d["endpoint"].get("url", ""), d["created_at"]]
+         for d in items]) if items else "no deployments")
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def status(ctx: Context, name: str, as_json: bool) -> None:
+    """Show a deployment's record and whether it answers now."""
+    data = ctx.deployer.status(name)
+    live = {True: "answering", False: "NOT answering", None: "not checked"}[data["live"]]
+    emit(as_json, data, lambda: "\n".join([
+        f"{data['name']}: {data['status']} on {data['target']} ({live})",
+        f"endpoint: {data['endpoint'].get('url', '-')}",
+        f"models: {', '.join(data['models'])}",
+        f"created: {data['created_at']}; deploy took {data['deploy_seconds']}s",
+        *(f"resource: {r['kind']} {r['id']} [{r['status']}]" for r in data["resources"]),
+        *([f"error: {data['error']}"] if data["error"] else [])]))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=100, show_default=True)
+@pass_ctx
+def logs(ctx: Context, name: str, lines: int) -> None:
+    """Print the last lines of a deployment's server log."""
+    click.echo(ctx.deployer.logs(name, lines))
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def teardown(ctx: Context, name: str, as_json: bool) -> None:
+    """Remove everything a deployment created and verify it is gone (idempotent)."""
+    from .render import teardown_report
+
+    data = ctx.deployer.teardown(name).to_dict()
+    emit(as_json, data, lambda: teardown_report(data))
+
+
+@cli.group()
+def server() -> None:
+    """The embedded tritonserver runtime (managed in your cache)."""
+
+
+@server.command(name="install")
+@click.option("--package", "packages", multiple=True,
+              help="A package the models import, e.g. torch (repeatable).")
+@click.option("--force", is_flag=True, help="Rebuild the runtime from scratch.")
+@json_option
+@pass_ctx
+def server_install(ctx: Context, packages: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Create the managed runtime now (or add packages to it)."""
+    from . import runtime
+
+    found = runtime.install(packages, force=force, progress=ctx.progress)
+    data = found.to_dict()
+    emit(as_json, data, lambda: f"managed runtime ready: {data['executable']} (nvidia-pytriton "
+         f"{data['version']}; packages: {', '.join(data['packages']) or 'numpy'})")
+
+
+@server.command(name="info")
+@json_option
+def server_info(as_json: bool) -> None:
+    """Show which tritonserver the local target would use."""
+    from . import runtime
+
+    data = runtime.info()
+    emit(as_json, data, lambda: "\n".join(
+        [f"selected: {data['selected'] or 'managed (not created yet: created on first use)'}",
+         f"managed runtime: {data['runtime_dir']}"
+         + ("" if data["managed"] else " (not created)")]
+        + ([f"  server: {data['managed']['executable']}",
+            f"  backends: {', '.join(data['managed']['backends'])}",
+            f"  packages: {', '.join(data['managed']['packages']) or '-'}"]
+           if data["managed"] else [])
+        + ([f"on PATH: {data['on_path']}"] if data.get("on_path") else [])
+        + ([f"named by DEPLOYER_TRITONSERVER: {data['named']}"] if data.get("named") else [])))
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every expected error becomes one line on stderr and its exit code."""
+    signal.signal(signal.SIGTERM, _terminate)
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="deployer", standalone_mode=False)
+        return ExitCode.OK
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return ExitCode.USAGE
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except DeployerError as exc:
+        if os.environ.get(RAISE_ENV):
+            raise
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "exit_code": int(exc.exit_code)}))
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except Exception:  # noqa: BLE001 - the one place a traceback is shown
+        if os.environ.get(RAISE_ENV):
+            raise
+        traceback.print_exc()
+        click.echo("error: internal error (a bug in triton-deployer or a plugin); please "
+                   "report it with the traceback above", err=True)
+        return ExitCode.INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,159 @@
+"""Running a ``tritonserver`` process in the background and stopping it for sure.
+
+Every process we start carries ``DEPLOYER_DEPLOYMENT_ID`` in its environment, so teardown can
+find it (and its Python-backend stubs) even when its pid was never recorded, and never kills a
+stranger that reused a pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import DeployFailed, TeardownIncomplete
+
+TAG_ENV = "DEPLOYER_DEPLOYMENT_ID"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel says are free now (bound together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def start(command: Sequence[str], env: dict[str, str], log_path: Path, tag: str) -> int:
+    """Start ``command`` detached (own session), output to ``log_path``; return its pid."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={**env, TAG_ENV: tag}, start_new_session=True, close_fds=True)
+    return proc.pid
+
+
+def tail(path: Path | str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
+               progress: Callable[[str], None], what: str = "tritonserver",
+               ready_path: str = "/v2/health/ready") -> float:
+    """Poll ``url + ready_path`` until 200; fail at once if the process exits. Return seconds."""
+    started = time.monotonic()
+    last_note = started
+    while True:
+        try:
+            with urllib.request.urlopen(url + ready_path, timeout=2) as answer:
+                if answer.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        _reap(pid)
+        if not _alive(pid):
+            raise DeployFailed(
+                f"{what} exited before it was ready; last log lines:\n{tail(log_path)}",
+                hint=f"full log: {log_path}")
+        elapsed = time.monotonic() - started
+        if elapsed > timeout:
+            raise DeployFailed(
+                f"{what} not ready after {timeout:.0f}s; last log lines:\n{tail(log_path)}",
+                hint="raise -o startup_timeout=SECONDS, or read the full log: " + str(log_path))
+        if time.monotonic() - last_note >= 5:
+            progress(f"  waiting for {what} to be ready ({elapsed:.0f}s)")
+            last_note = time.monotonic()
+        time.sleep(0.05)
+
+
+def tagged(tag: str) -> list[int]:
+    """Pids of live processes whose environment carries our deployment tag."""
+    needle = f"{TAG_ENV}={tag}".encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read() + b"\0" and _alive(int(entry)):
+                    found.append(int(entry))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+def stop(tag: str, grace: float = 10.0) -> bool:
+    """Stop every process tagged ``tag``: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    Returns True if something was running. Raises TeardownIncomplete if a process survives.
+    """
+    pids = tagged(tag)
+    if not pids:
+        return False
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for pid in pids:
+            _reap(pid)
+        if not tagged(tag):
+            return True
+        time.sleep(0.1)
+    for pid in tagged(tag):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for pid in pids:
+            _reap(pid)
+        if not tagged(tag):
+            return True
+        time.sleep(0.05)
+    raise TeardownIncomplete(f"processes {tagged(tag)} survived SIGKILL",
+                             hint="check them with 'ps', then run teardown again")

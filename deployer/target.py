@@ -1,0 +1,230 @@
+"""The contract between the core and a target. These docstrings are the spec.
+
+A plugin provides :class:`Target` subclasses through the ``deployer_register_targets`` hook
+(see :mod:`deployer.hookspecs`). The core instantiates them with validated options and owns the
+order: ``validate`` → ``plan`` → ``deploy`` → (test step through ``client``) → teardown, where
+teardown walks the recorded resources newest first and calls ``delete`` then ``exists`` on each.
+A target never decides that order, never writes state itself and never prints to stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .client import EndpointClient
+    from .repository import Repository
+    from .state import Deployment, Resource
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One typed, documented target option, set with ``-o name=value`` or ``--config FILE``.
+
+    ``type`` is one of ``str``, ``int``, ``float``, ``bool`` or ``list`` (of strings, given
+    comma-separated on the command line). ``choices`` restricts the value. ``secret`` options are
+    never written to state or printed.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+
+    def parse(self, raw: Any) -> Any:
+        """Convert a raw value (a string from the command line, or a config file value)."""
+        if raw is None:
+            return None
+        try:
+            if self.type is bool:
+                value = raw if isinstance(raw, bool) else _parse_bool(str(raw))
+            elif self.type is list:
+                value = list(raw) if isinstance(raw, (list, tuple)) else [
+                    part.strip() for part in str(raw).split(",") if part.strip()]
+            elif self.type is int and isinstance(raw, float):
+                raise ValueError
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"option {self.name!r} expects {self.type.__name__}, got {raw!r}",
+                hint=f"{self.name}: {self.help}") from None
+        if self.choices and value not in self.choices:
+            raise UsageError(f"option {self.name!r} must be one of {', '.join(self.choices)}; "
+                             f"got {value!r}")
+        return value
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+class Options(Mapping[str, Any]):
+    """A target's option values, read as attributes (``self.settings.http_port``) or by key."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@dataclasses.dataclass
+class PlannedResource:
+    """Something ``deploy`` would create: its kind, the name it would get, and details."""
+
+    kind: str
+    name: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class DeployContext:
+    """What the core hands to ``deploy`` and ``delete``.
+
+    ``record`` must wrap every create step, so that the resource is in state *before* it is
+    created and an interrupted deploy can be torn down. ``set_endpoint`` records how to reach
+    what was deployed (no secrets). ``progress`` writes one line for people, on stderr.
+    """
+
+    def __init__(self, deployment: Deployment, save: Callable[[], None],
+                 progress: Callable[[str], None], work_dir):
+        self.deployment = deployment
+        self._save = save
+        self.progress = progress
+        #: a folder of this deployment's own, under the state directory (logs, scratch)
+        self.work_dir = work_dir
+
+    def record(self, kind: str, name: str, **data: Any) -> Resource:
+        """Record a resource as ``creating`` and persist it; call ``created`` once it exists."""
+        from .state import Resource
+
+        resource = Resource(kind=kind, id=name, status="creating", data=dict(data))
+        self.deployment.resources.append(resource)
+        self._save()
+        return resource
+
+    def update(self, resource: Resource, *, id: str | None = None, **data: Any) -> None:
+        """Store what became known while creating (a pid, an ARN) and persist it."""
+        if id is not None:
+            resource.id = id
+        resource.data.update(data)
+        self._save()
+
+    def created(self, resource: Resource, **data: Any) -> None:
+        """Mark a recorded resource as existing, with any final data, and persist it."""
+        resource.status = "created"
+        self.update(resource, **data)
+
+    def set_endpoint(self, **endpoint: Any) -> None:
+        """Record how the client reaches the deployment (URL, ports, headers' names, no keys)."""
+        self.deployment.endpoint.update(endpoint)
+        self._save()
+
+
+class Target:
+    """A place a repository can be deployed to. Subclass it and register the class.
+
+    Class attributes a subclass sets:
+
+    - ``name``: the ``--target`` name, unique among installed targets.
+    - ``description``: one line for ``deployer targets``.
+    - ``options``: a tuple of :class:`Option`; the core validates ``-o`` values against it.
+    - ``requires``: importable module names the target needs (checked without importing them);
+      ``install_hint`` says how to get them.
+
+    The core creates one instance per command with ``Target(settings, progress)``, where
+    ``settings`` are the validated values of ``options`` (read ``self.settings.NAME``). Heavy SDKs
+    must be imported inside methods, never at module import: the CLI loads every plugin.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[Sequence[Option]] = ()
+    requires: ClassVar[Sequence[str]] = ()
+    install_hint: ClassVar[str] = ""
+
+    def __init__(self, settings: Options, progress: Callable[[str], None]):
+        self.settings = settings
+        self.progress = progress
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this target cannot run here, or None. Default: a module in ``requires`` is missing.
+
+        Must be cheap: it runs for ``deployer targets``.
+        """
+        import importlib.util
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f"; {cls.install_hint}" if cls.install_hint else ""
+            return f"missing Python package(s): {', '.join(missing)}{hint}"
+        return None
+
+    def validate(self, repository: Repository) -> None:
+        """Check the target's own rules on the repository and options, with no side effect.
+
+        Raise :class:`deployer.errors.ValidationError` (or ``UsageError``) with one line that
+        says what to change. Generic repository rules are already checked by the core.
+        """
+
+    def plan(self, repository: Repository, name: str) -> list[PlannedResource]:
+        """Return what ``deploy`` would create for deployment ``name``, in creation order.
+
+        No side effects. Called after ``validate``.
+        """
+        raise NotImplementedError
+
+    def deploy(self, repository: Repository, context: DeployContext) -> None:
+        """Create everything and block until the deployment answers, or raise.
+
+        Wrap each create step in ``context.record(...)`` (before) and ``context.created(...)``
+        (after), and call ``context.set_endpoint(...)``. On failure raise
+        :class:`deployer.errors.DeployFailed` with the cause and the last log lines; do not
+        clean up: the core keeps the record so ``teardown`` removes what was created.
+        """
+        raise NotImplementedError
+
+    def client(self, deployment: Deployment) -> EndpointClient:
+        """Return the :class:`deployer.client.EndpointClient` the test step uses."""
+        raise NotImplementedError
+
+    def delete(self, resource: Resource, deployment: Deployment) -> bool:
+        """Remove one recorded resource. Return True if it was removed now, False if it was
+        already gone. Must be idempotent and must handle a resource whose status is still
+        ``creating`` (it may or may not exist). Raise ``TeardownIncomplete`` if it cannot."""
+        raise NotImplementedError
+
+    def exists(self, resource: Resource, deployment: Deployment) -> bool:
+        """Whether the resource still exists; the core calls it after ``delete`` to verify."""
+        raise NotImplementedError
+
+    def logs(self, deployment: Deployment, lines: int = 100) -> str:
+        """The last ``lines`` lines of the server's log, as text ('' when there are none)."""
+        return ""
+
+    def models_served(self, repository: Repository) -> list[str]:
+        """The model names the test step checks (default: every model in the repository)."""
+        return list(repository.models)

@@ -1,0 +1,119 @@
+"""Target ``local``: the repository served by a ``tritonserver`` process on this machine.
+
+The server runs detached, like a container, until teardown. It is the embedded default: the
+managed runtime (``deployer server info``) is created on first use.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deployer import hookimpl
+from deployer.errors import TeardownIncomplete, ValidationError
+from deployer.target import Option, PlannedResource, Target
+
+#: targets whose Triton image carries the backends the embedded server lacks
+ELSEWHERE = "docker (NVIDIA's image), sagemaker or azure"
+
+
+class LocalTarget(Target):
+    name = "local"
+    description = "an embedded tritonserver process on this machine (the default)"
+    options = (
+        Option("server", str, None, "path of a tritonserver to run (default: $DEPLOYER_"
+               "TRITONSERVER, then tritonserver on PATH, then the managed runtime)"),
+        Option("host", str, "127.0.0.1", "address the server listens on"),
+        Option("http_port", int, 0, "HTTP port (0 = a free one)"),
+        Option("grpc_port", int, 0, "gRPC port (0 = a free one)"),
+        Option("metrics_port", int, 0, "Prometheus metrics port (0 = a free one)"),
+        Option("startup_timeout", float, 120.0, "seconds to wait for the server to be ready"),
+        Option("stop_timeout", float, 10.0, "seconds between SIGTERM and SIGKILL on teardown"),
+        Option("args", list, [], "extra tritonserver arguments, comma-separated"),
+    )
+
+    def _server(self, create: bool):
+        from deployer import runtime
+
+        return runtime.find_server(self.settings.server, self.progress, create=create)
+
+    def validate(self, repository) -> None:
+        server = self._server(create=False)
+        # the managed runtime, made or not, has the Python backend only
+        have = server.backends() if server else {"python", "ensemble"}
+        if have is None:
+            return
+        for model in repository.models.values():
+            if model.backend not in have:
+                raise ValidationError(
+                    f"model {model.name!r} needs the {model.backend} backend, which this "
+                    f"tritonserver lacks (it has: {', '.join(sorted(have))})",
+                    path=str(model.config_path),
+                    hint=f"deploy it with --target {ELSEWHERE}, or name a server that has it "
+                         "with -o server=PATH")
+        from deployer.server import port_in_use
+
+        for option in ("http_port", "grpc_port", "metrics_port"):
+            port = self.settings[option]
+            if port and port_in_use(port, self.settings.host):
+                raise ValidationError(f"port {port} ({option}) is already in use",
+                                      hint=f"pass another -o {option}=PORT or 0 for a free one")
+
+    def plan(self, repository, name):
+        return [PlannedResource("process", "tritonserver", {
+            "repository": str(repository.path), "host": self.settings.host,
+            "ports": {k: self.settings[k] or "free" for k in
+                      ("http_port", "grpc_port", "metrics_port")}})]
+
+    def deploy(self, repository, context) -> None:
+        from deployer import server as proc
+
+        server = self._server(create=True)
+        host = self.settings.host
+        free = iter(proc.free_ports(3, host))
+        ports = {k: self.settings[k] or next(free) for k in
+                 ("http_port", "grpc_port", "metrics_port")}
+        log_path = Path(context.work_dir) / "tritonserver.log"
+        command = server.command(
+            f"--model-repository={repository.path}",
+            f"--http-address={host}", f"--http-port={ports['http_port']}",
+            f"--grpc-address={host}", f"--grpc-port={ports['grpc_port']}",
+            f"--metrics-address={host}", f"--metrics-port={ports['metrics_port']}",
+            *self.settings.args)
+        tag = context.deployment.id
+        resource = context.record("process", "tritonserver", tag=tag, log=str(log_path),
+                                  server=str(server.executable), **ports)
+        pid = proc.start(command, server.process_env(), log_path, tag)
+        context.update(resource, id=str(pid))
+        url = f"http://{host}:{ports['http_port']}"
+        context.set_endpoint(url=url, grpc=f"{host}:{ports['grpc_port']}",
+                             metrics=f"http://{host}:{ports['metrics_port']}/metrics")
+        seconds = proc.wait_ready(url, pid, log_path, self.settings.startup_timeout,
+                                  self.progress)
+        context.created(resource, ready_seconds=round(seconds, 3))
+
+    def client(self, deployment):
+        from deployer.client import KServeClient
+
+        return KServeClient(deployment.endpoint["url"])
+
+    def delete(self, resource, deployment) -> bool:
+        from deployer import server as proc
+
+        return proc.stop(resource.data.get("tag", deployment.id), self.settings.stop_timeout)
+
+    def exists(self, resource, deployment) -> bool:
+        from deployer import server as proc
+
+        return bool(proc.tagged(resource.data.get("tag", deployment.id)))
+
+    def logs(self, deployment, lines=100) -> str:
+        from deployer.server import tail
+
+        paths = [r.data["log"] for r in deployment.resources if r.data.get("log")]
+        return tail(paths[-1], lines) if paths else ""
+
+
+@hookimpl
+def deployer_register_targets():
+    return [LocalTarget]
