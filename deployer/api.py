@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from . import plugins as plugin_loader
 from .errors import (DeployerError, DeployFailed, ExitCode, Interrupted, NotFound,
-                     TeardownIncomplete)
+                     TeardownIncomplete, UsageError)
 from .state import Deployment, StateStore, check_name, name_from
 from .target import DeployContext, PlannedResource, Target
 from .tester import TestOptions, TestReport
@@ -263,6 +263,16 @@ class Deployer:
                          test=test_report, teardown=teardown_report,
                          error=str(error) if error else None)
 
+    def rehearse(self, repository: str | os.PathLike, target: str,
+                 name: str | None = None, options: Mapping[str, Any] | None = None,
+                 test_options: TestOptions | None = None) -> RunReport:
+        """``run`` on the local twin of cloud target ``target``, with the same options."""
+        twin = self.registry.get(target).twin
+        if not twin:
+            raise UsageError(f"target {target!r} has no rehearsal twin",
+                             hint="rehearse a cloud target (e.g. sagemaker, azure)")
+        return self.run(repository, twin, name, options, test_options)
+
     def list(self) -> list[Deployment]:
         return self.store.list()
 
@@ -285,5 +295,10 @@ class Deployer:
         return self._target(deployment.target, deployment.options).logs(deployment, lines)
 
 
+GENERIC_FOLDERS = {"models", "model_repository", "model-repository", "repository", "repo"}
+
+
 def default_name(repository: Path, target: str) -> str:
-    return name_from(f"{repository.name}-{target}")
+    """``<folder>-<target>``; a generic folder name (``models``) gives way to its parent's."""
+    folder = repository.parent if repository.name.lower() in GENERIC_FOLDERS else repository
+    return name_from(f"{folder.name}-{target}")

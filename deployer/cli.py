@@ -260,19 +260,13 @@ def test(ctx: Context, name: str, as_json: bool, junit_xml: str | None, **kwargs
     _test_exit(data, junit_xml, report)
 
 
-@cli.command()
-@click.argument("repository", type=click.Path())
-@target_options
-@test_options
-@json_option
-@pass_ctx
-def run(ctx: Context, repository, target, name, raw_options, config_file, as_json, junit_xml,
-        **kwargs) -> None:
-    """Deploy → test → teardown (always), with one exit code."""
+def _run_command(ctx: Context, method: str, repository, target, name, raw_options, config_file,
+                 as_json, junit_xml, kwargs) -> None:
     from .render import teardown_report, test_report
 
     target, name, options = resolve_target(target, name, raw_options, config_file)
-    report = ctx.deployer.run(repository, target, name, options, make_test_options(kwargs))
+    report = getattr(ctx.deployer, method)(repository, target, name, options,
+                                           make_test_options(kwargs))
     data = report.to_dict()
 
     def text() -> str:
@@ -283,7 +277,7 @@ def run(ctx: Context, repository, target, name, raw_options, config_file, as_jso
             parts.append(f"error: {data['error']}")
         if data["teardown"]:
             parts.append(teardown_report(data["teardown"]))
-        parts.append(f"run {'PASSED' if data['passed'] else 'FAILED'} "
+        parts.append(f"{method} {'PASSED' if data['passed'] else 'FAILED'} "
                      f"(exit {data['exit_code']})")
         return "\n".join(parts)
 
@@ -293,6 +287,34 @@ def run(ctx: Context, repository, target, name, raw_options, config_file, as_jso
 
         junit_writer.write(report.test, junit_xml)
     sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@test_options
+@json_option
+@pass_ctx
+def run(ctx: Context, repository, target, name, raw_options, config_file, as_json, junit_xml,
+        **kwargs) -> None:
+    """Deploy → test → teardown (always), with one exit code."""
+    _run_command(ctx, "run", repository, target, name, raw_options, config_file, as_json,
+                 junit_xml, kwargs)
+
+
+@cli.command()
+@click.argument("repository", type=click.Path())
+@target_options
+@test_options
+@json_option
+@pass_ctx
+def rehearse(ctx: Context, repository, target, name, raw_options, config_file, as_json,
+             junit_xml, **kwargs) -> None:
+    """Rehearse a cloud deploy locally: its exact artefact, served in its twin, tested."""
+    if not target and not config_file:
+        raise UsageError("rehearse needs --target (a cloud target such as sagemaker or azure)")
+    _run_command(ctx, "rehearse", repository, target, name, raw_options, config_file, as_json,
+                 junit_xml, kwargs)
 
 
 @cli.command(name="list")
@@ -412,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(RAISE_ENV):
             raise
         if as_json:
-            click.echo(json.dumps({"error": str(exc), "exit_code": int(exc.exit_code)}))
+            click.echo(json.dumps({"error": str(exc), "details": exc.details,
+                                   "exit_code": int(exc.exit_code)}))
         click.echo(f"error: {exc}", err=True)
+        for line in (exc.details or "").splitlines():
+            click.echo(f"  | {line}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -30,10 +30,12 @@ class DeployerError(Exception):
 
     exit_code: ExitCode = ExitCode.USAGE
 
-    def __init__(self, message: str, *, hint: str | None = None):
+    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: context for people (e.g. the server's last log lines), printed after the line
+        self.details = details
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -47,9 +49,9 @@ class ValidationError(UsageError):
     """A repository or target rule is broken; ``path``/``line`` point at the cause when known."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 hint: str | None = None):
+                 hint: str | None = None, details: str | None = None):
         where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
-        super().__init__(where + message, hint=hint)
+        super().__init__(where + message, hint=hint, details=details)
         self.path = path
         self.line = line
 

@@ -68,6 +68,20 @@ def tail(path: Path | str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def failure(log_path: Path | str, lines: int = 12) -> tuple[str, str]:
+    """The most telling error in a Triton log, and an excerpt of it without the tables."""
+    text = tail(log_path, 400)
+    errors = [line for line in text.splitlines() if line[:1] == "E" and line[1:5].isdigit()]
+    keep = [line for line in text.splitlines() if line and line[:1] not in "|+"]
+    headline = ""
+    if errors:
+        headline = errors[0].split("] ", 1)[-1].strip().strip('"').split("\\n")[0]
+    elif keep:
+        headline = keep[-1]
+    excerpt = errors[-lines:] if errors else keep[-lines:]
+    return headline, "\n".join(excerpt)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -97,14 +111,15 @@ def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
             pass
         _reap(pid)
         if not _alive(pid):
-            raise DeployFailed(
-                f"{what} exited before it was ready; last log lines:\n{tail(log_path)}",
-                hint=f"full log: {log_path}")
+            headline, excerpt = failure(log_path)
+            raise DeployFailed(f"{what} exited before it was ready: {headline}",
+                               hint=f"full log: {log_path}", details=excerpt)
         elapsed = time.monotonic() - started
         if elapsed > timeout:
-            raise DeployFailed(
-                f"{what} not ready after {timeout:.0f}s; last log lines:\n{tail(log_path)}",
-                hint="raise -o startup_timeout=SECONDS, or read the full log: " + str(log_path))
+            headline, excerpt = failure(log_path)
+            raise DeployFailed(f"{what} not ready after {timeout:.0f}s (last: {headline})",
+                               hint="raise -o startup_timeout=SECONDS, or read the full log: "
+                                    + str(log_path), details=excerpt)
         if time.monotonic() - last_note >= 5:
             progress(f"  waiting for {what} to be ready ({elapsed:.0f}s)")
             last_note = time.monotonic()

@@ -153,6 +153,9 @@ class Target:
     - ``options``: a tuple of :class:`Option`; the core validates ``-o`` values against it.
     - ``requires``: importable module names the target needs (checked without importing them);
       ``install_hint`` says how to get them.
+    - ``twin``: for a cloud target, the name of the target that rehearses it locally (builds
+      the same artefact and serves it the way that cloud's Triton container would); it must
+      accept the same options. ``deployer rehearse REPO --target T`` runs T's twin.
 
     The core creates one instance per command with ``Target(settings, progress)``, where
     ``settings`` are the validated values of ``options`` (read ``self.settings.NAME``). Heavy SDKs
@@ -164,6 +167,7 @@ class Target:
     options: ClassVar[Sequence[Option]] = ()
     requires: ClassVar[Sequence[str]] = ()
     install_hint: ClassVar[str] = ""
+    twin: ClassVar[str | None] = None
 
     def __init__(self, settings: Options, progress: Callable[[str], None]):
         self.settings = settings

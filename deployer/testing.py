@@ -1,0 +1,214 @@
+"""Test helpers for targets, ours and third parties': a contract suite and a fake target.
+
+Use the contract suite by subclassing :class:`TargetContract` in a test module and defining
+three fixtures::
+
+    class TestMyTarget(TargetContract):
+        @pytest.fixture
+        def target_name(self): return "mytarget"
+        @pytest.fixture
+        def target_options(self): return {"region": "test"}
+        @pytest.fixture
+        def repository(self): return "tests/repos/add_sub"
+
+Optionally override ``contract_plugins`` (plugin objects to register besides the entry points).
+Every test drives the real core: deploy, the test step, teardown and its verification.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import hookimpl
+from .api import Deployer
+from .client import EndpointClient, EndpointError
+from .errors import DeployFailed, Interrupted
+from .target import DeployContext, Option, PlannedResource, Target
+
+
+class TargetContract:
+    """What every target must do. Subclass it; see the module docstring."""
+
+    @pytest.fixture
+    def contract_plugins(self) -> list[object]:
+        return []
+
+    @pytest.fixture
+    def deployer(self, tmp_path: Path, contract_plugins: list[object]) -> Deployer:
+        return Deployer(state_dir=tmp_path / "state", plugins=contract_plugins,
+                        progress=lambda _: None)
+
+    def _impl(self, deployer: Deployer, name: str, options: dict[str, Any]) -> Target:
+        return deployer.registry.create(name, options, lambda _: None)
+
+    def test_declares_itself(self, deployer, target_name):
+        cls = deployer.registry.get(target_name)
+        assert cls.description, "a target needs a one-line description"
+        for option in cls.options:
+            assert option.help, f"option {option.name} has no help"
+            if option.default is not None:
+                option.parse(option.default)
+
+    def test_plan_has_no_side_effect(self, deployer, target_name, target_options, repository):
+        plan = deployer.plan(repository, target_name, "contract-plan", target_options)
+        assert plan.resources, "plan must list what deploy would create"
+        assert deployer.list() == []
+
+    def test_deploy_test_teardown(self, deployer, target_name, target_options, repository):
+        deployment = deployer.deploy(repository, target_name, "contract-e2e", target_options)
+        assert deployment.status == "ready" and deployment.resources
+        assert all(r.status == "created" for r in deployment.resources)
+        assert deployer.status("contract-e2e")["live"] is True
+        report = deployer.test("contract-e2e")
+        assert report.passed, report.to_dict()
+        torn = deployer.teardown("contract-e2e")
+        assert torn.found and torn.removed
+        impl = self._impl(deployer, target_name, target_options)
+        for resource in deployment.resources:
+            assert not impl.exists(resource, deployment), f"{resource.kind} left behind"
+        again = deployer.teardown("contract-e2e")
+        assert not again.found, "teardown must be idempotent"
+
+    @pytest.mark.parametrize("when", ["record", "created"])
+    def test_interrupted_deploy_can_be_torn_down(self, deployer, target_name, target_options,
+                                                 repository, monkeypatch, when):
+        """Ctrl-C right after a resource is recorded, or right after it was created."""
+        original = getattr(DeployContext, when)
+
+        def interrupt(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(DeployContext, when, interrupt)
+        with pytest.raises(Interrupted):
+            deployer.deploy(repository, target_name, "contract-int", target_options)
+        monkeypatch.undo()
+        stored = deployer.store.load("contract-int")
+        assert stored.status == "failed" and stored.resources
+        deployer.teardown("contract-int")
+        impl = self._impl(deployer, target_name, target_options)
+        for resource in stored.resources:
+            assert not impl.exists(resource, stored), f"{resource.kind} left behind"
+        assert not deployer.store.exists("contract-int")
+
+
+# -- a fake target for core tests ----------------------------------------------------------
+
+class FakeWorld:
+    """The fake target's 'cloud': a JSON file of resource ids that exist."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(data))
+
+
+class FakeClient(EndpointClient):
+    """Answers from the repository's config: outputs are ``sum of inputs`` broadcast."""
+
+    def __init__(self, world: FakeWorld, deployment_id: str, models: dict[str, Any]):
+        self.world, self.deployment_id, self.models = world, deployment_id, models
+
+    def _up(self) -> bool:
+        return self.deployment_id in self.world.read().get("servers", [])
+
+    def ready(self) -> bool:
+        return self._up()
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        if not self._up() or model not in self.models:
+            raise EndpointError(f"model {model} not found", kind="http-404")
+        return self.models[model]
+
+    def infer(self, model, inputs):
+        import numpy as np
+
+        meta = self.metadata(model)
+        batch = next(iter(inputs.values())).shape[0] if inputs else 1
+        outputs = {}
+        for out in meta["outputs"]:
+            shape = [batch if d == -1 else d for d in out["shape"]]
+            outputs[out["name"]] = (np.full(shape, b"fake", dtype=object)
+                                    if out["datatype"] == "BYTES"
+                                    else np.zeros(shape, dtype=np.float32))
+        return outputs
+
+
+class FakeTarget(Target):
+    """A target whose 'resources' are entries in a JSON file (option ``world``)."""
+
+    name = "fake"
+    description = "a fake target for core tests: resources live in a JSON file"
+    options = (
+        Option("world", str, "fake-world.json", "the JSON file that plays the cloud"),
+        Option("fail_deploy", bool, False, "fail after creating the server"),
+        Option("stuck", bool, False, "delete does nothing (to test teardown verification)"),
+        Option("token", str, None, "a secret that must never reach state", secret=True),
+    )
+
+    @property
+    def world(self) -> FakeWorld:
+        return FakeWorld(self.settings.world)
+
+    def plan(self, repository, name):
+        return [PlannedResource("bucket", f"{name}-bucket"),
+                PlannedResource("server", f"{name}-server", {"models": list(repository.models)})]
+
+    def deploy(self, repository, context):
+        deployment = context.deployment
+        for kind in ("bucket", "server"):
+            resource = context.record(kind, f"{deployment.name}-{kind}")
+            data = self.world.read()
+            data.setdefault(f"{kind}s", []).append(deployment.id)
+            self.world.write(data)
+            context.created(resource)
+        context.set_endpoint(url=f"fake://{deployment.name}")
+        if self.settings.fail_deploy:
+            raise DeployFailed("the fake server did not become ready; last log lines: boom")
+
+    def client(self, deployment):
+        from .repository import Repository
+
+        repo = Repository.load(deployment.repository)
+        models = {m.name: {"name": m.name, "versions": [str(v) for v in m.versions],
+                           "platform": m.backend,
+                           "inputs": [{"name": s.name, "datatype": s.datatype,
+                                       "shape": list(s.shape(m.max_batch_size))}
+                                      for s in m.inputs],
+                           "outputs": [{"name": s.name, "datatype": s.datatype,
+                                        "shape": list(s.shape(m.max_batch_size))}
+                                       for s in m.outputs]}
+                  for m in repo.models.values()}
+        return FakeClient(self.world, deployment.id, models)
+
+    def delete(self, resource, deployment):
+        if self.settings.stuck:
+            return True
+        data = self.world.read()
+        present = deployment.id in data.get(f"{resource.kind}s", [])
+        if present:
+            data[f"{resource.kind}s"].remove(deployment.id)
+            self.world.write(data)
+        return present
+
+    def exists(self, resource, deployment):
+        return deployment.id in self.world.read().get(f"{resource.kind}s", [])
+
+
+class FakePlugin:
+    """Register with ``Deployer(plugins=[FakePlugin()])``."""
+
+    @hookimpl
+    def deployer_register_targets(self):
+        return [FakeTarget]

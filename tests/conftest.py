@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPOS = Path(__file__).parent / "repos"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """Every test gets its own state directory; the runtime cache is shared (it is costly)."""
+    monkeypatch.setenv("DEPLOYER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("DEPLOYER_RAISE_ERRORS", raising=False)
+    monkeypatch.delenv("DEPLOYER_DISABLE_PLUGINS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tritonserver():
+    """The real tritonserver (the managed runtime is created on first use). Skips with the
+    reason when it cannot be had; CI creates it, so nothing is skipped there."""
+    from deployer import runtime
+    from deployer.errors import DeployerError
+
+    try:
+        return runtime.find_server(progress=print)
+    except DeployerError as exc:
+        pytest.skip(f"no tritonserver: {exc}")
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out[-800:]!r}, err={self.err[-1500:]!r})"
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process: ``cli("run", REPO, "--json")`` → Result(code, out, err)."""
+    from deployer.cli import main
+
+    def invoke(*args: str) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return Result(int(code), out.getvalue(), err.getvalue())
+
+    return invoke
+
+
+def one_line_error(result: Result) -> str:
+    """The error line of a failed command; asserts there is no traceback."""
+    assert "Traceback" not in result.err, result.err
+    lines = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.err
+    return lines[0]

@@ -1,0 +1,261 @@
+"""The core against a fake target: plugin loading, options, state, lifecycle, exit codes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from deployer import hookimpl
+from deployer.api import Deployer
+from deployer.errors import (AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError)
+from deployer.plugins import load
+from deployer.state import Deployment, StateStore
+from deployer.testing import FakePlugin, FakeTarget, FakeWorld, TargetContract
+from deployer.tester import TestOptions
+
+from conftest import REPOS, one_line_error
+
+
+@pytest.fixture
+def world(tmp_path):
+    return FakeWorld(tmp_path / "world.json")
+
+
+@pytest.fixture
+def core(tmp_path):
+    return Deployer(state_dir=tmp_path / "state", plugins=[FakePlugin()], progress=lambda _: None)
+
+
+@pytest.fixture
+def fake_cli(cli, monkeypatch, world):
+    """The CLI with the fake target registered through a stand-in entry point."""
+    import importlib.metadata as md
+
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: list(real(**kw)) + (
+        [EntryPoint("fake", "deployer.testing:FakePlugin", "deployer.targets")]
+        if kw.get("group") == "deployer.targets" else []))
+    # FakePlugin is a class: register an instance, as entry points of objects would
+    monkeypatch.setattr("deployer.testing.FakePlugin", FakePlugin())
+    return lambda *args: cli(*args)
+
+
+class TestFakeContract(TargetContract):
+    @pytest.fixture
+    def contract_plugins(self):
+        return [FakePlugin()]
+
+    @pytest.fixture
+    def target_name(self):
+        return "fake"
+
+    @pytest.fixture
+    def target_options(self, world):
+        return {"world": str(world.path)}
+
+    @pytest.fixture
+    def repository(self):
+        return REPOS / "multi"
+
+
+def test_builtin_targets_come_through_entry_points():
+    registry = load()
+    assert "local" in registry.targets
+    assert registry.targets["local"].__module__ == "deployer_plugins.local"
+
+
+def test_disabled_plugin_is_not_loaded(monkeypatch):
+    monkeypatch.setenv("DEPLOYER_DISABLE_PLUGINS", "local")
+    assert "local" not in load().targets
+
+
+def test_broken_plugin_is_unavailable_not_a_crash(monkeypatch, cli):
+    import importlib.metadata as md
+
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: list(real(**kw)) + (
+        [EntryPoint("broken", "no_such_module_for_deployer", "deployer.targets")]
+        if kw.get("group") == "deployer.targets" else []))
+    result = cli("targets", "--json")
+    assert result.code == 0, result
+    rows = {row["name"]: row for row in result.json()}
+    assert rows["local"]["available"] is True
+    assert rows["broken"]["available"] is False
+    assert "ModuleNotFoundError" in rows["broken"]["reason"]
+    failed = cli("deploy", REPOS / "add_sub", "--target", "broken")
+    assert failed.code == 2 and "could not be loaded" in one_line_error(failed)
+
+
+def test_duplicate_target_name_is_refused():
+    class Other:
+        @hookimpl
+        def deployer_register_targets(self):
+            return [type("Dup", (FakeTarget,), {"name": "fake"})]
+
+    with pytest.raises(UsageError, match="provided by both"):
+        load([FakePlugin(), Other()], entry_points=False)
+
+
+def test_misspelled_hook_fails_loudly():
+    from pluggy import PluginValidationError
+
+    class Typo:
+        @hookimpl
+        def deployer_register_target(self):  # missing "s"
+            return []
+
+    with pytest.raises(PluginValidationError):
+        load([Typo()], entry_points=False)
+
+
+def test_observer_hooks_see_the_lifecycle(tmp_path, world):
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def deployer_deploy_finished(self, deployment, error):
+            seen.append(("deploy", deployment.name, error))
+
+        @hookimpl
+        def deployer_test_finished(self, deployment, report):
+            seen.append(("test", deployment.name, report.passed))
+
+        @hookimpl
+        def deployer_teardown_finished(self, deployment, report):
+            seen.append(("teardown", deployment.name, len(report.removed)))
+
+    core = Deployer(state_dir=tmp_path / "s", plugins=[FakePlugin(), Observer()],
+                    progress=lambda _: None)
+    report = core.run(REPOS / "add_sub", "fake", "obs", {"world": str(world.path)})
+    assert report.passed
+    assert seen == [("deploy", "obs", None), ("test", "obs", True), ("teardown", "obs", 2)]
+
+
+def test_unknown_target_lists_installed(cli):
+    result = cli("deploy", REPOS / "add_sub", "--target", "nope")
+    assert result.code == 2
+    assert "unknown target 'nope'; installed targets:" in one_line_error(result)
+    assert "local" in result.err
+
+
+@pytest.mark.parametrize("option, message", [
+    ("colour=red", "has no option 'colour'"),
+    ("world", "is not KEY=VALUE"),
+    ("fail_deploy=maybe", "option 'fail_deploy' expects bool"),
+])
+def test_bad_options_are_one_line(fake_cli, world, option, message, tmp_path):
+    result = fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "-o", option)
+    assert result.code == 2
+    assert message in one_line_error(result)
+    assert not (tmp_path / "state" / "deployments").exists() or not list(
+        (tmp_path / "state" / "deployments").iterdir())
+
+
+def test_config_file_and_cli_override(fake_cli, world, tmp_path):
+    config = tmp_path / "deploy.toml"
+    config.write_text(f'target = "fake"\nname = "from-config"\n[options]\nworld = "{world.path}"\n'
+                      'fail_deploy = true\n')
+    failed = fake_cli("deploy", REPOS / "add_sub", "--config", config)
+    assert failed.code == 3 and "did not become ready" in one_line_error(failed)
+    assert fake_cli("teardown", "from-config").code == 0
+    ok = fake_cli("deploy", REPOS / "add_sub", "--config", config, "-o", "fail_deploy=false",
+                  "--json")
+    assert ok.code == 0, ok
+    assert ok.json()["name"] == "from-config" and ok.json()["options"]["fail_deploy"] is False
+
+
+def test_secret_option_never_reaches_state(core, world, tmp_path):
+    core.deploy(REPOS / "add_sub", "fake", "sec", {"world": str(world.path),
+                                                   "token": "s3cr3t-token-value"})
+    stored = (tmp_path / "state" / "deployments" / "sec.json").read_text()
+    assert "s3cr3t-token-value" not in stored
+    assert "token" not in json.loads(stored)["options"]
+
+
+def test_failed_deploy_keeps_record_and_teardown_removes_all(core, world):
+    with pytest.raises(DeployFailed):
+        core.deploy(REPOS / "add_sub", "fake", "bad", {"world": str(world.path),
+                                                       "fail_deploy": True})
+    stored = core.store.load("bad")
+    assert stored.status == "failed" and "did not become ready" in stored.error
+    assert world.read() == {"buckets": [stored.id], "servers": [stored.id]}
+    report = core.teardown("bad")
+    assert [r["kind"] for r in report.removed] == ["server", "bucket"]  # newest first
+    assert world.read() == {"buckets": [], "servers": []}
+    assert not core.store.exists("bad")
+
+
+def test_teardown_verifies_and_keeps_record_when_something_survives(core, world):
+    core.deploy(REPOS / "add_sub", "fake", "stuck", {"world": str(world.path), "stuck": True})
+    with pytest.raises(TeardownIncomplete, match="still exists"):
+        core.teardown("stuck")
+    assert core.store.exists("stuck")
+
+
+def test_name_taken_suggests_teardown(core, world):
+    core.deploy(REPOS / "add_sub", "fake", "taken", {"world": str(world.path)})
+    with pytest.raises(AlreadyDeployed, match="deployer teardown taken"):
+        core.deploy(REPOS / "add_sub", "fake", "taken", {"world": str(world.path)})
+
+
+def test_run_exit_codes(core, world, tmp_path):
+    options = {"world": str(world.path)}
+    assert core.run(REPOS / "add_sub", "fake", "r1", options).exit_code == 0
+    expect = tmp_path / "expect.json"
+    expect.write_text(json.dumps({"OUTPUT0": [[1, 1, 1, 1]]}))
+    failed = core.run(REPOS / "add_sub", "fake", "r2", options, TestOptions(expect=expect))
+    assert failed.exit_code == 1 and not failed.passed
+    assert failed.teardown and failed.teardown.removed
+    broken = core.run(REPOS / "add_sub", "fake", "r3", {**options, "fail_deploy": True})
+    assert broken.exit_code == 3 and broken.test is None and broken.teardown.removed
+    assert world.read() == {"buckets": [], "servers": []}
+
+
+def _reserve(args):
+    root, index = args
+    try:
+        StateStore(root).reserve(Deployment(name="race", target="fake", repository="r",
+                                            models=[], options={"i": index}))
+        return "won"
+    except AlreadyDeployed:
+        return "lost"
+
+
+def test_two_processes_cannot_take_one_name(tmp_path):
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        outcomes = pool.map(_reserve, [(str(tmp_path), i) for i in range(8)])
+    assert outcomes.count("won") == 1 and outcomes.count("lost") == 7
+    assert json.loads((tmp_path / "deployments" / "race.json").read_text())["name"] == "race"
+    assert not [p for p in (tmp_path / "deployments").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("test", "ghost"), "no deployment named 'ghost'"),
+    (("status", "ghost"), "no deployment named 'ghost'"),
+    (("deploy", "/no/such/repository"), "no such model repository"),
+    (("deploy", REPOS / "add_sub", "--name", "Bad_Name"), "invalid deployment name"),
+])
+def test_bad_input_is_one_line_exit_2(cli, args, message):
+    result = cli(*args)
+    assert result.code == 2, result
+    assert message in one_line_error(result)
+
+
+def test_teardown_of_unknown_name_is_nothing_to_do(cli):
+    result = cli("teardown", "ghost", "--json")
+    assert result.code == 0 and result.json()["found"] is False
+
+
+def test_json_error_goes_to_stdout_too(cli):
+    result = cli("status", "ghost", "--json")
+    assert result.code == 2 and "no deployment" in result.json()["error"]
+
+
+def test_targets_describes_options(cli):
+    result = cli("targets", "local", "--json")
+    assert result.code == 0
+    names = {o["name"] for o in result.json()["options"]}
+    assert {"server", "http_port", "startup_timeout", "args"} <= names

@@ -1,0 +1,196 @@
+"""The local target end to end: the real tritonserver, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from deployer.server import tagged
+from deployer.testing import TargetContract
+
+from conftest import EXAMPLES, REPOS, one_line_error
+
+pytestmark = pytest.mark.usefixtures("tritonserver")
+
+
+def processes_with(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+class TestLocalContract(TargetContract):
+    @pytest.fixture
+    def target_name(self):
+        return "local"
+
+    @pytest.fixture
+    def target_options(self):
+        return {}
+
+    @pytest.fixture
+    def repository(self):
+        return REPOS / "add_sub"
+
+
+def test_run_multi_model_repository_json(cli, tmp_path):
+    junit = tmp_path / "junit.xml"
+    result = cli("run", REPOS / "multi", "--json", "--requests", "200", "--concurrency", "4",
+                 "--batch-size", "2", "--junit-xml", junit)
+    assert result.code == 0, result
+    report = result.json()
+    assert report["passed"] is True and report["exit_code"] == 0
+    models = {m["model"]: m for m in report["models"]}
+    assert set(models) == {"add_sub", "pipeline", "scale", "text_len"}
+    for model in models.values():
+        assert [c["name"] for c in model["checks"]] == ["metadata", "infer"]
+        assert model["passed"]
+    # BYTES in and out, dynamic dims: two generated strings of 17 bytes
+    assert models["text_len"]["outputs"]["LENGTHS"]["first"] == [17, 17]
+    assert models["text_len"]["outputs"]["UPPER"]["first"][0] == "TRITON-DEPLOYER-0"
+    assert models["pipeline"]["outputs"]["Y"]["shape"] == [2, 2, 3]  # batch 2, -1 → 2
+    load = report["test"]["load"][0]
+    assert load["model"] == "add_sub" and load["requests"] == 200 and load["errors"] == {}
+    assert 0 < load["latency_ms"]["p50"] <= load["latency_ms"]["p90"] <= load["latency_ms"]["p99"]
+    assert report["teardown"]["removed"][0]["kind"] == "process"
+    assert tagged(report["deployment"]["id"]) == []
+    suite = ET.parse(junit).getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 1 + 4 * 2 + 1
+
+
+def test_step_by_step_with_sample_and_expect(cli, tmp_path):
+    example = EXAMPLES / "add_sub"
+    deployed = cli("deploy", example / "models", "--name", "steps", "--json")
+    assert deployed.code == 0, deployed
+    record = deployed.json()
+    assert record["status"] == "ready" and record["endpoint"]["url"].startswith("http://127.0.0.1:")
+    pid = int(record["resources"][0]["id"])
+    assert tagged(record["id"]) and pid in tagged(record["id"])
+
+    listed = cli("list", "--json").json()
+    assert [d["name"] for d in listed] == ["steps"]
+    assert cli("status", "steps", "--json").json()["live"] is True
+
+    tested = cli("test", "steps", "--sample", example / "sample.json", "--expect",
+                 example / "expect.json", "--json")
+    assert tested.code == 0, tested
+    checks = tested.json()["models"][0]["checks"]
+    assert [(c["name"], c["passed"]) for c in checks] == [
+        ("metadata", True), ("infer", True), ("expect", True)]
+
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"OUTPUT0": [[0, 0, 0, 0]]}))
+    junit = tmp_path / "fail.xml"
+    failed = cli("test", "steps", "--sample", example / "sample.json", "--expect", wrong,
+                 "--junit-xml", junit)
+    assert failed.code == 1, failed
+    assert "FAILED" in failed.out and "differs by up to 4.5" in failed.out
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+    assert "Started HTTPService" in cli("logs", "steps").out
+    again = cli("deploy", example / "models", "--name", "steps")
+    assert again.code == 2 and "deployer teardown steps" in one_line_error(again)
+
+    torn = cli("teardown", "steps", "--json")
+    assert torn.code == 0 and torn.json()["removed"] == [{"kind": "process", "id": str(pid)}]
+    assert tagged(record["id"]) == []
+    assert cli("teardown", "steps", "--json").json()["found"] is False
+
+
+def test_server_that_fails_to_start_shows_its_log(cli, tmp_path):
+    repo = tmp_path / "broken"
+    shutil.copytree(REPOS / "add_sub", repo)
+    (repo / "add_sub" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('weights file is corrupt')\n")
+    result = cli("deploy", repo, "--name", "broken")
+    assert result.code == 3, result
+    assert "tritonserver exited before it was ready" in one_line_error(result)
+    assert "weights file is corrupt" in result.err
+    assert cli("status", "broken", "--json").json()["status"] == "failed"
+    torn = cli("teardown", "broken", "--json")
+    assert torn.code == 0 and torn.json()["found"] is True
+    assert processes_with(str(repo)) == []
+
+
+def test_backend_the_embedded_server_lacks(cli, tmp_path):
+    repo = tmp_path / "onnx"
+    (repo / "resnet" / "1").mkdir(parents=True)
+    (repo / "resnet" / "1" / "model.onnx").write_bytes(b"onnx")
+    (repo / "resnet" / "config.pbtxt").write_text(
+        'name: "resnet"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
+    result = cli("deploy", repo)
+    assert result.code == 2
+    line = one_line_error(result)
+    assert "needs the onnxruntime backend" in line and "--target docker" in line
+    assert cli("list", "--json").json() == []
+
+
+def _deploy_process(repo: Path, name: str, state: Path) -> subprocess.Popen:
+    env = {**os.environ, "DEPLOYER_STATE_DIR": str(state)}
+    return subprocess.Popen([sys.executable, "-m", "deployer", "deploy", str(repo), "--name",
+                             name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.9, "spawned", "ready"])
+def test_kill_9_of_deploy_then_teardown_cleans(cli, tmp_path, delay):
+    repo = tmp_path / "killed-repo"
+    shutil.copytree(REPOS / "add_sub", repo)
+    state = Path(os.environ["DEPLOYER_STATE_DIR"])
+    record = state / "deployments" / "k9.json"
+    proc = _deploy_process(repo, "k9", state)
+    if isinstance(delay, float):
+        time.sleep(delay)
+    else:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                resources = json.loads(record.read_text())["resources"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                resources = []
+            if resources and (resources[0]["id"].isdigit() if delay == "spawned"
+                              else resources[0]["status"] == "created"):
+                break
+            time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    torn = cli("teardown", "k9")
+    assert torn.code == 0, torn
+    assert processes_with(str(repo)) == [], "a tritonserver survived teardown"
+    assert not record.exists()
+
+
+def test_ctrl_c_during_deploy_is_recorded(cli, tmp_path):
+    state = Path(os.environ["DEPLOYER_STATE_DIR"])
+    repo = tmp_path / "interrupted"
+    shutil.copytree(REPOS / "add_sub", repo)
+    proc = _deploy_process(repo, "intr", state)
+    record = state / "deployments" / "intr.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+            record.exists() and '"creating"' in record.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"deployer teardown intr" in err and b"Traceback" not in err
+    assert cli("teardown", "intr").code == 0
+    assert processes_with(str(repo)) == []
