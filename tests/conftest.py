@@ -64,3 +64,13 @@ def one_line_error(result: Result) -> str:
     lines = [line for line in result.err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, result.err
     return lines[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI every part is started, so a skipped test is a failure, not a pass."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("CI") == "true" and skipped and exitstatus == 0:
+        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; every part must run in CI",
+                            red=True)
+        session.exitstatus = 1
