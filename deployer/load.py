@@ -1,11 +1,16 @@
-"""A small load generator: N requests over C threads, each on its own persistent connection,
-with the request encoded once. Exact percentiles, errors counted by kind."""
+"""The load generator behind ``deployer test --requests`` and ``deployer compare``.
+
+C worker threads, each on its own persistent connection, send a request encoded once. After an
+untimed warm-up, requests are measured in windows; like Triton's perf_analyzer, windows repeat
+until the last three agree on throughput within 10 % (or a cap is hit, then ``stable`` is
+False). Percentiles are exact (nearest rank) over the stable windows; errors are counted by kind.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
+import statistics
 import threading
 import time
 from collections import Counter
@@ -13,18 +18,25 @@ from typing import Callable
 
 from .client import EndpointError
 
+STABLE_WINDOWS = 3
+TOLERANCE = 0.10
+
 
 @dataclasses.dataclass
 class LoadResult:
     model: str
+    #: requests measured (the stable windows), at least what was asked for unless capped
     requests: int
     concurrency: int
     seconds: float
     throughput_rps: float
-    #: p50, p90, p99, mean, max of successful requests, in milliseconds
+    #: p50, p90, p95, p99, mean, max of successful requests, in milliseconds
     latency_ms: dict[str, float]
     #: count of failed requests by kind (``http-500``, ``connection``, ...)
     errors: dict[str, int]
+    #: whether the last windows agreed within 10 %; windows measured in all
+    stable: bool = True
+    windows: int = 1
 
     @property
     def error_count(self) -> int:
@@ -39,50 +51,98 @@ def percentile(ordered: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+class _Workers:
+    """C threads that live across windows, so their connections do too."""
+
+    def __init__(self, send: Callable[[], None], concurrency: int):
+        self.send = send
+        self.concurrency = concurrency
+        self.start = threading.Barrier(concurrency + 1)
+        self.end = threading.Barrier(concurrency + 1)
+        self.lock = threading.Lock()
+        self.remaining = 0
+        self.stop = False
+        self.latencies: list[list[float]] = [[] for _ in range(concurrency)]
+        self.errors: list[Counter] = [Counter() for _ in range(concurrency)]
+        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True)
+                        for i in range(concurrency)]
+        for thread in self.threads:
+            thread.start()
+
+    def _take(self) -> bool:
+        with self.lock:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            return True
+
+    def _work(self, slot: int) -> None:
+        send, clock = self.send, time.perf_counter
+        while True:
+            self.start.wait()
+            if self.stop:
+                return
+            mine, failed = self.latencies[slot], self.errors[slot]
+            while self._take():
+                began = clock()
+                try:
+                    send()
+                except EndpointError as exc:
+                    failed[exc.kind] += 1
+                    continue
+                except Exception as exc:  # noqa: BLE001 - counted, never fatal
+                    failed[type(exc).__name__] += 1
+                    continue
+                mine.append(clock() - began)
+            self.end.wait()
+
+    def window(self, count: int) -> tuple[list[float], Counter, float]:
+        self.latencies = [[] for _ in range(self.concurrency)]
+        self.errors = [Counter() for _ in range(self.concurrency)]
+        self.remaining = count
+        began = time.perf_counter()
+        self.start.wait()
+        self.end.wait()
+        seconds = time.perf_counter() - began
+        return [x for part in self.latencies for x in part], sum(self.errors, Counter()), seconds
+
+    def close(self) -> None:
+        self.stop = True
+        self.start.wait()
+        for thread in self.threads:
+            thread.join()
+
+
 def run(model: str, send: Callable[[], None], requests: int, concurrency: int,
-        warmup: int | None = None) -> LoadResult:
-    """Send ``requests`` requests from ``concurrency`` threads, after an untimed warm-up."""
+        warmup: int | None = None, max_windows: int = 10) -> LoadResult:
+    """Measure ``send`` at ``concurrency`` with at least ``requests`` requests."""
     concurrency = max(1, min(concurrency, requests))
-    warmup = min(50, max(concurrency, requests // 10)) if warmup is None else warmup
-    for _ in range(warmup):
-        try:
-            send()
-        except EndpointError:
-            break
-    counter = itertools.count()
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[Counter] = [Counter() for _ in range(concurrency)]
-
-    def worker(slot: int) -> None:
-        mine, failed = latencies[slot], errors[slot]
-        clock = time.perf_counter
-        while next(counter) < requests:
-            began = clock()
-            try:
-                send()
-            except EndpointError as exc:
-                failed[exc.kind] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 - counted, never fatal
-                failed[type(exc).__name__] += 1
-                continue
-            mine.append(clock() - began)
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    ordered = sorted(itertools.chain.from_iterable(latencies))
-    total_errors = sum(errors, Counter())
-    ms = [x * 1000 for x in ordered]
-    latency = {"p50": percentile(ms, 50), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
-               "mean": (sum(ms) / len(ms)) if ms else float("nan"),
-               "max": ms[-1] if ms else float("nan")}
-    return LoadResult(model=model, requests=requests, concurrency=concurrency,
-                      seconds=round(seconds, 4),
+    size = max(concurrency, math.ceil(requests / STABLE_WINDOWS))
+    workers = _Workers(send, concurrency)
+    try:
+        workers.window(min(size, 50 * concurrency) if warmup is None else warmup)
+        measured: list[tuple[list[float], Counter, float]] = []
+        stable = False
+        while len(measured) < max_windows:
+            measured.append(workers.window(size))
+            if len(measured) >= STABLE_WINDOWS:
+                rates = [len(lat) / sec if sec else 0.0 for lat, _, sec in
+                         measured[-STABLE_WINDOWS:]]
+                mean = statistics.fmean(rates)
+                if mean and all(abs(r - mean) <= TOLERANCE * mean for r in rates):
+                    stable = True
+                    break
+    finally:
+        workers.close()
+    kept = measured[-STABLE_WINDOWS:]
+    ordered = sorted(x * 1000 for lat, _, _ in kept for x in lat)
+    seconds = sum(sec for _, _, sec in kept)
+    errors = sum((err for _, err, _ in kept), Counter())
+    latency = {f"p{p}": percentile(ordered, p) for p in (50, 90, 95, 99)}
+    latency["mean"] = statistics.fmean(ordered) if ordered else float("nan")
+    latency["max"] = ordered[-1] if ordered else float("nan")
+    return LoadResult(model=model, requests=len(ordered) + sum(errors.values()),
+                      concurrency=concurrency, seconds=round(seconds, 4),
                       throughput_rps=round(len(ordered) / seconds, 1) if seconds else 0.0,
                       latency_ms={k: round(v, 3) for k, v in latency.items()},
-                      errors=dict(total_errors))
+                      errors=dict(errors), stable=stable, windows=len(measured))

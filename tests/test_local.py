@@ -65,7 +65,7 @@ def test_run_multi_model_repository_json(cli, tmp_path):
     assert models["text_len"]["outputs"]["UPPER"]["first"][0] == "TRITON-DEPLOYER-0"
     assert models["pipeline"]["outputs"]["Y"]["shape"] == [2, 2, 3]  # batch 2, -1 → 2
     load = report["test"]["load"][0]
-    assert load["model"] == "add_sub" and load["requests"] == 200 and load["errors"] == {}
+    assert load["model"] == "add_sub" and load["requests"] >= 200 and load["errors"] == {}
     assert 0 < load["latency_ms"]["p50"] <= load["latency_ms"]["p90"] <= load["latency_ms"]["p99"]
     assert report["teardown"]["removed"][0]["kind"] == "process"
     assert tagged(report["deployment"]["id"]) == []
