@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from . import plugins as plugin_loader
+from .client import EndpointError
 from .errors import (DeployerError, DeployFailed, ExitCode, Interrupted, NotFound,
                      TeardownIncomplete, UsageError)
 from .state import Deployment, StateStore, check_name, name_from
@@ -282,7 +283,7 @@ class Deployer:
         data = deployment.to_dict()
         data["live"] = None
         if deployment.status == "ready":
-            with contextlib.suppress(DeployerError):
+            with contextlib.suppress(DeployerError, EndpointError):
                 client = self._target(deployment.target, deployment.options).client(deployment)
                 try:
                     data["live"] = client.ready()

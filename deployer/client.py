@@ -27,7 +27,8 @@ class EndpointClient:
     """One interface for the test step across targets."""
 
     def ready(self) -> bool:
-        """Whether the server answers ready (never raises for a refused connection)."""
+        """Whether the server answers ready. False while it cannot be reached; raises
+        EndpointError when it refuses our credentials (waiting would not help)."""
         raise NotImplementedError
 
     def metadata(self, model: str) -> dict[str, Any]:
@@ -85,9 +86,19 @@ class KServeClient(EndpointClient):
             raise EndpointError(f"{what}: {exc}", kind="connection") from None
 
     def ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}/v2/health/ready", headers=self._headers)
         try:
-            return bool(self._client.is_server_ready(headers=self._headers))
-        except Exception:  # noqa: BLE001 - any failure means not ready
+            with urllib.request.urlopen(request, timeout=min(self._timeout, 10)) as answer:
+                return answer.status == 200
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise EndpointError(f"the endpoint refused the credentials (HTTP {exc.code})",
+                                    kind=f"http-{exc.code}") from None
+            return False
+        except (OSError, ValueError):
             return False
 
     def metadata(self, model: str) -> dict[str, Any]:

@@ -153,6 +153,9 @@ class Target:
     - ``options``: a tuple of :class:`Option`; the core validates ``-o`` values against it.
     - ``requires``: importable module names the target needs (checked without importing them);
       ``install_hint`` says how to get them.
+    - ``runs_here``: True when what the target deploys runs on this machine (it then competes
+      with the load generator and with other such targets for CPU: ``compare`` measures it
+      alone). Cloud targets set False.
     - ``twin``: for a cloud target, the name of the target that rehearses it locally (builds
       the same artefact and serves it the way that cloud's Triton container would); it must
       accept the same options. ``deployer rehearse REPO --target T`` runs T's twin.
@@ -168,6 +171,7 @@ class Target:
     requires: ClassVar[Sequence[str]] = ()
     install_hint: ClassVar[str] = ""
     twin: ClassVar[str | None] = None
+    runs_here: ClassVar[bool] = True
 
     def __init__(self, settings: Options, progress: Callable[[str], None]):
         self.settings = settings
@@ -228,6 +232,13 @@ class Target:
     def logs(self, deployment: Deployment, lines: int = 100) -> str:
         """The last ``lines`` lines of the server's log, as text ('' when there are none)."""
         return ""
+
+    def instances(self, deployment: Deployment) -> list[tuple[str, int]]:
+        """What the deployment is billed for by the hour: ``[(instance_type, count)]``.
+
+        ``compare`` prices these from its price table. Default: nothing (runs here for free).
+        """
+        return []
 
     def models_served(self, repository: Repository) -> list[str]:
         """The model names the test step checks (default: every model in the repository)."""

@@ -80,12 +80,12 @@ class TargetContract:
         original = getattr(DeployContext, when)
 
         def interrupt(self, *args, **kwargs):
-            result = original(self, *args, **kwargs)
+            original(self, *args, **kwargs)
             raise KeyboardInterrupt
-        monkeypatch.setattr(DeployContext, when, interrupt)
-        with pytest.raises(Interrupted):
-            deployer.deploy(repository, target_name, "contract-int", target_options)
-        monkeypatch.undo()
+        with monkeypatch.context() as patch:
+            patch.setattr(DeployContext, when, interrupt)
+            with pytest.raises(Interrupted):
+                deployer.deploy(repository, target_name, "contract-int", target_options)
         stored = deployer.store.load("contract-int")
         assert stored.status == "failed" and stored.resources
         deployer.teardown("contract-int")

@@ -1,0 +1,174 @@
+"""The rehearsal's stand-in for a managed online endpoint's scoring host.
+
+Run as ``python -m deployer_plugins.azure.gateway --key-file F --routes F --port-file F``. It
+demands ``Authorization: Bearer <key>`` (401 otherwise) and routes on the
+``azureml-model-deployment`` header: a named deployment it knows (404 for an unknown one), or,
+without the header, a deployment holding traffic, by weight (404 when none has any). Everything
+else is proxied to that deployment's Triton unchanged. ``GET /-/gateway`` answers 200 without
+auth: it is how the deployer waits for the gateway, and no Azure route.
+
+The routes file is JSON ``{"deployments": {"blue": "http://127.0.0.1:PORT"}, "traffic":
+{"blue": 100}}``; it and the key file are read again whenever they change (traffic moves, keys
+are regenerated). The key never appears on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+HEALTH_PATH = "/-/gateway"
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+class _Watched:
+    """A file's parsed content, re-read when its mtime or size changes."""
+
+    def __init__(self, path: Path, parse):
+        self.path, self.parse = path, parse
+        self._stamp = None
+        self._value = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            try:
+                stat = self.path.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp != self._stamp:
+                self._value = self.parse(self.path.read_text()) if stamp else None
+                self._stamp = stamp
+            return self._value
+
+
+class Gateway(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, key_file: Path, routes_file: Path):
+        super().__init__(address, Handler)
+        self.key = _Watched(key_file, str.strip)
+        self.routes = _Watched(routes_file, json.loads)
+        self.local = threading.local()
+
+    def upstream(self, base: str) -> http.client.HTTPConnection:
+        pool = self.local.__dict__.setdefault("pool", {})
+        if base not in pool:
+            parsed = urllib.parse.urlparse(base)
+            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=180)
+        return pool[base]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: Gateway
+
+    def log_message(self, fmt, *args):  # one line per request on the gateway's log
+        sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
+
+    def _answer(self, status: int, message: str, extra: dict | None = None) -> None:
+        body = json.dumps({"message": message}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _route(self) -> tuple[str | None, str | None]:
+        """(deployment, upstream URL), or (None, why) when there is nowhere to go."""
+        routes = self.server.routes.get() or {}
+        deployments = routes.get("deployments", {})
+        wanted = self.headers.get(DEPLOYMENT_HEADER)
+        if wanted:
+            if wanted not in deployments:
+                return None, f"deployment {wanted!r} not found on this endpoint"
+            return wanted, deployments[wanted]
+        weights = {d: w for d, w in routes.get("traffic", {}).items()
+                   if w > 0 and d in deployments}
+        if not weights:
+            return None, ("no deployment holds traffic on this endpoint: set traffic or send "
+                          f"the {DEPLOYMENT_HEADER} header")
+        chosen = random.choices(list(weights), weights=list(weights.values()))[0]
+        return chosen, deployments[chosen]
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path == HEALTH_PATH:
+            return self._answer(200, "gateway up")
+        key = self.server.key.get()
+        given = self.headers.get("Authorization", "")
+        if not key or not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return self._answer(401, "Unauthorized: missing or invalid Authorization header",
+                                {"WWW-Authenticate": "Bearer"})
+        deployment, upstream = self._route()
+        if deployment is None:
+            return self._answer(404, upstream or "not found")
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in _HOP and k.lower() not in ("authorization",
+                                                                   DEPLOYMENT_HEADER)}
+        headers["Content-Length"] = str(len(body))
+        for attempt in (1, 2):  # a kept-alive upstream connection may have been closed
+            conn = self.server.upstream(upstream)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                payload = answer.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt == 2:
+                    return self._answer(502, f"deployment {deployment!r} did not answer: {exc}")
+        self.send_response(answer.status)
+        for key_, value in answer.getheaders():
+            if key_.lower() not in _HOP:
+                self.send_header(key_, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header(DEPLOYMENT_HEADER, deployment)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _handle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key-file", type=Path, required=True)
+    parser.add_argument("--routes", type=Path, required=True)
+    parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    args = parser.parse_args(argv)
+    server = Gateway((args.host, args.port), args.key_file, args.routes)
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.server_address[1]))
+        os.replace(tmp, args.port_file)
+    sys.stderr.write(f"gateway listening on {args.host}:{server.server_address[1]}\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Azure's rules and the two documents a deploy sends: the endpoint and the deployment.
+
+The documents are Azure ML CLI v2 YAML (``managedOnlineEndpoint`` / ``managedOnlineDeployment``
+schemas), so ``plan`` shows exactly what ``az ml online-endpoint create -f`` would take. The SDK
+entities are built from the same values with the SDK's own classes and serialised offline by the
+SDK before any call (``entities``), so a value the service would refuse fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from deployer.errors import ValidationError
+
+ENDPOINT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json"
+DEPLOYMENT_SCHEMA = ("https://azuremlschemas.azureedge.net/latest/"
+                     "managedOnlineDeployment.schema.json")
+#: tags every resource gets: the deployer's deployment name, and (at deploy) its id
+NAME_TAG = "triton-deployer"
+ID_TAG = "triton-deployer-id"
+
+#: endpoint and deployment names: 3-32 characters, a letter first, letters, digits, dashes
+NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+#: registered model (asset) names
+ASSET_RE = re.compile(r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,254}$")
+
+#: VM sizes managed online endpoints accept, from Microsoft's "Managed online endpoints SKU
+#: list" (reference-managed-online-endpoints-vm-sku-list). Compared case-insensitively. A size
+#: missing here is refused before any call: add it to this tuple when Azure adds one.
+INSTANCE_TYPES: tuple[str, ...] = (
+    # general purpose
+    "Standard_DS1_v2", "Standard_DS2_v2", "Standard_DS3_v2", "Standard_DS4_v2", "Standard_DS5_v2",
+    "Standard_D2a_v4", "Standard_D4a_v4", "Standard_D8a_v4", "Standard_D16a_v4",
+    "Standard_D32a_v4", "Standard_D48a_v4", "Standard_D64a_v4", "Standard_D96a_v4",
+    "Standard_D2as_v4", "Standard_D4as_v4", "Standard_D8as_v4", "Standard_D16as_v4",
+    "Standard_D32as_v4", "Standard_D48as_v4", "Standard_D64as_v4", "Standard_D96as_v4",
+    # compute optimised
+    "Standard_F2s_v2", "Standard_F4s_v2", "Standard_F8s_v2", "Standard_F16s_v2",
+    "Standard_F32s_v2", "Standard_F48s_v2", "Standard_F64s_v2", "Standard_F72s_v2",
+    # memory optimised
+    "Standard_E2s_v3", "Standard_E4s_v3", "Standard_E8s_v3", "Standard_E16s_v3",
+    "Standard_E32s_v3", "Standard_E48s_v3", "Standard_E64s_v3",
+    # GPU
+    "Standard_NC4as_T4_v3", "Standard_NC8as_T4_v3", "Standard_NC16as_T4_v3",
+    "Standard_NC64as_T4_v3", "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3",
+    "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4", "Standard_ND40rs_v2",
+    "Standard_NC40ads_H100_v5", "Standard_NC80adis_H100_v5",
+)
+_KNOWN = {t.lower(): t for t in INSTANCE_TYPES}
+
+#: backends NVIDIA's Triton image (the one a no-code deployment runs) carries
+IMAGE_BACKENDS = frozenset({"python", "onnxruntime", "pytorch", "tensorflow", "tensorrt",
+                            "openvino", "fil", "dali", "ensemble"})
+
+
+def check_name(what: str, name: str, option: str) -> str:
+    """Azure's endpoint/deployment name rule; raise one line saying which option to change."""
+    problem = None
+    if not 3 <= len(name) <= 32:
+        problem = f"is {len(name)} characters long (3-32 allowed)"
+    elif not NAME_RE.match(name):
+        problem = ("must start with a letter and hold only letters, digits and dashes, "
+                   "not ending with a dash")
+    elif "--" in name:
+        problem = "must not contain two dashes in a row"
+    if problem:
+        raise ValidationError(f"Azure {what} name {name!r} {problem}",
+                              hint=f"pass -o {option}=NAME")
+    return name
+
+
+def endpoint_name_from(name: str) -> str:
+    """A valid endpoint name derived from the deployer's deployment name."""
+    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-zA-Z0-9-]", "-", name)).strip("-")
+    if not cleaned[:1].isalpha():
+        cleaned = f"ep-{cleaned}"
+    cleaned = cleaned[:32].rstrip("-")
+    return cleaned if len(cleaned) >= 3 else f"{cleaned}-ep"
+
+
+def instance_type(value: str) -> str:
+    """The canonical spelling of a managed-endpoint VM size, or a ValidationError."""
+    known = _KNOWN.get(value.lower())
+    if known is None:
+        family = value.lower().split("_")[1][:2] if "_" in value else value.lower()[:2]
+        close = [t for t in INSTANCE_TYPES if t.lower().split("_")[1].startswith(family)]
+        raise ValidationError(
+            f"instance type {value!r} is not a managed online endpoint VM size",
+            hint="use one of " + ", ".join(close[:8] or INSTANCE_TYPES[:8]) + " ..."
+                 " (the list is INSTANCE_TYPES in deployer_plugins.azure.spec)")
+    return known
+
+
+def check_repository(repository) -> None:
+    """No-code Triton rules on top of the core's generic ones."""
+    if not repository.models:
+        raise ValidationError("the repository has no model", path=str(repository.path))
+    for model in repository.models.values():
+        if model.backend not in IMAGE_BACKENDS:
+            raise ValidationError(
+                f"model {model.name!r} uses the custom backend {model.backend!r}, which the "
+                "Triton image of a no-code deployment does not carry",
+                path=str(model.config_path),
+                hint="use a standard backend (" + ", ".join(sorted(IMAGE_BACKENDS)) + ")")
+        if not model.versions:
+            raise ValidationError(f"model {model.name!r} has no numeric version folder",
+                                  path=str(model.path), hint="add e.g. 1/ with the model file")
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(f"tag {item!r} is not KEY=VALUE", hint="-o tags=team=ml,env=dev")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def endpoint_yaml(name: str, auth_mode: str, tags: dict[str, str]) -> dict[str, Any]:
+    return {"$schema": ENDPOINT_SCHEMA, "name": name, "auth_mode": auth_mode, "tags": tags}
+
+
+def deployment_yaml(name: str, endpoint: str, model: dict[str, Any], instance_type_: str,
+                    instance_count: int, tags: dict[str, str]) -> dict[str, Any]:
+    """``model`` is ``{"name", "version"?, "path", "type": "triton_model"}`` (inline, as the
+    azureml-examples Triton YAML has it) or ``"azureml:NAME:VERSION"`` once registered."""
+    return {"$schema": DEPLOYMENT_SCHEMA, "name": name, "endpoint_name": endpoint,
+            "model": model, "instance_type": instance_type_, "instance_count": instance_count,
+            "tags": tags}
+
+
+def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
+             location: str = "westeurope"):
+    """The SDK entities for the two documents, serialised offline by the SDK as a check.
+
+    Returns ``(ManagedOnlineEndpoint, Model | None, ManagedOnlineDeployment)``; the Model is the
+    inline model to register (None when the deployment names a registered one). Raises
+    ValidationError with the SDK's own complaint.
+    """
+    import io
+    import json
+
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+    from azure.ai.ml.constants import AssetTypes
+    from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
+
+    try:
+        # the CLI v2 schema check, as 'az ml ... create -f' would do on the same documents
+        load_online_endpoint(io.StringIO(json.dumps(endpoint_doc)))
+        load_online_deployment(io.StringIO(json.dumps(deployment_doc)))
+        endpoint = ManagedOnlineEndpoint(name=endpoint_doc["name"],
+                                         auth_mode=endpoint_doc["auth_mode"],
+                                         tags=dict(endpoint_doc["tags"]))
+        endpoint._to_rest_online_endpoint(location)
+        spec = deployment_doc["model"]
+        model = None
+        if isinstance(spec, dict):
+            model = Model(name=spec["name"], version=spec.get("version"), path=spec["path"],
+                          type=AssetTypes.TRITON_MODEL, tags=dict(deployment_doc["tags"]))
+            reference = f"azureml:{spec['name']}:{spec.get('version') or 1}"
+        else:
+            reference = spec
+        deployment = ManagedOnlineDeployment(
+            name=deployment_doc["name"], endpoint_name=deployment_doc["endpoint_name"],
+            model=reference, instance_type=deployment_doc["instance_type"],
+            instance_count=deployment_doc["instance_count"], tags=dict(deployment_doc["tags"]))
+        deployment._to_rest_object(location=location)
+    except Exception as exc:  # noqa: BLE001 - the SDK's validation errors have no common base
+        if not (isinstance(exc, (ValueError, TypeError, KeyError))
+                or type(exc).__module__.startswith(("azure.", "marshmallow"))):
+            raise
+        text = " ".join(str(exc).split()).split(" Visit this link")[0]
+        raise ValidationError(f"azure-ai-ml refused the entities: {text[:400]}") from None
+    return endpoint, model, deployment

@@ -1,0 +1,291 @@
+"""The azure target on a fake control plane (tests/azure_support.py) over a real Triton, and
+its twin azure-twin. No test talks to the internet."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from azure_support import FakeAzure
+from deployer import cli
+from deployer.api import Deployer
+from deployer.errors import ValidationError
+from deployer.testing import TargetContract
+from deployer_plugins.azure import seam, spec
+
+pytestmark = pytest.mark.server
+HERE = Path(__file__).parent
+ADD_SUB = HERE / "repos" / "add_sub"
+MULTI = HERE / "repos" / "multi"
+
+
+@pytest.fixture
+def fake(tmp_path):
+    # set by hand, not with monkeypatch: the contract suite calls monkeypatch.undo() mid-test
+    world = FakeAzure(tmp_path / "azure")
+    saved, seam.factory = seam.factory, world.factory
+    try:
+        yield world
+    finally:
+        seam.factory = saved
+        world.stop_all()
+
+
+@pytest.fixture
+def run_cli(tmp_path, capfd):
+    """Run the CLI in-process; return (exit code, stdout, stderr). Keeps every output."""
+    outputs: list[str] = []
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--state-dir", str(tmp_path / "state"), *args])
+        out, err = capfd.readouterr()
+        outputs.extend([out, err])
+        return code, out, err
+
+    run.outputs = outputs
+    return run
+
+
+class TestAzureContract(TargetContract):
+    @pytest.fixture(autouse=True)
+    def _fake(self, fake):
+        return fake
+
+    @pytest.fixture
+    def target_name(self):
+        return "azure"
+
+    @pytest.fixture
+    def target_options(self):
+        return {"instance_type": "Standard_DS3_v2"}
+
+    @pytest.fixture
+    def repository(self):
+        return str(ADD_SUB)
+
+
+class TestAzureTwinContract(TargetContract):
+    @pytest.fixture
+    def target_name(self):
+        return "azure-twin"
+
+    @pytest.fixture
+    def target_options(self):
+        return {"deployment": "green"}
+
+    @pytest.fixture
+    def repository(self):
+        return str(ADD_SUB)
+
+
+def _secret_free(fake: FakeAzure, tmp_path: Path, outputs: list[str], keys: list[str]) -> None:
+    """No key in any output, log or state file (the twin's 0600 key file itself excepted)."""
+    assert keys and all(keys)
+    texts = list(outputs)
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file() and path.name != "endpoint.key":
+            texts.append(path.read_text(errors="replace"))
+    for path in fake.root.rglob("*.log"):
+        texts.append(path.read_text(errors="replace"))
+    for key in keys:
+        assert not any(key in text for text in texts), "a key leaked"
+
+
+def test_cli_deploy_test_teardown(fake, run_cli, tmp_path):
+    code, out, err = run_cli("deploy", str(MULTI), "-t", "azure", "--name", "workshop",
+                             "-o", "endpoint=ep-dl-workshop", "-o", "deployment=triton-deploy",
+                             "-o", "tags=team=ml", "--json")
+    assert code == 0, err
+    record = json.loads(out)  # stdout is pure JSON: the SDK's poll dots went elsewhere
+    assert [(r["kind"], r["id"], r["status"]) for r in record["resources"]] == [
+        ("endpoint", "ep-dl-workshop", "created"), ("model", "workshop:1", "created"),
+        ("deployment", "ep-dl-workshop/triton-deploy", "created"),
+        ("traffic", "ep-dl-workshop/triton-deploy", "created")]
+    assert record["endpoint"]["url"].endswith("/score")
+    endpoint = fake.endpoints["ep-dl-workshop"]
+    assert endpoint.tags == {"team": "ml", spec.NAME_TAG: "workshop", spec.ID_TAG: record["id"]}
+    assert fake.models[("workshop", "1")]["tags"][spec.ID_TAG] == record["id"]
+    assert [c for c, _ in fake.calls if not c.startswith(("get", "model_active"))] == [
+        "create_or_update_endpoint", "register_model", "create_or_update_deployment",
+        "set_traffic"]
+
+    code, out, err = run_cli("test", "workshop", "--requests", "20", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["passed"]
+    code, out, _ = run_cli("logs", "workshop")
+    assert code == 0 and "--- inference-server ---" in out and "storage-initializer" in out
+
+    code, out, err = run_cli("teardown", "workshop", "--json")
+    assert code == 0, err
+    removed = [(r["kind"], r["id"]) for r in json.loads(out)["removed"]]
+    assert removed == [("traffic", "ep-dl-workshop/triton-deploy"),
+                       ("deployment", "ep-dl-workshop/triton-deploy"),
+                       ("model", "workshop:1"), ("endpoint", "ep-dl-workshop")]
+    assert fake.endpoints == {} and fake.models[("workshop", "1")]["archived"]
+    code, out, _ = run_cli("teardown", "workshop", "--json")
+    assert code == 0 and json.loads(out)["found"] is False
+
+
+def test_no_key_anywhere(fake, run_cli, tmp_path):
+    """Deploy, test, logs, status on azure and on the twin: the keys are nowhere."""
+    keys = []
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "sec")[0] == 0
+    keys.append((fake.endpoints["add-sub-sec"] if "add-sub-sec" in fake.endpoints else
+                 next(iter(fake.endpoints.values()))).key_file.read_text())
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "sec-twin")[0] == 0
+    state = json.loads((tmp_path / "state" / "deployments" / "sec-twin.json").read_text())
+    key_file = Path(state["endpoint"]["key_file"])
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    keys.append(key_file.read_text())
+    for name in ("sec", "sec-twin"):
+        for args in (("test", name, "--requests", "5"), ("status", name), ("logs", name),
+                     ("list", "--json"), ("status", name, "--json")):
+            code, _, err = run_cli(*args)
+            assert code == 0, err
+    _secret_free(fake, tmp_path, run_cli.outputs, keys)
+    for name in ("sec", "sec-twin"):
+        assert run_cli("teardown", name)[0] == 0
+    assert not key_file.exists()
+    _secret_free(fake, tmp_path, run_cli.outputs, keys)
+
+
+def test_failed_deployment_carries_state_and_logs(fake, run_cli, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "add_sub" / "1").mkdir(parents=True)
+    (broken / "add_sub" / "config.pbtxt").write_text(
+        (ADD_SUB / "add_sub" / "config.pbtxt").read_text())
+    (broken / "add_sub" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n"
+        "        raise RuntimeError('weights file missing: crash-marker-42')\n")
+    code, out, err = run_cli("deploy", str(broken), "-t", "azure", "--name", "broken")
+    assert code == 3, err
+    assert "provisioning state Failed" in err and "ResourceNotReady" in err
+    assert "--- inference-server" in err and "crash-marker-42" in err
+    assert "--- storage-initializer" in err and "Model download complete" in err
+    assert "Traceback (most recent call last)" not in err.split("--- inference-server")[0]
+    code, out, err = run_cli("teardown", "broken", "--json")
+    assert code == 0, err
+    kinds = [r["kind"] for r in json.loads(out)["removed"]]
+    assert kinds == ["deployment", "model", "endpoint"]  # traffic was never recorded
+    assert fake.endpoints == {}
+
+
+def test_wrong_key_is_a_clear_401(fake, run_cli):
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "k401")[0] == 0
+    fake.stale_key = True
+    code, out, err = run_cli("test", "k401")
+    assert code == 5, out + err
+    assert "refused the credentials (HTTP 401)" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    fake.stale_key = False
+    assert run_cli("teardown", "k401")[0] == 0
+
+
+def test_no_credential_is_one_line(fake, run_cli):
+    fake.no_credential = True
+    code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "nocred")
+    assert code == 5 and "az login" in err and "AZURE_CLIENT_ID" in err
+    assert len(err.strip().splitlines()) == 2  # the progress line, then the error
+    fake.no_credential = False
+    assert run_cli("teardown", "nocred")[0] == 0
+
+
+def test_endpoint_name_taken_elsewhere(fake, run_cli):
+    fake.taken.add("ep-taken")
+    code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "taken",
+                           "-o", "endpoint=ep-taken")
+    assert code == 3 and "EndpointNameNotAvailable" in err
+    assert run_cli("teardown", "taken")[0] == 0
+
+
+def test_run_and_rehearse(fake, run_cli):
+    code, out, err = run_cli("run", str(ADD_SUB), "-t", "azure", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["passed"] and fake.endpoints == {}
+    code, out, err = run_cli("rehearse", str(MULTI), "-t", "azure", "-o", "traffic=100",
+                             "--json")
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert data["target"] == "azure-twin" and data["passed"]
+    assert len(data["models"]) == 4
+
+
+@pytest.mark.parametrize("option, message", [
+    ("endpoint=ab", "3-32 allowed"), ("endpoint=1abc", "must start with a letter"),
+    ("endpoint=ab--cd", "two dashes"), ("endpoint=" + "a" * 33, "3-32 allowed"),
+    ("deployment=blue-", "must start with a letter"), ("instance_type=Standard_X9", "not a "
+                                                       "managed online endpoint VM size"),
+    ("traffic=150", "0-100"), ("model_name=bad name", "asset name")])
+def test_validation_before_any_call(fake, run_cli, option, message):
+    code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "val", "-o", option)
+    assert code == 2 and message in err, err
+    assert fake.calls == []
+
+
+def test_names_and_instance_types():
+    assert spec.endpoint_name_from("9lives--model") == "ep-9lives-model"
+    assert spec.endpoint_name_from("x" * 60) == "x" * 32
+    assert spec.instance_type("STANDARD_NC4AS_T4_V3") == "Standard_NC4as_T4_v3"
+    with pytest.raises(ValidationError, match="Standard_NC"):
+        spec.instance_type("Standard_NC999")
+
+
+def test_plan_yaml_loads_with_the_sdk(tmp_path, run_cli):
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    yaml_dir = tmp_path / "yaml"
+    code, out, err = run_cli("plan", str(ADD_SUB), "-t", "azure", "--name", "planned",
+                             "-o", "yaml_dir=" + str(yaml_dir), "-o", "auth_mode=aml_token",
+                             "-o", "model_version=3", "--json")
+    assert code == 0, err
+    resources = {r["kind"]: r["details"] for r in json.loads(out)["resources"]}
+    assert json.loads((yaml_dir / "endpoint.yml").read_text()) == resources["endpoint"]
+    assert json.loads((yaml_dir / "deployment.yml").read_text()) == resources["deployment"]
+    endpoint = load_online_endpoint(yaml_dir / "endpoint.yml")
+    deployment = load_online_deployment(yaml_dir / "deployment.yml")
+    assert (endpoint.name, endpoint.auth_mode) == ("planned", "aml_token")
+    assert deployment.endpoint_name == "planned" and deployment.instance_count == 1
+    assert deployment.instance_type == "Standard_NC4as_T4_v3"
+    assert deployment.model.type == "triton_model" and deployment.model.version == "3"
+    assert Path(deployment.model.path) == ADD_SUB.resolve()
+    assert resources["traffic"] == {"blue": 100}
+    assert not (tmp_path / "state" / "deployments").exists() or \
+        not list((tmp_path / "state" / "deployments").iterdir())
+
+
+def test_twin_gateway_auth_and_routing(tmp_path):
+    deployer = Deployer(state_dir=tmp_path / "state", progress=lambda _: None)
+    record = deployer.deploy(str(ADD_SUB), "azure-twin", "gw", {"deployment": "green"})
+    try:
+        base = record.endpoint["url"].rsplit("/score", 1)[0]
+        key = Path(record.endpoint["key_file"]).read_text()
+
+        def status(headers):
+            request = urllib.request.Request(base + "/v2/health/ready", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return answer.status, answer.headers.get("azureml-model-deployment")
+            except urllib.error.HTTPError as exc:
+                return exc.code, None
+
+        auth = {"Authorization": f"Bearer {key}"}
+        assert status({}) == (401, None)
+        assert status({"Authorization": "Bearer nope"}) == (401, None)
+        assert status({**auth, "azureml-model-deployment": "green"}) == (200, "green")
+        assert status({**auth, "azureml-model-deployment": "blue"}) == (404, None)
+        assert status(auth) == (200, "green")  # no header: the deployment holding traffic
+        routes = Path(record.resources[-1].data["routes"])
+        data = json.loads(routes.read_text())
+        data["traffic"] = {"green": 0}
+        routes.write_text(json.dumps(data))
+        assert status(auth) == (404, None)  # nobody holds traffic
+        assert status({**auth, "azureml-model-deployment": "green"}) == (200, "green")
+    finally:
+        deployer.teardown("gw")
+    assert not os.path.exists(record.endpoint["key_file"])
