@@ -317,6 +317,72 @@ def rehearse(ctx: Context, repository, target, name, raw_options, config_file, a
                  junit_xml, kwargs)
 
 
+@cli.command()
+@click.argument("repository", type=click.Path())
+@click.option("-t", "--target", "targets", multiple=True, required=True,
+              help="A target to compare (repeat: --target local --target docker).")
+@click.option("-o", "--option", "raw_options", multiple=True, metavar="TARGET.KEY=VALUE",
+              help="An option for one target, e.g. -o docker.image=IMAGE (repeatable).")
+@click.option("--model", help="The model to measure (default: the first top-level model).")
+@click.option("--requests", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="At least this many measured requests per concurrency level.")
+@click.option("--concurrency", "concurrency", multiple=True, type=click.IntRange(min=1),
+              help="Concurrency levels (repeatable; default 1 and 4).")
+@click.option("--price", "prices", multiple=True, metavar="TYPE=USD",
+              help="Override an hourly price, e.g. --price ml.g4dn.xlarge=0.74.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report with charts.")
+@json_option
+@pass_ctx
+def compare(ctx: Context, repository, targets, raw_options, model, requests, concurrency,
+            prices, report_file, as_json) -> None:
+    """Deploy to several targets, measure the same load on each, tear all down, compare."""
+    from . import compare as comparing
+    from .render import table
+
+    _, _, flat = resolve_target("local", None, raw_options, None)
+    per_target = comparing.split_options(flat, list(targets))
+    price_map = {}
+    for item in prices:
+        key, sep, value = item.partition("=")
+        try:
+            price_map[key] = float(value) if sep else float("x")
+        except ValueError:
+            raise UsageError(f"--price {item!r} is not TYPE=USD_PER_HOUR",
+                             hint="e.g. --price ml.g4dn.xlarge=0.74") from None
+    result = comparing.compare(ctx.deployer, repository, list(targets), per_target,
+                               requests=requests, concurrency=list(concurrency) or [1, 4],
+                               prices=price_map, model=model, progress=ctx.progress)
+    data = result.to_dict()
+    if report_file:
+        from .report import render
+
+        Path(report_file).write_text(render(data))
+        ctx.progress(f"report written to {report_file}")
+
+    def text() -> str:
+        rows = []
+        for t in data["targets"]:
+            lat = t["latency_ms"]
+            rows.append([t["target"], "passed" if t["passed"] else "FAILED",
+                         t["deploy_seconds"], t["cold_start_seconds"], lat.get("p50"),
+                         lat.get("p90"), lat.get("p95"), lat.get("p99"), t["throughput_rps"],
+                         t["errors"], t["cost_per_hour"], t["cost_per_million"]])
+        lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
+                        "p99 ms", "max req/s", "errors", "USD/h*", "USD/M*"], rows)]
+        lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
+        lines.append(f"* estimates: {data['price_note']}")
+        lines.append(f"compare {'PASSED' if data['passed'] else 'FAILED'}")
+        return "\n".join(lines)
+
+    emit(as_json, data, text)
+    if not result.passed:
+        failed = [t for t in result.targets if not t.passed]
+        sys.exit(ExitCode.TEARDOWN_INCOMPLETE if any(not t.torn_down for t in failed)
+                 else ExitCode.DEPLOY_FAILED if any(t.deploy_seconds is None for t in failed)
+                 else ExitCode.TEST_FAILED)
+
+
 @cli.command(name="list")
 @json_option
 @pass_ctx

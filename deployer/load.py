@@ -79,7 +79,10 @@ class _Workers:
     def _work(self, slot: int) -> None:
         send, clock = self.send, time.perf_counter
         while True:
-            self.start.wait()
+            try:
+                self.start.wait()
+            except threading.BrokenBarrierError:
+                return
             if self.stop:
                 return
             mine, failed = self.latencies[slot], self.errors[slot]
@@ -94,7 +97,10 @@ class _Workers:
                     failed[type(exc).__name__] += 1
                     continue
                 mine.append(clock() - began)
-            self.end.wait()
+            try:
+                self.end.wait()
+            except threading.BrokenBarrierError:
+                return
 
     def window(self, count: int) -> tuple[list[float], Counter, float]:
         self.latencies = [[] for _ in range(self.concurrency)]
@@ -107,8 +113,12 @@ class _Workers:
         return [x for part in self.latencies for x in part], sum(self.errors, Counter()), seconds
 
     def close(self) -> None:
-        self.stop = True
-        self.start.wait()
+        """Stop the workers, also mid-window (Ctrl-C): each ends after its current request."""
+        with self.lock:
+            self.remaining = 0
+            self.stop = True
+        self.start.abort()
+        self.end.abort()
         for thread in self.threads:
             thread.join()
 

@@ -155,7 +155,12 @@ class FakeTarget(Target):
         Option("fail_deploy", bool, False, "fail after creating the server"),
         Option("stuck", bool, False, "delete does nothing (to test teardown verification)"),
         Option("token", str, None, "a secret that must never reach state", secret=True),
+        Option("instance_type", str, None, "an instance type it pretends to bill (for compare)"),
     )
+    runs_here = False
+
+    def instances(self, deployment):
+        return [(self.settings.instance_type, 2)] if self.settings.instance_type else []
 
     @property
     def world(self) -> FakeWorld:

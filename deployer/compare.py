@@ -1,0 +1,250 @@
+"""``deployer compare``: the same repository, the same requests, every target, one table.
+
+Per target: deploy (timed), cold start (from the deploy returning to the first successful
+inference), the test step, the same load at each concurrency, logs on failure, and teardown
+always — also when the target or another one fails, and on Ctrl-C. Targets that run on this
+machine are deployed and measured one at a time (they would share the CPU with each other and
+with the load generator); cloud targets deploy in parallel with everything else. Measurements
+never overlap.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import secrets
+import threading
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from . import load, samples
+from .errors import DeployerError, Interrupted, UsageError
+from .state import name_from
+from .tester import TestOptions
+
+if TYPE_CHECKING:
+    from .api import Deployer
+
+
+def price_table(overrides: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The packaged price table with per-run overrides applied (keys compared case-blind)."""
+    table = json.loads(resources.files("deployer").joinpath("prices.json").read_text())
+    prices = {k.lower(): {**v, "instance_type": k, "source": table["sources"][v["cloud"]]}
+              for k, v in table["prices"].items()}
+    for key, usd in (overrides or {}).items():
+        prices[key.lower()] = {"usd_per_hour": float(usd), "instance_type": key,
+                               "source": {"source": "--price on the command line"}}
+    return {"about": table["about"], "prices": prices}
+
+
+@dataclasses.dataclass
+class TargetResult:
+    target: str
+    name: str
+    passed: bool = False
+    error: str | None = None
+    deploy_seconds: float | None = None
+    cold_start_seconds: float | None = None
+    #: at the first concurrency level: p50, p90, p95, p99 (and mean, max)
+    latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the best throughput over the concurrency levels
+    throughput_rps: float | None = None
+    errors: int = 0
+    #: one entry per concurrency level: concurrency, throughput_rps, latency_ms, errors
+    load: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    cost_per_hour: float | None = None
+    cost_per_million: float | None = None
+    cost_note: str = ""
+    test_passed: bool | None = None
+    logs: str = ""
+    torn_down: bool = False
+    runs_here: bool = True
+
+
+@dataclasses.dataclass
+class CompareReport:
+    repository: str
+    model: str
+    requests: int
+    concurrency: list[int]
+    targets: list[TargetResult]
+    parallel: list[str]
+    sequential: list[str]
+    price_note: str
+    interrupted: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return not self.interrupted and all(t.passed for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def split_options(raw: Mapping[str, str], targets: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``{"local.http_port": "8000"}`` → ``{"local": {"http_port": "8000"}}``."""
+    per: dict[str, dict[str, str]] = {t: {} for t in targets}
+    for key, value in raw.items():
+        target, dot, option = key.partition(".")
+        if not dot or target not in per:
+            raise UsageError(f"compare option {key!r} does not name a compared target",
+                             hint=f"write -o TARGET.{option or key}=VALUE with TARGET one of "
+                                  f"{', '.join(targets)}")
+        per[target][option] = value
+    return per
+
+
+def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict) -> None:
+    if not instances:
+        result.cost_per_hour, result.cost_note = 0.0, "runs on this machine: no cloud cost"
+    else:
+        total, unknown = 0.0, []
+        for kind, count in instances:
+            entry = table["prices"].get(kind.lower())
+            result.instances.append({"instance_type": kind, "count": count,
+                                     "usd_per_hour": entry and entry["usd_per_hour"],
+                                     "source": entry and entry["source"]})
+            if entry is None:
+                unknown.append(kind)
+            else:
+                total += entry["usd_per_hour"] * count
+        if unknown:
+            result.cost_note = (f"no price for {', '.join(unknown)}: pass --price "
+                                f"{unknown[0]}=USD_PER_HOUR")
+            return
+        result.cost_per_hour = round(total, 4)
+        result.cost_note = "estimate from list prices (see sources)"
+    if result.throughput_rps:
+        result.cost_per_million = round(
+            result.cost_per_hour / (result.throughput_rps * 3600) * 1_000_000, 4)
+
+
+def _first_inference(client, model: str, inputs, timeout: float) -> float:
+    started = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - started < timeout:
+        try:
+            client.infer(model, inputs)
+            return round(time.monotonic() - started, 4)
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+            time.sleep(0.2)
+    raise DeployerError(f"no successful inference within {timeout:.0f}s after deploy: {last}")
+
+
+def compare(core: Deployer, repository: str, targets: Sequence[str],
+            options: Mapping[str, Mapping[str, Any]] | None = None, *, requests: int = 1000,
+            concurrency: Sequence[int] = (1, 4), prices: Mapping[str, float] | None = None,
+            model: str | None = None, cold_start_timeout: float = 300.0,
+            progress: Callable[[str], None] = lambda _: None) -> CompareReport:
+    """Deploy, measure and tear down ``repository`` on every target; never leaves one up."""
+    from .repository import Repository
+
+    if len(set(targets)) != len(targets) or not targets:
+        raise UsageError("name each target once: --target A --target B ...")
+    repo = Repository.load(repository)
+    model = model or repo.top_level()[0]
+    if model not in repo.models:
+        raise UsageError(f"no model {model!r} in {repo.path}")
+    options = {t: dict((options or {}).get(t, {})) for t in targets}
+    impls = {}
+    for target in targets:  # all bad input is reported before anything is created
+        impls[target] = core.registry.create(target, options[target], progress)
+        impls[target].validate(repo)
+    table = price_table(prices)
+    inputs = samples.generated_inputs(repo.models[model])
+    tag = secrets.token_hex(2)
+    results = {t: TargetResult(target=t, name=name_from(f"cmp-{repo.path.name}-{t}-{tag}"),
+                               runs_here=type(impls[t]).runs_here) for t in targets}
+    measure_lock = threading.Lock()
+
+    def one(target: str) -> None:
+        result, impl = results[target], impls[target]
+        try:
+            deployment = core.deploy(repo.path, target, result.name, options[target])
+            result.deploy_seconds = deployment.deploy_seconds
+            client = impl.client(deployment)
+            try:
+                with measure_lock:
+                    progress(f"{target}: cold start, test step and load")
+                    result.cold_start_seconds = _first_inference(client, model, inputs,
+                                                                 cold_start_timeout)
+                    report = core.test(result.name, TestOptions(ready_timeout=60))
+                    result.test_passed = report.passed
+                    for level in concurrency:
+                        measured = load.run(model, client.sender(model, inputs), requests, level)
+                        result.load.append({"concurrency": level,
+                                            "throughput_rps": measured.throughput_rps,
+                                            "latency_ms": measured.latency_ms,
+                                            "errors": measured.errors,
+                                            "stable": measured.stable})
+            finally:
+                client.close()
+            result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
+            result.throughput_rps = max((x["throughput_rps"] for x in result.load), default=None)
+            result.errors = sum(sum(x["errors"].values()) for x in result.load)
+            _cost(result, impl.instances(deployment), table)
+            result.passed = bool(result.test_passed) and result.errors == 0
+            if not result.test_passed:
+                failed = [f"{m.model} {c.name}: {c.message}" for m in report.models
+                          for c in m.checks if not c.passed] or ["not ready"]
+                result.error = "the test step failed: " + "; ".join(failed)
+            elif result.errors:
+                result.error = f"{result.errors} requests failed under load"
+        except Interrupted:
+            raise
+        except DeployerError as exc:
+            result.error = str(exc)
+        finally:
+            if result.error and core.store.exists(result.name):
+                try:
+                    result.logs = core.logs(result.name, 40)
+                except Exception:  # noqa: BLE001 - logs are a courtesy on failure
+                    pass
+
+    def teardown(target: str) -> None:
+        result = results[target]
+        if core.store.exists(result.name):
+            try:
+                core.teardown(result.name)
+                result.torn_down = True
+            except DeployerError as exc:
+                result.error = (result.error + "; " if result.error else "") + str(exc)
+                result.passed = False
+        else:
+            result.torn_down = True
+
+    remote = [t for t in targets if not results[t].runs_here]
+    here = [t for t in targets if results[t].runs_here]
+    interrupted = False
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(remote)))
+    try:
+        futures = [pool.submit(one, t) for t in remote]
+        for target in here:
+            one(target)
+            teardown(target)
+        for future in futures:
+            future.result()
+    except KeyboardInterrupt:
+        interrupted = True
+        progress("interrupted: waiting for running deploys to record, then tearing down")
+    finally:
+        pool.shutdown(wait=True)
+        for target in targets:
+            teardown(target)
+    report = CompareReport(repository=str(repo.path), model=model, requests=requests,
+                           concurrency=list(concurrency), targets=list(results.values()),
+                           parallel=remote, sequential=here, price_note=table["about"],
+                           interrupted=interrupted)
+    if interrupted:
+        raise Interrupted("compare interrupted; every deployment was torn down"
+                          if all(r.torn_down for r in results.values()) else
+                          "compare interrupted", hint=None if all(
+                              r.torn_down for r in results.values())
+                          else "run 'deployer list' and tear down what is left")
+    return report

@@ -1,0 +1,199 @@
+"""The compare report as one self-contained HTML file: inline SVG charts, no network needed."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Sequence
+
+COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2"]
+PERCENTILES = ("p50", "p90", "p95", "p99")
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
+max-width:1100px;color:#111827;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.sub{color:#6b7280;margin-bottom:16px}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:16px}
+figure{margin:0;border:1px solid #e5e7eb;border-radius:8px;padding:12px}
+figcaption{font-weight:600;margin-bottom:6px}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid #e5e7eb;padding:6px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.fail{color:#b91c1c;font-weight:600}.ok{color:#15803d;font-weight:600}
+.note{color:#6b7280;font-size:12px}pre{background:#f3f4f6;padding:8px;overflow:auto;
+font-size:12px}.legend span{display:inline-block;margin-right:14px}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+"""
+
+# Counts the drawn marks of each chart once the browser has laid them out (tests read it).
+CHECK_JS = """
+document.querySelectorAll('svg[data-chart]').forEach(function (svg) {
+  var drawn = 0;
+  svg.querySelectorAll('.mark').forEach(function (m) {
+    var b = m.getBBox(); if (b.width > 0 || b.height > 0) drawn++;
+  });
+  svg.setAttribute('data-marks', String(drawn));
+});
+document.body.setAttribute('data-rendered', 'yes');
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return _esc(value)
+
+
+def _tick(value: float) -> str:
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _axis(width: int, height: int, left: int, bottom: int, top_value: float, unit: str) -> str:
+    parts = []
+    for i in range(5):
+        value = top_value * i / 4
+        y = height - bottom - (height - bottom - 20) * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
+                     f'stroke="#e5e7eb"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
+                     f'text-anchor="end" fill="#6b7280">{_tick(value)}</text>')
+    parts.append(f'<text x="{left}" y="12" font-size="11" fill="#6b7280">{_esc(unit)}</text>')
+    return "".join(parts)
+
+
+def bar_chart(chart_id: str, groups: Sequence[str], series: Sequence[str],
+              values: dict[tuple[str, str], float | None], unit: str) -> str:
+    """Grouped vertical bars: one group per entry of ``groups``, one bar per series."""
+    width, height, left, bottom = 520, 260, 52, 40
+    top = max([v for v in values.values() if v] or [1.0]) * 1.1
+    slot = (width - left - 10) / max(1, len(groups))
+    bar = min(36.0, slot * 0.8 / max(1, len(series)))
+    parts = [_axis(width, height, left, bottom, top, unit)]
+    for g, group in enumerate(groups):
+        x0 = left + g * slot + (slot - bar * len(series)) / 2
+        for s, name in enumerate(series):
+            value = values.get((group, name))
+            if value is None:
+                continue
+            h = (height - bottom - 20) * value / top
+            x, y = x0 + s * bar, height - bottom - h
+            parts.append(f'<rect class="mark" x="{x:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" '
+                         f'height="{max(h, 1):.1f}" fill="{COLORS[s % len(COLORS)]}">'
+                         f'<title>{_esc(group)} {_esc(name)}: {value:,.4g} {_esc(unit)}'
+                         f'</title></rect>')
+        parts.append(f'<text x="{left + g * slot + slot / 2:.1f}" y="{height - bottom + 16}" '
+                     f'font-size="12" text-anchor="middle">{_esc(group)}</text>')
+    legend = "".join(f'<span><i style="background:{COLORS[s % len(COLORS)]}"></i>{_esc(n)}'
+                     f'</span>' for s, n in enumerate(series))
+    return (f'<svg data-chart="{chart_id}" viewBox="0 0 {width} {height}" width="100%" '
+            f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
+
+
+def line_chart(chart_id: str, xs: Sequence[int], lines: dict[str, dict[int, float]],
+               unit: str) -> str:
+    """Throughput against concurrency: one polyline with points per target."""
+    width, height, left, bottom = 520, 260, 52, 40
+    top = max([v for pts in lines.values() for v in pts.values()] or [1.0]) * 1.1
+    span = (width - left - 30) / max(1, len(xs) - 1)
+    parts = [_axis(width, height, left, bottom, top, unit)]
+    for i, x in enumerate(xs):
+        parts.append(f'<text x="{left + 10 + i * span:.1f}" y="{height - bottom + 16}" '
+                     f'font-size="12" text-anchor="middle">{x}</text>')
+    parts.append(f'<text x="{width / 2:.0f}" y="{height - 6}" font-size="11" fill="#6b7280" '
+                 f'text-anchor="middle">concurrency</text>')
+    for n, (name, points) in enumerate(lines.items()):
+        color = COLORS[n % len(COLORS)]
+        coords = [(left + 10 + xs.index(x) * span, height - bottom - (height - bottom - 20)
+                   * v / top) for x, v in sorted(points.items())]
+        if len(coords) > 1:
+            parts.append('<polyline class="mark" fill="none" stroke-width="2.5" stroke="'
+                         + color + '" points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+                         + '"/>')
+        for (x, y), (c, v) in zip(coords, sorted(points.items())):
+            parts.append(f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
+                         f'<title>{_esc(name)} at concurrency {c}: {v:,.1f} {_esc(unit)}'
+                         f'</title></circle>')
+    legend = "".join(f'<span><i style="background:{COLORS[n % len(COLORS)]}"></i>{_esc(k)}'
+                     f'</span>' for n, k in enumerate(lines))
+    return (f'<svg data-chart="{chart_id}" viewBox="0 0 {width} {height}" width="100%" '
+            f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
+
+
+def render(report: dict[str, Any]) -> str:
+    targets = report["targets"]
+    names = [t["target"] for t in targets]
+    measured = [t for t in targets if t["load"]]
+    latency = bar_chart("latency", [t["target"] for t in measured], PERCENTILES,
+                        {(t["target"], p): t["latency_ms"].get(p) for t in measured
+                         for p in PERCENTILES}, "ms")
+    throughput = line_chart("throughput", report["concurrency"], {
+        t["target"]: {x["concurrency"]: x["throughput_rps"] for x in t["load"]}
+        for t in measured}, "requests/s")
+    timing = bar_chart("timing", names, ("deploy", "cold start"),
+                       {**{(t["target"], "deploy"): t["deploy_seconds"] for t in targets},
+                        **{(t["target"], "cold start"): t["cold_start_seconds"]
+                           for t in targets}}, "seconds")
+    rows = []
+    for t in targets:
+        lat = t["latency_ms"]
+        status = ('<span class="ok">passed</span>' if t["passed"]
+                  else f'<span class="fail">failed</span>')
+        rows.append(
+            f"<tr><td>{_esc(t['target'])}</td><td>{status}</td>"
+            f"<td>{_fmt(t['deploy_seconds'])}</td><td>{_fmt(t['cold_start_seconds'], 3)}</td>"
+            + "".join(f"<td>{_fmt(lat.get(p), 3)}</td>" for p in PERCENTILES)
+            + f"<td>{_fmt(t['throughput_rps'], 1)}</td><td>{t['errors']}</td>"
+            f"<td>{_fmt(t['cost_per_hour'], 4)}</td><td>{_fmt(t['cost_per_million'], 4)}</td>"
+            "</tr>")
+    failures = "".join(
+        f"<h3>{_esc(t['target'])}: {_esc(t['error'])}</h3>"
+        + (f"<details><summary>last log lines</summary><pre>{_esc(t['logs'])}</pre></details>"
+           if t["logs"] else "") for t in targets if t["error"])
+    costs = "".join(
+        f"<li>{_esc(t['target'])}: {_esc(t['cost_note'])}"
+        + "".join(f"; {_esc(i['count'])} × {_esc(i['instance_type'])} at "
+                  f"{_fmt(i['usd_per_hour'], 4)} USD/h ({_esc((i['source'] or {}).get('source', 'no source'))}, "
+                  f"{_esc((i['source'] or {}).get('date', ''))})" for i in t["instances"])
+        + "</li>" for t in targets)
+    schedule = (f"Measured one at a time (on this machine): {', '.join(report['sequential']) or '—'}."
+                f" Deployed in parallel (cloud): {', '.join(report['parallel']) or '—'}; "
+                "their measurements never overlapped.")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>triton-deployer compare</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>
+<body>
+<h1>{_esc(" vs ".join(names))}</h1>
+<div class="sub">Repository <code>{_esc(report['repository'])}</code>, model
+<code>{_esc(report['model'])}</code>, at least {report['requests']} requests per concurrency
+level ({", ".join(map(str, report['concurrency']))}). Overall:
+{'<span class="ok">passed</span>' if report['passed'] else '<span class="fail">failed</span>'}.
+</div>
+<div class="charts">
+<figure><figcaption>Latency percentiles at concurrency {report['concurrency'][0]}</figcaption>
+{latency}</figure>
+<figure><figcaption>Throughput against concurrency</figcaption>{throughput}</figure>
+<figure><figcaption>Deploy and cold-start time</figcaption>{timing}</figure>
+</div>
+<h2>Side by side</h2>
+<table><thead><tr><th>target</th><th>result</th><th>deploy s</th><th>cold start s</th>
+<th>p50 ms</th><th>p90 ms</th><th>p95 ms</th><th>p99 ms</th><th>max req/s</th>
+<th>errors</th><th>USD/hour*</th><th>USD per million*</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<p class="note">{_esc(schedule)} Cold start: from the deploy returning to the first successful
+inference.</p>
+<h2>Cost (estimates)</h2><ul>{costs}</ul>
+<p class="note">* {_esc(report['price_note'])} Cost per million inferences = cost per hour ÷
+(measured maximum throughput × 3600) × 10⁶.</p>
+{"<h2>Failures</h2>" + failures if failures else ""}
+<script type="application/json" id="data">{_esc(json.dumps(report, default=str))}</script>
+<script>{CHECK_JS}</script>
+</body></html>
+"""
