@@ -269,12 +269,13 @@ def _run_command(ctx: Context, method: str, repository, target, name, raw_option
                                            make_test_options(kwargs))
     data = report.to_dict()
 
+    if data["error"]:
+        click.echo(f"error: {data['error']}", err=True)
+
     def text() -> str:
         parts = []
         if data["test"]:
             parts.append(test_report(data["test"]))
-        if data["error"]:
-            parts.append(f"error: {data['error']}")
         if data["teardown"]:
             parts.append(teardown_report(data["teardown"]))
         parts.append(f"{method} {'PASSED' if data['passed'] else 'FAILED'} "

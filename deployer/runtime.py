@@ -106,6 +106,22 @@ def find_server(named: str | None = None, progress: Callable[[str], None] = lamb
     return server
 
 
+def check_backends(repository, named: str | None = None, *, hint: str) -> None:
+    """Raise ValidationError for the first model that needs a backend the server that would
+    run lacks. Never creates the managed runtime (which, made or not, has the Python backend
+    and ensembles only). ``hint`` says where such a model can go instead."""
+    from .errors import ValidationError
+
+    server = find_server(named, create=False)
+    have = server.backends() if server else {"python", "ensemble"}
+    for model in repository.models.values() if have is not None else ():
+        if model.backend not in have:
+            raise ValidationError(
+                f"model {model.name!r} needs the {model.backend} backend, which this "
+                f"tritonserver lacks (it has: {', '.join(sorted(have))})",
+                path=str(model.config_path), hint=hint)
+
+
 def managed_server(root: Path | None = None) -> Server | None:
     """The managed runtime, if it exists complete; None otherwise."""
     root = root or runtime_dir()

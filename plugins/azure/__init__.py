@@ -341,15 +341,9 @@ class AzureTwin(AzureTarget):
         super().validate(repository)
         from deployer import runtime
 
-        server = runtime.find_server(self.settings.server, self.progress, create=False)
-        have = server.backends() if server else {"python", "ensemble"}
-        for model in repository.models.values():
-            if have is not None and model.backend not in have:
-                raise ValidationError(
-                    f"model {model.name!r} needs the {model.backend} backend, which the local "
-                    f"tritonserver lacks (it has: {', '.join(sorted(have))}), so it cannot be "
-                    "rehearsed here", path=str(model.config_path),
-                    hint="name a server that has it with -o server=PATH")
+        runtime.check_backends(repository, self.settings.server,
+                               hint="it cannot be rehearsed here; name a server that has it "
+                                    "with -o server=PATH")
 
     def _check_entities(self, endpoint_doc, deployment_doc):
         import importlib.util

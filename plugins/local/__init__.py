@@ -32,25 +32,12 @@ class LocalTarget(Target):
         Option("args", list, [], "extra tritonserver arguments, comma-separated"),
     )
 
-    def _server(self, create: bool):
+    def validate(self, repository) -> None:
         from deployer import runtime
 
-        return runtime.find_server(self.settings.server, self.progress, create=create)
-
-    def validate(self, repository) -> None:
-        server = self._server(create=False)
-        # the managed runtime, made or not, has the Python backend only
-        have = server.backends() if server else {"python", "ensemble"}
-        if have is None:
-            return
-        for model in repository.models.values():
-            if model.backend not in have:
-                raise ValidationError(
-                    f"model {model.name!r} needs the {model.backend} backend, which this "
-                    f"tritonserver lacks (it has: {', '.join(sorted(have))})",
-                    path=str(model.config_path),
-                    hint=f"deploy it with --target {ELSEWHERE}, or name a server that has it "
-                         "with -o server=PATH")
+        runtime.check_backends(repository, self.settings.server,
+                               hint=f"deploy it with --target {ELSEWHERE}, or name a server "
+                                    "that has it with -o server=PATH")
         from deployer.server import port_in_use
 
         for option in ("http_port", "grpc_port", "metrics_port"):
@@ -66,9 +53,10 @@ class LocalTarget(Target):
                       ("http_port", "grpc_port", "metrics_port")}})]
 
     def deploy(self, repository, context) -> None:
+        from deployer import runtime
         from deployer import server as proc
 
-        server = self._server(create=True)
+        server = runtime.find_server(self.settings.server, self.progress)
         host = self.settings.host
         free = iter(proc.free_ports(3, host))
         ports = {k: self.settings[k] or next(free) for k in
