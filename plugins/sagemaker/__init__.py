@@ -1,0 +1,487 @@
+"""Targets ``sagemaker`` (single- and multi-model Triton endpoints) and ``sagemaker-twin``.
+
+``sagemaker`` uploads the artefacts to S3 and creates model → endpoint config → endpoint with
+boto3. ``sagemaker-twin`` builds the very same artefacts into a local folder, unpacks them as the
+container would and runs the embedded ``tritonserver`` with the flags and environment of
+SageMaker's Triton ``serve`` script; ``deployer rehearse REPO --target sagemaker`` runs it.
+boto3 and sagemaker-core are imported inside methods only: the CLI loads every plugin.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deployer import hookimpl
+from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete
+from deployer.target import Option, PlannedResource, Target
+
+VARIANT = "AllTraffic"
+
+
+class SageMakerTarget(Target):
+    name = "sagemaker"
+    description = "an Amazon SageMaker real-time endpoint (single- or multi-model) on Triton"
+    requires = ("boto3",)
+    install_hint = "pip install 'triton-deployer[sagemaker]'"
+    twin = "sagemaker-twin"
+    runs_here = False
+    options = (
+        Option("region", str, None, "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / "
+                                    "the profile's)"),
+        Option("role", str, None, "execution role ARN SageMaker assumes to read the artefacts "
+                                  "(required)"),
+        Option("bucket", str, None, "S3 bucket for the artefacts (required)"),
+        Option("prefix", str, "triton-deployer", "S3 key prefix; artefacts go under "
+                                                 "PREFIX/<sha256 of their content>/"),
+        Option("instance_type", str, "ml.g4dn.xlarge", "instance type; CPU families (ml.m5, "
+               "ml.c5...) get the -cpu image"),
+        Option("instance_count", int, 1, "initial instance count"),
+        Option("image_version", str, None, "Triton image version, e.g. 24.09 (default: the "
+               "newest sagemaker-core lists for the region)"),
+        Option("image", str, None, "explicit container image URI (overrides image_version)"),
+        Option("mode", str, "single", "single: one model.tar.gz, one default model; multi: one "
+               "<model>.tar.gz per top-level model, invoked with TargetModel",
+               choices=("single", "multi")),
+        Option("default_model", str, None, "model served by /invocations in single mode "
+               "(SAGEMAKER_TRITON_DEFAULT_MODEL_NAME); needed with several top-level models"),
+        Option("env", list, [], "extra container environment, SAGEMAKER_TRITON_NAME=VALUE "
+                                "items, comma-separated"),
+        Option("startup_timeout", int, 600, "container start-up health check timeout, "
+                                            "60-3600 seconds"),
+        Option("uncompressed", bool, False, "single mode: upload the repository as an "
+               "uncompressed S3 prefix instead of model.tar.gz"),
+        Option("wait", bool, True, "wait until the endpoint is InService"),
+        Option("tags", list, [], "extra resource tags, KEY=VALUE items, comma-separated"),
+        Option("keep_artifacts", bool, False, "leave the uploaded artefacts in S3 on teardown"),
+    )
+
+    # -- shared with the twin ----------------------------------------------------------------
+    def _layout(self, repository):
+        from . import artefacts
+
+        if self.settings.mode == "multi":
+            return "multi", artefacts.multi(repository)
+        return ("uncompressed" if self.settings.uncompressed else "single",
+                [artefacts.single(repository)])
+
+    def _container_env(self, repository) -> dict[str, str]:
+        from . import rules
+
+        env = rules.env(self.settings)
+        if self.settings.mode == "single":
+            env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"] = rules.default_model(repository,
+                                                                             self.settings)
+        return env
+
+    def _check_repository(self, repository) -> None:
+        from deployer.errors import ValidationError
+
+        from . import rules
+
+        rules.options(self.settings)
+        if self.settings.mode == "single":
+            rules.default_model(repository, self.settings)
+            if self.settings.uncompressed:
+                for model in repository.models.values():
+                    for version in model.versions:
+                        folder = model.path / str(version)
+                        if not any(p.is_file() for p in folder.rglob("*")):
+                            raise ValidationError(
+                                f"version folder {model.name}/{version} has no file: an "
+                                "uncompressed S3 prefix cannot carry an empty folder",
+                                path=str(folder),
+                                hint="add a file to it (e.g. .gitkeep), or drop -o uncompressed")
+        else:
+            rules.multi_models(repository)
+
+    def models_served(self, repository):
+        from . import rules
+
+        if self.settings.mode == "multi":
+            return repository.top_level()
+        return [rules.default_model(repository, self.settings)]
+
+    # -- contract ----------------------------------------------------------------------------
+    def _session_region(self):
+        from . import aws, rules
+
+        session = aws.session(self.settings.region)
+        return session, rules.cloud(self.settings, session)
+
+    def validate(self, repository) -> None:
+        from . import rules
+
+        self._check_repository(repository)
+        _, region = self._session_region()
+        rules.image(self.settings, region)
+        rules.multi_gpu(self.settings, region, self.progress)
+
+    def _names(self, name: str, deployment_id: str) -> dict[str, str]:
+        from . import rules
+
+        base = name[:63 - 11]
+        names = {"endpoint": name, "endpoint-config": f"{base}-c-{deployment_id[:8]}",
+                 "model": f"{base}-m-{deployment_id[:8]}"}
+        for kind, value in names.items():
+            rules.check_name(kind, value)
+        return names
+
+    def _keys(self, layout: str, items, base: str) -> list[tuple[str, object]]:
+        """(S3 key, artefact or file) for everything to upload."""
+        if layout == "uncompressed":
+            return [(f"{base}/{rel}", path) for rel, path in items[0].members]
+        return [(f"{base}/{artefact.name}", artefact) for artefact in items]
+
+    def _base(self, digest: str) -> str:
+        prefix = self.settings.prefix.strip("/")
+        return f"{prefix}/{digest}" if prefix else digest
+
+    def plan(self, repository, name):
+        from . import artefacts, rules
+
+        _, region = self._session_region()
+        layout, items = self._layout(repository)
+        base = self._base(artefacts.listing_digest(items, layout))
+        names = self._names(name, "0" * 8)
+        return [
+            PlannedResource("s3-artifacts", f"s3://{self.settings.bucket}/{base}/", {
+                "layout": layout, "objects": [k for k, _ in self._keys(layout, items, base)],
+                "bytes_before_compression": sum(a.size for a in items),
+                "kept_on_teardown": self.settings.keep_artifacts}),
+            PlannedResource("model", names["model"].replace("00000000", "<id>"), {
+                "image": rules.image(self.settings, region), "mode": self.settings.mode,
+                "environment": self._container_env(repository), "role": self.settings.role}),
+            PlannedResource("endpoint-config", names["endpoint-config"].replace(
+                "00000000", "<id>"), {"instance_type": self.settings.instance_type,
+                                      "instance_count": self.settings.instance_count,
+                                      "startup_timeout": self.settings.startup_timeout}),
+            PlannedResource("endpoint", name, {"region": region,
+                                               "models": self.models_served(repository)}),
+        ]
+
+    def _upload(self, repository, session, region, context) -> dict:
+        """Upload what S3 lacks; return the PrimaryContainer's model data fields."""
+        from . import artefacts, aws
+
+        bucket = self.settings.bucket
+        layout, items = self._layout(repository)
+        started = time.monotonic()
+        base = self._base(artefacts.listing_digest(items, layout))
+        s3 = session.client("s3")
+        existing = aws.existing_keys(s3, bucket, base + "/")
+        wanted = self._keys(layout, items, base)
+        missing = [(key, item) for key, item in wanted if key not in existing]
+        uri = f"s3://{bucket}/{base}/"
+        resource = None
+        if missing and not self.settings.keep_artifacts:
+            resource = context.record("s3-artifacts", uri, region=region, bucket=bucket,
+                                      keys=[key for key, _ in missing])
+        config = aws.transfer_config()
+        sent = 0
+        if layout == "uncompressed":
+            sent = aws.upload_files(s3, bucket, missing, config)
+        else:
+            for key, artefact in missing:
+                self.progress(f"  packing and uploading s3://{bucket}/{key}")
+                sent += artefacts.upload_tar_gz(artefact, s3, bucket, key, config)
+        seconds = round(time.monotonic() - started, 3)
+        self.progress(f"  artefacts: {uri} ({len(wanted) - len(missing)} of {len(wanted)} "
+                      f"object(s) already there, {sent:,} bytes uploaded in {seconds}s)")
+        if resource is not None:
+            context.created(resource, uploaded_bytes=sent)
+        context.set_endpoint(artifacts=uri, uploaded_bytes=sent,
+                             reused_objects=len(wanted) - len(missing))
+        if layout == "uncompressed":
+            return {"ModelDataSource": {"S3DataSource": {
+                "S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}}
+        if layout == "multi":
+            return {"ModelDataUrl": uri}
+        return {"ModelDataUrl": f"{uri}model.tar.gz"}
+
+    def deploy(self, repository, context) -> None:
+        from botocore.exceptions import WaiterError
+
+        from . import aws, rules
+
+        session, region = self._session_region()
+        deployment = context.deployment
+        names = self._names(deployment.name, deployment.id)
+        image = rules.image(self.settings, region)
+        sm = session.client("sagemaker")
+        try:
+            sm.describe_endpoint(EndpointName=names["endpoint"])
+            raise AlreadyDeployed(f"SageMaker endpoint {names['endpoint']} already exists in "
+                                  f"{region}", hint="pass another --name, or delete it first")
+        except AlreadyDeployed:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if not aws.not_found(exc):
+                raise
+        context.set_endpoint(endpoint=names["endpoint"], region=region, mode=self.settings.mode,
+                             image=image)
+        self.progress(f"  uploading artefacts to s3://{self.settings.bucket}")
+        data = self._upload(repository, session, region, context)
+        tags = [{"Key": aws.TAG_KEY, "Value": deployment.id},
+                {"Key": "triton-deployer:name", "Value": deployment.name},
+                *rules.tags(self.settings)]
+        container = {"Image": image, "Environment": self._container_env(repository),
+                     "Mode": "MultiModel" if self.settings.mode == "multi" else "SingleModel",
+                     **data}
+
+        resource = context.record("model", names["model"], region=region)
+        self.progress(f"  creating model {names['model']} ({image})")
+        arn = sm.create_model(ModelName=names["model"], ExecutionRoleArn=self.settings.role,
+                              PrimaryContainer=container, Tags=tags)["ModelArn"]
+        context.created(resource, arn=arn)
+
+        resource = context.record("endpoint-config", names["endpoint-config"], region=region)
+        arn = sm.create_endpoint_config(
+            EndpointConfigName=names["endpoint-config"], Tags=tags,
+            ProductionVariants=[{
+                "VariantName": VARIANT, "ModelName": names["model"],
+                "InstanceType": self.settings.instance_type,
+                "InitialInstanceCount": self.settings.instance_count,
+                "ContainerStartupHealthCheckTimeoutInSeconds": self.settings.startup_timeout}],
+        )["EndpointConfigArn"]
+        context.created(resource, arn=arn)
+
+        resource = context.record("endpoint", names["endpoint"], region=region)
+        self.progress(f"  creating endpoint {names['endpoint']} on "
+                      f"{self.settings.instance_count} x {self.settings.instance_type}")
+        arn = sm.create_endpoint(EndpointName=names["endpoint"],
+                                 EndpointConfigName=names["endpoint-config"],
+                                 Tags=tags)["EndpointArn"]
+        context.update(resource, arn=arn)
+        if self.settings.wait:
+            self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
+            delay = 15
+            try:
+                sm.get_waiter("endpoint_in_service").wait(
+                    EndpointName=names["endpoint"], WaiterConfig={
+                        "Delay": delay,
+                        "MaxAttempts": (self.settings.startup_timeout + 1800) // delay})
+            except WaiterError:
+                raise DeployFailed(
+                    f"endpoint {names['endpoint']} did not come up: "
+                    + aws.failure(sm, session.client("logs"), names["endpoint"]),
+                    hint=f"run 'deployer teardown {deployment.name}' to remove what was "
+                         "created") from None
+        context.created(resource)
+
+    def client(self, deployment):
+        from deployer.repository import Repository
+
+        from . import aws
+        from .invoke import SageMakerClient
+
+        endpoint = deployment.endpoint
+        return SageMakerClient(aws.session(endpoint["region"]), endpoint["endpoint"],
+                               Repository.load(deployment.repository),
+                               endpoint.get("mode") == "multi", self.progress)
+
+    def _region(self, resource, deployment) -> str | None:
+        return resource.data.get("region") or deployment.endpoint.get("region") or \
+            self.settings.region
+
+    def delete(self, resource, deployment) -> bool:
+        from . import aws
+
+        session = aws.session(self._region(resource, deployment))
+        if resource.kind == "s3-artifacts":
+            return aws.delete_keys(session.client("s3"), resource.data["bucket"],
+                                   resource.data.get("keys", [])) > 0
+        sm = session.client("sagemaker")
+        call, key = {"endpoint": (sm.delete_endpoint, "EndpointName"),
+                     "endpoint-config": (sm.delete_endpoint_config, "EndpointConfigName"),
+                     "model": (sm.delete_model, "ModelName")}[resource.kind]
+        try:
+            call(**{key: resource.id})
+        except Exception as exc:  # noqa: BLE001
+            if aws.not_found(exc):
+                return False
+            raise TeardownIncomplete(f"cannot delete {resource.kind} {resource.id}: {exc}") \
+                from None
+        if resource.kind == "endpoint":
+            self.progress(f"  waiting for endpoint {resource.id} to be deleted")
+            try:
+                sm.get_waiter("endpoint_deleted").wait(
+                    EndpointName=resource.id, WaiterConfig={"Delay": 15, "MaxAttempts": 80})
+            except Exception as exc:  # noqa: BLE001
+                raise TeardownIncomplete(f"endpoint {resource.id} not deleted: {exc}") from None
+        return True
+
+    def exists(self, resource, deployment) -> bool:
+        from . import aws
+
+        session = aws.session(self._region(resource, deployment))
+        if resource.kind == "s3-artifacts":
+            return aws.any_key(session.client("s3"), resource.data["bucket"],
+                               resource.data.get("keys", []))
+        sm = session.client("sagemaker")
+        call, key = {"endpoint": (sm.describe_endpoint, "EndpointName"),
+                     "endpoint-config": (sm.describe_endpoint_config, "EndpointConfigName"),
+                     "model": (sm.describe_model, "ModelName")}[resource.kind]
+        try:
+            call(**{key: resource.id})
+        except Exception as exc:  # noqa: BLE001
+            if aws.not_found(exc):
+                return False
+            raise TeardownIncomplete(f"cannot check {resource.kind} {resource.id}: {exc}") \
+                from None
+        return True
+
+    def instances(self, deployment):
+        return [(self.settings.instance_type, self.settings.instance_count)]
+
+    def logs(self, deployment, lines=100) -> str:
+        from . import aws
+
+        endpoint = deployment.endpoint
+        if "endpoint" not in endpoint:
+            return ""
+        return aws.log_tail(aws.session(endpoint["region"]).client("logs"),
+                            endpoint["endpoint"], lines)
+
+
+class SageMakerTwin(SageMakerTarget):
+    """The rehearsal: the same artefacts and container behaviour, served on this machine."""
+
+    name = "sagemaker-twin"
+    description = ("rehearses a sagemaker deploy locally: its exact artefacts, served like "
+                   "SageMaker's Triton container by the embedded tritonserver")
+    requires = ()
+    install_hint = ""
+    twin = None
+    runs_here = True
+
+    def instances(self, deployment):
+        return []
+
+    def validate(self, repository) -> None:
+        # the repository and container rules only: role, bucket, region and credentials are
+        # the cloud's, and the rehearsal must run without them
+        from deployer import runtime
+
+        from . import rules
+
+        self._check_repository(repository)
+        rules.multi_gpu(self.settings, self.settings.region or "us-east-1", self.progress)
+        runtime.check_backends(repository, hint="it cannot be rehearsed here; set "
+                                                "DEPLOYER_TRITONSERVER to a server that has it")
+
+    def plan(self, repository, name):
+        from . import artefacts
+
+        layout, items = self._layout(repository)
+        digest = artefacts.listing_digest(items, layout)
+        return [PlannedResource("artefacts", f"<state>/work/{name}/sagemaker", {
+                    "layout": layout, "digest": digest,
+                    "objects": [a.name for a in items] if layout != "uncompressed" else
+                    [rel for rel, _ in items[0].members]}),
+                PlannedResource("process", "tritonserver", {
+                    "flags": "--allow-sagemaker=true --model-control-mode=explicit (the serve "
+                             "script's)", "environment": self._container_env(repository)})]
+
+    def deploy(self, repository, context) -> None:
+        import shutil
+
+        from deployer import runtime
+
+        from . import artefacts, container
+
+        layout, items = self._layout(repository)
+        root = Path(context.work_dir) / "sagemaker"
+        resource = context.record("artefacts", str(root))
+        digest = artefacts.listing_digest(items, layout)
+        store = root / "s3" / digest  # what the cloud target would upload
+        store.mkdir(parents=True, exist_ok=True)
+        for artefact in items:
+            if layout == "uncompressed":
+                for rel, path in artefact.members:
+                    (store / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, store / rel)
+            else:
+                with open(store / artefact.name, "wb") as sink:
+                    artefacts.write_tar_gz(artefact, sink)
+        env = self._container_env(repository)
+        multi = layout == "multi"
+        if multi:
+            env["SAGEMAKER_MULTI_MODEL"] = "true"
+            repo_dir = root / "tmp-sagemaker"  # the serve script's empty /tmp/sagemaker
+            repo_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            repo_dir = root / "opt-ml-model"   # /opt/ml/model
+            shutil.rmtree(repo_dir, ignore_errors=True)
+            if layout == "uncompressed":
+                shutil.copytree(store, repo_dir)
+            else:
+                artefacts.unpack(store / "model.tar.gz", repo_dir)
+        context.created(resource, digest=digest, layout=layout)
+
+        args = container.serve_args(repo_dir, env, multi)
+        server = runtime.find_server(None, self.progress, create=True)
+        tag = context.deployment.id
+        log_path = root / "tritonserver.log"
+        resource = context.record("process", "tritonserver", tag=tag, log=str(log_path))
+        info = container.start(server, args, env, log_path, tag,
+                               float(self.settings.startup_timeout), self.progress)
+        context.update(resource, id=str(info["pid"]), **info)
+        context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
+                             http_port=info["http_port"],
+                             url=f"http://127.0.0.1:{info['sagemaker_port']}")
+        if multi:
+            for artefact in items:
+                folder = container.mme_folder(root / "opt-ml-models", artefact.name)
+                artefacts.unpack(store / artefact.name, folder)
+                self.progress(f"  loading {artefact.name} (POST /models)")
+                try:
+                    container.load(info["sagemaker_port"], artefact.name, folder)
+                except DeployFailed as exc:
+                    from deployer.server import tail
+
+                    raise DeployFailed(f"{exc}; last log lines:\n{tail(log_path)}") from None
+        context.created(resource)
+
+    def client(self, deployment):
+        from deployer.repository import Repository
+
+        from .invoke import TwinClient
+
+        return TwinClient(deployment.endpoint, Repository.load(deployment.repository))
+
+    def delete(self, resource, deployment) -> bool:
+        import shutil
+
+        from deployer import server as proc
+
+        if resource.kind == "process":
+            return proc.stop(resource.data.get("tag", deployment.id))
+        root = Path(resource.id)
+        existed = root.exists()
+        if self.settings.keep_artifacts:
+            for child in ("opt-ml-model", "opt-ml-models", "tmp-sagemaker"):
+                shutil.rmtree(root / child, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        return existed
+
+    def exists(self, resource, deployment) -> bool:
+        from deployer import server as proc
+
+        if resource.kind == "process":
+            return bool(proc.tagged(resource.data.get("tag", deployment.id)))
+        root = Path(resource.id)
+        return (root / "opt-ml-model").exists() or (root / "opt-ml-models").exists() or (
+            root.exists() and not self.settings.keep_artifacts)
+
+    def logs(self, deployment, lines=100) -> str:
+        from deployer.server import tail
+
+        paths = [r.data["log"] for r in deployment.resources if r.data.get("log")]
+        return tail(paths[-1], lines) if paths else ""
+
+
+@hookimpl
+def deployer_register_targets():
+    return [SageMakerTarget, SageMakerTwin]

@@ -1,0 +1,204 @@
+"""Talking to a SageMaker Triton endpoint: binary+JSON bodies, InvokeEndpoint, and the twin.
+
+Both clients send the body Triton's SageMaker frontend reads:
+``application/vnd.sagemaker-triton.binary+json;json-header-size=N`` (a KServe v2 JSON header,
+then the raw tensors), built and parsed by ``tritonclient.http``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Any, Mapping
+
+from deployer.client import EndpointClient, EndpointError
+
+#: InvokeEndpoint's request limit
+MAX_BODY = 6_291_456
+BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+#: ModelNotReadyException: a cold multi-model TargetModel can take up to 360 s to load
+NOT_READY_DEADLINE = 360.0
+
+
+def encode(model, inputs: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The request body and its Content-Type; refuses a body InvokeEndpoint would reject."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    built = []
+    for name, array in inputs.items():
+        item = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        item.set_data_from_numpy(array, binary_data=True)
+        built.append(item)
+    outputs = [httpclient.InferRequestedOutput(spec.name, binary_data=True)
+               for spec in model.outputs]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(built, outputs)
+    if len(body) > MAX_BODY:
+        raise EndpointError(
+            f"request body for {model.name} is {len(body):,} bytes; SageMaker InvokeEndpoint "
+            f"accepts at most {MAX_BODY:,} (6 MB): send a smaller batch or sample",
+            kind="payload-too-large")
+    content_type = "application/json" if json_size is None else f"{BINARY_TYPE}{json_size}"
+    return bytes(body), content_type
+
+
+def decode(body: bytes, content_type: str | None) -> dict[str, Any]:
+    import tritonclient.http as httpclient
+
+    header_length = None
+    if content_type and content_type.startswith(BINARY_TYPE):
+        header_length = int(content_type[len(BINARY_TYPE):])
+    try:
+        result = httpclient.InferenceServerClient.parse_response_body(
+            body, header_length=header_length)
+    except Exception as exc:  # noqa: BLE001 - a malformed answer is the endpoint's failure
+        raise EndpointError(f"unreadable answer ({content_type}): {exc}", kind="bad-answer") \
+            from None
+    return {out["name"]: result.as_numpy(out["name"])
+            for out in result.get_response().get("outputs", [])}
+
+
+def config_metadata(model) -> dict[str, Any]:
+    """KServe metadata as the repository's config declares it."""
+    return {"name": model.name, "versions": [str(v) for v in model.versions],
+            "platform": model.backend,
+            "inputs": [{"name": s.name, "datatype": s.datatype,
+                        "shape": list(s.shape(model.max_batch_size))} for s in model.inputs],
+            "outputs": [{"name": s.name, "datatype": s.datatype,
+                         "shape": list(s.shape(model.max_batch_size))} for s in model.outputs]}
+
+
+class SageMakerClient(EndpointClient):
+    """InvokeEndpoint through ``sagemaker-runtime``; ``TargetModel`` on a multi-model endpoint."""
+
+    def __init__(self, session, endpoint: str, repository, multi: bool, progress=lambda _: None):
+        from botocore.config import Config
+
+        self.endpoint = endpoint
+        self.repository = repository
+        self.multi = multi
+        self.progress = progress
+        config = Config(read_timeout=70, retries={"max_attempts": 2, "mode": "standard"})
+        self._runtime = session.client("sagemaker-runtime", config=config)
+        self._control = session.client("sagemaker")
+
+    def ready(self) -> bool:
+        """SageMaker has no public ping: ready means the endpoint is InService."""
+        try:
+            status = self._control.describe_endpoint(EndpointName=self.endpoint)
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+        return status.get("EndpointStatus") == "InService"
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        # InvokeEndpoint reaches /invocations (or /models/<m>/invoke) only: Triton's metadata
+        # route is not exposed by SageMaker. So this is the repository's config, not the
+        # server's answer; the rehearsal twin checks the real metadata of the same artefact.
+        if model not in self.repository.models:
+            raise EndpointError(f"model {model} not found", kind="not-found")
+        return config_metadata(self.repository.models[model])
+
+    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type}
+        if self.multi:
+            kwargs["TargetModel"] = f"{model}.tar.gz"
+        deadline = time.monotonic() + NOT_READY_DEADLINE
+        delay = 0.5
+        while True:
+            try:
+                answer = self._runtime.invoke_endpoint(**kwargs)
+                return decode(answer["Body"].read(), answer.get("ContentType"))
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "error")
+                message = exc.response.get("Error", {}).get("Message", str(exc))
+                if code == "ModelNotReadyException" and time.monotonic() < deadline:
+                    self.progress(f"  {kwargs.get('TargetModel', model)} is loading; retrying "
+                                  f"in {delay:.1f}s")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                original = exc.response.get("OriginalMessage")
+                raise EndpointError(f"inference on {model}: {code}: {original or message}",
+                                    kind=code) from None
+            except BotoCoreError as exc:
+                raise EndpointError(f"inference on {model}: {exc}", kind="connection") from None
+
+    def infer(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return self._invoke(model, body, content_type)
+
+    def sender(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return lambda: self._invoke(model, body, content_type) and None
+
+
+class TwinClient(EndpointClient):
+    """The same bodies, straight to Triton's SageMaker frontend of the twin."""
+
+    def __init__(self, endpoint: Mapping[str, Any], repository):
+        self.base = f"http://127.0.0.1:{endpoint['sagemaker_port']}"
+        self.http = f"http://127.0.0.1:{endpoint['http_port']}"
+        self.multi = endpoint.get("mode") == "multi"
+        self.repository = repository
+
+    def _served(self, model: str) -> str:
+        return f"{model}.tar.gz" if self.multi else model
+
+    def ready(self) -> bool:
+        from .container import request
+
+        try:
+            return request("GET", f"{self.base}/ping", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        """Real metadata, from the twin's HTTP port (bound to 127.0.0.1; see container.command).
+        On a multi-model endpoint Triton names the model after its TargetModel
+        (``<model>.tar.gz``): the name is mapped back to the repository's."""
+        from .container import request
+
+        served = self._served(model)
+        try:
+            status, _, body = request(
+                "GET", f"{self.http}/v2/models/{urllib.parse.quote(served)}", timeout=30)
+        except OSError as exc:
+            raise EndpointError(f"metadata of {model}: {exc}", kind="connection") from None
+        if status != 200:
+            raise EndpointError(f"metadata of {model}: HTTP {status}: "
+                                f"{body[:200].decode('utf-8', 'replace')}", kind=f"http-{status}")
+        meta = json.loads(body)
+        if meta.get("name") == served:
+            meta["name"] = model
+        return meta
+
+    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
+        from .container import TARGET_HEADER, request
+
+        headers = {"Content-Type": content_type}
+        if self.multi:
+            served = self._served(model)
+            url = f"{self.base}/models/{urllib.parse.quote(served)}/invoke"
+            headers[TARGET_HEADER] = served
+        else:
+            url = f"{self.base}/invocations"
+        try:
+            status, answer_headers, answer = request("POST", url, body, headers)
+        except OSError as exc:
+            raise EndpointError(f"inference on {model}: {exc}", kind="connection") from None
+        if status != 200:
+            raise EndpointError(f"inference on {model}: HTTP {status}: "
+                                f"{answer[:300].decode('utf-8', 'replace')}",
+                                kind=f"http-{status}")
+        return decode(answer, answer_headers.get("Content-Type"))
+
+    def infer(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return self._invoke(model, body, content_type)
+
+    def sender(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return lambda: self._invoke(model, body, content_type) and None

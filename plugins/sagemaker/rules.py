@@ -1,0 +1,169 @@
+"""SageMaker's own rules, checked before any cloud call. Each failure is one line saying what to do."""
+
+from __future__ import annotations
+
+import re
+
+from deployer.errors import UsageError, ValidationError
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+ENV_PREFIX = "SAGEMAKER_TRITON_"
+FRAMEWORK = "sagemaker-tritonserver"
+#: instance families with GPUs (the rest get the -cpu image and may not host a GPU MME)
+GPU_FAMILIES = ("ml.p", "ml.g")
+
+
+def check_name(kind: str, name: str) -> str:
+    if len(name) > 63 or not NAME_RE.match(name):
+        raise ValidationError(
+            f"SageMaker {kind} name {name!r} is invalid: at most 63 letters, digits and dashes, "
+            "starting and ending with a letter or digit", hint="pass another --name")
+    return name
+
+
+def default_model(repository, settings) -> str:
+    """The model SAGEMAKER_TRITON_DEFAULT_MODEL_NAME names on a single-model endpoint."""
+    if settings.default_model:
+        if settings.default_model not in repository.models:
+            raise ValidationError(
+                f"default_model {settings.default_model!r} is not a model of the repository "
+                f"(the container would stop: 'Directory with provided SAGEMAKER_TRITON_DEFAULT_"
+                f"MODEL_NAME does not exist'); its models: {', '.join(repository.models)}",
+                hint=f"pass -o default_model={repository.top_level()[0]}")
+        return settings.default_model
+    top = repository.top_level()
+    if len(top) > 1:
+        raise ValidationError(
+            f"the repository has {len(top)} top-level models ({', '.join(top)}) and a "
+            "single-model endpoint serves one (the container would stop: 'More than 1 model "
+            "directory found')",
+            hint=f"pass -o default_model={top[0]} (sets SAGEMAKER_TRITON_DEFAULT_MODEL_NAME), "
+                 "or -o mode=multi for a multi-model endpoint")
+    return top[0]
+
+
+def multi_models(repository) -> None:
+    """Every model lives in exactly one archive: Triton loads each under one name."""
+    owner: dict[str, str] = {}
+    for top in repository.top_level():
+        for name in repository.dependencies(top):
+            if name in owner and owner[name] != top:
+                raise ValidationError(
+                    f"model {name!r} would be in two archives ({owner[name]}.tar.gz and "
+                    f"{top}.tar.gz): model names must be unique across a multi-model endpoint",
+                    hint="deploy one of the ensembles separately, or copy the model under another "
+                         "name")
+            owner[name] = top
+
+
+def env(settings) -> dict[str, str]:
+    result = {}
+    for item in settings.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith(ENV_PREFIX):
+            raise UsageError(f"env item {item!r} is not {ENV_PREFIX}NAME=VALUE",
+                             hint="e.g. -o env=SAGEMAKER_TRITON_LOG_VERBOSE=false")
+        result[key] = value
+    if "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in result:
+        raise UsageError("set the default model with -o default_model=NAME, not through env")
+    return result
+
+
+def tags(settings) -> list[dict[str, str]]:
+    result = []
+    for item in settings.tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"tag {item!r} is not KEY=VALUE", hint="e.g. -o tags=team=ml")
+        result.append({"Key": key, "Value": value})
+    return result
+
+
+def options(settings) -> None:
+    if not 60 <= settings.startup_timeout <= 3600:
+        raise UsageError(f"startup_timeout must be 60-3600 seconds, got "
+                         f"{settings.startup_timeout}")
+    if settings.instance_count < 1:
+        raise UsageError("instance_count must be at least 1")
+    if settings.uncompressed and settings.mode == "multi":
+        raise UsageError("uncompressed applies to single-model endpoints only",
+                         hint="drop -o uncompressed, or use -o mode=single")
+    env(settings)
+    tags(settings)
+
+
+def is_gpu(instance_type: str) -> bool:
+    return instance_type.startswith(GPU_FAMILIES)
+
+
+def gpu_count(instance_type: str, region: str) -> int | None:
+    """GPUs of an instance type from sagemaker-core's table; None when it does not list it."""
+    from sagemaker.core import instance_types_gpu_info
+
+    try:
+        info = instance_types_gpu_info.retrieve(region)
+    except ValueError:
+        return None
+    entry = info.get(instance_type)
+    return entry["Count"] if entry else None
+
+
+def multi_gpu(settings, region: str, progress) -> None:
+    if settings.mode != "multi" or not is_gpu(settings.instance_type):
+        return
+    count = gpu_count(settings.instance_type, region)
+    if count is None:
+        progress(f"warning: cannot tell how many GPUs {settings.instance_type} has; a GPU "
+                 "multi-model endpoint needs a single-GPU instance")
+    elif count > 1:
+        raise ValidationError(
+            f"{settings.instance_type} has {count} GPUs: GPU multi-model endpoints run on "
+            "single-GPU instances only",
+            hint="pass -o instance_type=ml.g4dn.xlarge (or ml.g5.2xlarge...)")
+
+
+def image(settings, region: str) -> str:
+    """The Triton image URI, from sagemaker-core's image config (newest for the region)."""
+    if settings.image:
+        return settings.image
+    from sagemaker.core import image_uris
+
+    config = image_uris.config_for_framework(FRAMEWORK)
+    versions = sorted(config["versions"], key=lambda v: [int(p) for p in v.split(".")],
+                      reverse=True)
+    if settings.image_version:
+        if settings.image_version not in config["versions"]:
+            raise ValidationError(
+                f"no SageMaker Triton image version {settings.image_version!r}; known: "
+                f"{', '.join(versions)}", hint="pass another -o image_version, or -o image=URI")
+        versions = [settings.image_version]
+    for version in versions:
+        if region in config["versions"][version].get("registries", {}):
+            return image_uris.retrieve(FRAMEWORK, region=region, version=version,
+                                       instance_type=settings.instance_type)
+    raise ValidationError(
+        f"SageMaker has no Triton image{' ' + settings.image_version if settings.image_version else ''}"
+        f" in region {region!r} (per sagemaker-core's image config)",
+        hint="pass another -o region, or an explicit -o image=URI")
+
+
+def cloud(settings, session) -> str:
+    """Role, bucket, region and credentials; returns the region."""
+    if not settings.role:
+        raise ValidationError("no execution role: SageMaker needs one to read the artefacts",
+                              hint="pass -o role=arn:aws:iam::ACCOUNT:role/NAME")
+    if not ROLE_RE.match(settings.role):
+        raise ValidationError(f"role {settings.role!r} is not an IAM role ARN",
+                              hint="pass -o role=arn:aws:iam::ACCOUNT:role/NAME")
+    if not settings.bucket:
+        raise ValidationError("no S3 bucket for the artefacts", hint="pass -o bucket=NAME")
+    region = settings.region or session.region_name
+    if not region:
+        raise ValidationError("no AWS region", hint="pass -o region=us-east-1, or set AWS_REGION")
+    if session.get_credentials() is None:
+        raise ValidationError(
+            "no AWS credentials found",
+            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
+                 "'aws configure' / 'aws sso login'")
+    return region

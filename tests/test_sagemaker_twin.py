@@ -1,0 +1,132 @@
+"""The rehearsal twin: SageMaker's artefacts and container start-up, on the real tritonserver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deployer import cli
+from deployer.testing import TargetContract
+
+from deployer_plugins.sagemaker import container
+
+ROOT = Path(__file__).parent
+ADD_SUB = ROOT / "repos" / "add_sub"
+MULTI = ROOT / "repos" / "multi"
+
+pytestmark = pytest.mark.usefixtures("tritonserver")
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYER_STATE_DIR", str(tmp_path / "state"))
+    # the rehearsal needs no AWS at all
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    return tmp_path / "state"
+
+
+# -- the serve script's start-up checks, on unpacked artefacts -----------------------------------
+
+def _unpacked(tmp_path: Path, *models: str) -> Path:
+    root = tmp_path / "opt-ml-model"
+    for name in models:
+        shutil.copytree(MULTI / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_startup_config_at_the_archive_root(tmp_path):
+    root = tmp_path / "opt-ml-model"
+    shutil.copytree(ADD_SUB / "add_sub", root)
+    with pytest.raises(container.StartupError, match="Incorrect directory structure"):
+        container.serve_args(root, {}, multi=False)
+
+
+def test_startup_several_models_and_no_default(tmp_path):
+    root = _unpacked(tmp_path, "add_sub", "text_len")
+    with pytest.raises(container.StartupError, match="More than 1 model directory"):
+        container.serve_args(root, {}, multi=False)
+    args = container.serve_args(root, {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "text_len"}, False)
+    assert args[-1] == "--load-model=text_len"
+
+
+def test_startup_default_model_folder_missing(tmp_path):
+    root = _unpacked(tmp_path, "add_sub")
+    with pytest.raises(container.StartupError, match="does not exist"):
+        container.serve_args(root, {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "nope"}, False)
+
+
+def test_startup_flags_follow_the_serve_script(tmp_path):
+    root = _unpacked(tmp_path, "add_sub")
+    args = container.serve_args(root, {"SAGEMAKER_TRITON_LOG_VERBOSE": "false",
+                                       "SAGEMAKER_TRITON_THREAD_COUNT": "4"}, False)
+    assert "--log-verbose=false" in args and "--sagemaker-thread-count=4" in args
+    assert "--model-namespacing=true" in args and args[-1] == "--load-model=add_sub"
+    assert not any(a.startswith("--load-model") for a in container.serve_args(root, {}, True))
+
+
+# -- rehearsal through the CLI -------------------------------------------------------------------
+
+def _cli(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_rehearse_single_model(state, capsys):
+    code, out, err = _cli(capsys, "rehearse", str(ADD_SUB), "--target", "sagemaker", "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["target"] == "sagemaker-twin" and report["passed"]
+    checks = {c["name"]: c["passed"] for m in report["models"] for c in m["checks"]}
+    assert checks == {"metadata": True, "infer": True}
+
+
+def test_rehearse_multi_model_loads_each_archive(state, capsys):
+    code, out, err = _cli(capsys, "rehearse", str(MULTI), "--target", "sagemaker",
+                          "-o", "mode=multi")
+    assert code == 0, out + err
+    for name in ("add_sub", "pipeline", "text_len"):
+        assert f"loading {name}.tar.gz (POST /models)" in err
+        assert f"{name:<8}  infer     ok" in out
+
+
+@pytest.mark.parametrize("repo, extra, expected", [
+    (ADD_SUB / "add_sub", [], "config.pbtxt at the repository root"),
+    (MULTI, [], "More than 1 model directory"),
+    (MULTI, ["-o", "default_model=nope"], "does not exist"),
+], ids=["config-at-root", "no-default", "model-folder-missing"])
+def test_rehearse_catches_container_startup_errors(state, capsys, repo, extra, expected):
+    code, out, err = _cli(capsys, "rehearse", str(repo), "--target", "sagemaker", *extra)
+    assert code == 2
+    assert expected in out + err
+    assert not (state / "deployments").exists() or not list((state / "deployments").iterdir())
+
+
+class TestSageMakerTwinContract(TargetContract):
+    @pytest.fixture
+    def target_name(self):
+        return "sagemaker-twin"
+
+    @pytest.fixture
+    def target_options(self):
+        return {"role": "arn:aws:iam::123456789012:role/R", "bucket": "unused"}
+
+    @pytest.fixture
+    def repository(self):
+        return str(ADD_SUB)
+
+
+class TestSageMakerTwinMultiContract(TestSageMakerTwinContract):
+    @pytest.fixture
+    def target_options(self):
+        return {"mode": "multi"}
+
+    @pytest.fixture
+    def repository(self):
+        return str(MULTI)
