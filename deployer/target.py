@@ -243,3 +243,20 @@ class Target:
     def models_served(self, repository: Repository) -> list[str]:
         """The model names the test step checks (default: every model in the repository)."""
         return list(repository.models)
+
+
+class Rehearsal:
+    """Mix in before a cloud target to make its twin: ``class MyTwin(Rehearsal, MyCloud)``.
+
+    A twin serves the cloud's exact artefact on this machine, so it needs none of the cloud's
+    SDKs, has no twin of its own, runs here and bills nothing. It keeps the cloud target's
+    options (add its own to ``options``) and overrides what must happen locally.
+    """
+
+    requires: ClassVar[Sequence[str]] = ()
+    install_hint: ClassVar[str] = ""
+    twin: ClassVar[str | None] = None
+    runs_here: ClassVar[bool] = True
+
+    def instances(self, deployment: Deployment) -> list[tuple[str, int]]:
+        return []

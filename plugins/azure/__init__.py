@@ -21,7 +21,7 @@ from typing import Any
 from deployer import hookimpl
 from deployer.client import EndpointError, KServeClient
 from deployer.errors import DeployFailed, Unavailable, UsageError, ValidationError
-from deployer.target import Option, PlannedResource, Target
+from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 from . import spec
 
@@ -317,7 +317,7 @@ class AzureTarget(Target):
                              for c in LOG_CONTAINERS)
 
 
-class AzureTwin(AzureTarget):
+class AzureTwin(Rehearsal, AzureTarget):
     """The rehearsal: the uploaded folder served by the embedded tritonserver behind a gateway
     that checks the bearer key and routes on ``azureml-model-deployment``."""
 
@@ -329,14 +329,6 @@ class AzureTwin(AzureTarget):
                "PATH, then the managed runtime)"),
         Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),
     )
-    requires = ()
-    install_hint = ""
-    twin = None
-    runs_here = True
-
-    def instances(self, deployment):
-        return []
-
     def validate(self, repository) -> None:
         super().validate(repository)
         from deployer import runtime

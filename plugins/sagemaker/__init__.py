@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deployer import hookimpl
 from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete
-from deployer.target import Option, PlannedResource, Target
+from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 VARIANT = "AllTraffic"
 
@@ -344,20 +344,12 @@ class SageMakerTarget(Target):
                             endpoint["endpoint"], lines)
 
 
-class SageMakerTwin(SageMakerTarget):
+class SageMakerTwin(Rehearsal, SageMakerTarget):
     """The rehearsal: the same artefacts and container behaviour, served on this machine."""
 
     name = "sagemaker-twin"
     description = ("rehearses a sagemaker deploy locally: its exact artefacts, served like "
                    "SageMaker's Triton container by the embedded tritonserver")
-    requires = ()
-    install_hint = ""
-    twin = None
-    runs_here = True
-
-    def instances(self, deployment):
-        return []
-
     def validate(self, repository) -> None:
         # the repository and container rules only: role, bucket, region and credentials are
         # the cloud's, and the rehearsal must run without them

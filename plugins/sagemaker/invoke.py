@@ -69,7 +69,24 @@ def config_metadata(model) -> dict[str, Any]:
                          "shape": list(s.shape(model.max_batch_size))} for s in model.outputs]}
 
 
-class SageMakerClient(EndpointClient):
+class _InvokeClient(EndpointClient):
+    """Both clients send the same binary+JSON body; only ``_invoke`` differs."""
+
+    repository: Any
+
+    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def infer(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return self._invoke(model, body, content_type)
+
+    def sender(self, model, inputs):
+        body, content_type = encode(self.repository.models[model], inputs)
+        return lambda: self._invoke(model, body, content_type) and None
+
+
+class SageMakerClient(_InvokeClient):
     """InvokeEndpoint through ``sagemaker-runtime``; ``TargetModel`` on a multi-model endpoint."""
 
     def __init__(self, session, endpoint: str, repository, multi: bool, progress=lambda _: None):
@@ -126,16 +143,8 @@ class SageMakerClient(EndpointClient):
             except BotoCoreError as exc:
                 raise EndpointError(f"inference on {model}: {exc}", kind="connection") from None
 
-    def infer(self, model, inputs):
-        body, content_type = encode(self.repository.models[model], inputs)
-        return self._invoke(model, body, content_type)
 
-    def sender(self, model, inputs):
-        body, content_type = encode(self.repository.models[model], inputs)
-        return lambda: self._invoke(model, body, content_type) and None
-
-
-class TwinClient(EndpointClient):
+class TwinClient(_InvokeClient):
     """The same bodies, straight to Triton's SageMaker frontend of the twin."""
 
     def __init__(self, endpoint: Mapping[str, Any], repository):
@@ -194,11 +203,3 @@ class TwinClient(EndpointClient):
                                 f"{answer[:300].decode('utf-8', 'replace')}",
                                 kind=f"http-{status}")
         return decode(answer, answer_headers.get("Content-Type"))
-
-    def infer(self, model, inputs):
-        body, content_type = encode(self.repository.models[model], inputs)
-        return self._invoke(model, body, content_type)
-
-    def sender(self, model, inputs):
-        body, content_type = encode(self.repository.models[model], inputs)
-        return lambda: self._invoke(model, body, content_type) and None
