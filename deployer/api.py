@@ -118,25 +118,37 @@ class Deployer:
                     models=impl.models_served(repo), resources=impl.plan(repo, name))
 
     def deploy(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
-               name: str | None = None, options: Mapping[str, Any] | None = None) -> Deployment:
+               name: str | None = None, options: Mapping[str, Any] | None = None,
+               update: bool = False) -> Deployment:
         """Deploy and block until it answers. Raises DeployFailed (the record stays, so
-        ``teardown(name)`` removes what was created) or a UsageError (nothing created)."""
+        ``teardown(name)`` removes what was created) or a UsageError (nothing created).
+
+        With ``update``, deployment ``name`` must exist on the same target; the target's
+        ``update`` replaces what it serves (see :meth:`Target.update`)."""
         from .repository import Repository
 
         repo = Repository.load(repository)
         impl = self._target(target, options)
         impl.validate(repo)
         name = check_name(name or default_name(repo.path, target))
-        deployment = Deployment(name=name, target=target, repository=str(repo.path),
-                                models=impl.models_served(repo), options=self._public(impl))
-        self.store.reserve(deployment)
+        if update:
+            deployment = self._for_update(name, target)
+            deployment.repository, deployment.options = str(repo.path), self._public(impl)
+            deployment.models = impl.models_served(repo)
+            deployment.status = "updating"
+            self.store.save(deployment)
+        else:
+            deployment = Deployment(name=name, target=target, repository=str(repo.path),
+                                    models=impl.models_served(repo),
+                                    options=self._public(impl))
+            self.store.reserve(deployment)
         context = DeployContext(deployment, lambda: self.store.save(deployment), self.progress,
                                 self.store.work_dir(name))
         started = time.monotonic()
-        self.progress(f"deploying {name} to {target}")
+        self.progress(f"{'updating' if update else 'deploying'} {name} on {target}")
         error: DeployerError | None = None
         try:
-            impl.deploy(repo, context)
+            (impl.update if update else impl.deploy)(repo, context)
         except DeployerError as exc:
             error = exc
             raise
@@ -151,11 +163,28 @@ class Deployer:
             raise
         finally:
             deployment.deploy_seconds = round(time.monotonic() - started, 3)
-            deployment.status = "failed" if error else "ready"
-            deployment.error = str(error) if error else None
+            # a failed update leaves the previous version serving (Target.update's contract)
+            deployment.status = ("ready" if update and not isinstance(error, Interrupted)
+                                 else "failed") if error else "ready"
+            deployment.error = (f"update failed: {error}" if update else str(error)) \
+                if error else None
             self.store.save(deployment)
             self._notify("deployer_deploy_finished", deployment=deployment, error=error)
         self.progress(f"{name} is ready after {deployment.deploy_seconds:.1f}s")
+        return deployment
+
+    def _for_update(self, name: str, target: str) -> Deployment:
+        try:
+            deployment = self.store.load(name)
+        except NotFound:
+            raise UsageError(f"no deployment named {name!r} to update",
+                             hint="deploy it first (without --update)") from None
+        if deployment.target != target:
+            raise UsageError(f"{name!r} is deployed on {deployment.target}, not {target}",
+                             hint=f"pass --target {deployment.target}, or tear it down first")
+        if deployment.status != "ready":
+            raise UsageError(f"{name!r} is {deployment.status}; only a ready deployment can be "
+                             "updated", hint=f"run 'deployer teardown {name}' and deploy again")
         return deployment
 
     def test(self, name: str, options: TestOptions | None = None) -> TestReport:

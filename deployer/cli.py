@@ -225,12 +225,15 @@ def plan(ctx: Context, repository, target, name, raw_options, config_file, as_js
 @cli.command()
 @click.argument("repository", type=click.Path())
 @target_options
+@click.option("--update", is_flag=True,
+              help="Replace what deployment --name serves (blue/green where the target can).")
 @json_option
 @pass_ctx
-def deploy(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
+def deploy(ctx: Context, repository, target, name, raw_options, config_file, update,
+           as_json) -> None:
     """Deploy a repository and wait until it answers."""
     target, name, options = resolve_target(target, name, raw_options, config_file)
-    deployment = ctx.deployer.deploy(repository, target, name, options)
+    deployment = ctx.deployer.deploy(repository, target, name, options, update=update)
     emit(as_json, deployment.to_dict(), lambda: (
         f"deployed {deployment.name} to {deployment.target} in {deployment.deploy_seconds:.1f}s"
         f": {deployment.endpoint.get('url', '')}\nnext: deployer test {deployment.name}"))

@@ -137,6 +137,11 @@ class DeployContext:
         resource.status = "created"
         self.update(resource, **data)
 
+    def deleted(self, resource: Resource) -> None:
+        """Mark a resource removed during an update (after ``Target.delete``) and persist."""
+        resource.status = "deleted"
+        self._save()
+
     def set_endpoint(self, **endpoint: Any) -> None:
         """Record how the client reaches the deployment (URL, ports, headers' names, no keys)."""
         self.deployment.endpoint.update(endpoint)
@@ -214,6 +219,19 @@ class Target:
         clean up: the core keeps the record so ``teardown`` removes what was created.
         """
         raise NotImplementedError
+
+    def update(self, repository: Repository, context: DeployContext) -> None:
+        """Replace what ``context.deployment`` serves with ``repository``; block until ready.
+
+        Record new resources as ``deploy`` does; remove what the new version replaces with
+        ``delete`` and then ``context.deleted(resource)``. Do it blue/green where the target
+        can: if the update fails, the previous version must still be serving (the core keeps
+        the deployment ready and records the error). Default: not supported.
+        """
+        from .errors import UsageError
+
+        raise UsageError(f"target {self.name!r} cannot update a deployment in place",
+                         hint="tear it down and deploy again")
 
     def client(self, deployment: Deployment) -> EndpointClient:
         """Return the :class:`deployer.client.EndpointClient` the test step uses."""

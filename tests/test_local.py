@@ -194,3 +194,45 @@ def test_ctrl_c_during_deploy_is_recorded(cli, tmp_path):
     assert b"deployer teardown intr" in err and b"Traceback" not in err
     assert cli("teardown", "intr").code == 0
     assert processes_with(str(repo)) == []
+
+
+def test_update_is_blue_green(cli, tmp_path):
+    first = cli("deploy", REPOS / "add_sub", "--name", "bg", "--json")
+    assert first.code == 0, first
+    old = first.json()
+    old_url, old_tag = old["endpoint"]["url"], old["resources"][0]["data"]["tag"]
+    updated = cli("deploy", REPOS / "multi", "--name", "bg", "--update", "--json")
+    assert updated.code == 0, updated
+    new = updated.json()
+    assert new["id"] == old["id"] and new["endpoint"]["url"] != old_url
+    assert [r["status"] for r in new["resources"]] == ["deleted", "created"]
+    assert tagged(old_tag) == [], "the old server must be gone"
+    assert tagged(new["resources"][1]["data"]["tag"]), "the new server must run"
+    assert sorted(new["models"]) == ["add_sub", "pipeline", "scale", "text_len"]
+    tested = cli("test", "bg", "--json")
+    assert tested.code == 0 and len(tested.json()["models"]) == 4
+    torn = cli("teardown", "bg", "--json").json()
+    assert torn["removed"] == [{"kind": "process", "id": new["resources"][1]["id"]}]
+    assert tagged(new["resources"][1]["data"]["tag"]) == []
+
+
+def test_update_that_fails_keeps_the_old_version_serving(cli, tmp_path):
+    assert cli("deploy", REPOS / "add_sub", "--name", "keep").code == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(REPOS / "add_sub", broken)
+    (broken / "add_sub" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('bad')\n")
+    failed = cli("deploy", broken, "--name", "keep", "--update")
+    assert failed.code == 3 and "exited before it was ready" in one_line_error(failed)
+    status = cli("status", "keep", "--json").json()
+    assert status["status"] == "ready" and status["live"] is True
+    assert status["error"].startswith("update failed:")
+    assert cli("test", "keep").code == 0
+    assert cli("teardown", "keep").code == 0
+    assert processes_with(str(broken)) == []
+
+
+def test_update_needs_an_existing_deployment_on_the_same_target(cli):
+    missing = cli("deploy", REPOS / "add_sub", "--name", "nothing", "--update")
+    assert missing.code == 2 and "no deployment named 'nothing' to update" in \
+        one_line_error(missing)

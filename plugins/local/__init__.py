@@ -53,6 +53,28 @@ class LocalTarget(Target):
                       ("http_port", "grpc_port", "metrics_port")}})]
 
     def deploy(self, repository, context) -> None:
+        self._start(repository, context, context.deployment.id)
+
+    def update(self, repository, context) -> None:
+        """Blue/green: a new server on new ports, ready, then the old one stops. With a fixed
+        port the old server has to stop first (a short outage)."""
+        import secrets
+
+        deployment = context.deployment
+        old = [r for r in deployment.resources if r.kind == "process" and r.status != "deleted"]
+        fixed = any(self.settings[k] for k in ("http_port", "grpc_port", "metrics_port"))
+        if fixed:
+            self.progress("fixed ports: the old server stops before the new one starts")
+            self._retire(old, context)
+        self._start(repository, context, f"{deployment.id}-{secrets.token_hex(3)}")
+        self._retire([] if fixed else old, context)
+
+    def _retire(self, resources, context) -> None:
+        for resource in resources:
+            self.delete(resource, context.deployment)
+            context.deleted(resource)
+
+    def _start(self, repository, context, tag: str) -> None:
         from deployer import runtime
         from deployer import server as proc
 
@@ -61,24 +83,23 @@ class LocalTarget(Target):
         free = iter(proc.free_ports(3, host))
         ports = {k: self.settings[k] or next(free) for k in
                  ("http_port", "grpc_port", "metrics_port")}
-        log_path = Path(context.work_dir) / "tritonserver.log"
+        log_path = Path(context.work_dir) / f"tritonserver-{tag[-6:]}.log"
         command = server.command(
             f"--model-repository={repository.path}",
             f"--http-address={host}", f"--http-port={ports['http_port']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc_port']}",
             f"--metrics-address={host}", f"--metrics-port={ports['metrics_port']}",
             *self.settings.args)
-        tag = context.deployment.id
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path),
                                   server=str(server.executable), **ports)
         pid = proc.start(command, server.process_env(), log_path, tag)
         context.update(resource, id=str(pid))
         url = f"http://{host}:{ports['http_port']}"
-        context.set_endpoint(url=url, grpc=f"{host}:{ports['grpc_port']}",
-                             metrics=f"http://{host}:{ports['metrics_port']}/metrics")
         seconds = proc.wait_ready(url, pid, log_path, self.settings.startup_timeout,
                                   self.progress)
         context.created(resource, ready_seconds=round(seconds, 3))
+        context.set_endpoint(url=url, grpc=f"{host}:{ports['grpc_port']}",
+                             metrics=f"http://{host}:{ports['metrics_port']}/metrics")
 
     def client(self, deployment):
         from deployer.client import KServeClient
@@ -98,7 +119,9 @@ class LocalTarget(Target):
     def logs(self, deployment, lines=100) -> str:
         from deployer.server import tail
 
-        paths = [r.data["log"] for r in deployment.resources if r.data.get("log")]
+        paths = [r.data["log"] for r in deployment.resources
+                 if r.data.get("log") and r.status != "deleted"] or [
+            r.data["log"] for r in deployment.resources if r.data.get("log")]
         return tail(paths[-1], lines) if paths else ""
 
 
