@@ -306,6 +306,19 @@ class Deployer:
     def list(self) -> list[Deployment]:
         return self.store.list()
 
+    def orphans(self) -> list[dict[str, str]]:
+        """Resources our targets left on this machine that no recorded deployment owns (its
+        state was lost or deleted), each with the target and how to remove it."""
+        known = set()
+        for deployment in self.store.list():
+            known.add(deployment.id)
+            known.update(str(r.data["tag"]) for r in deployment.resources if r.data.get("tag"))
+        found = []
+        for name, cls in self.registry.targets.items():
+            if cls.unavailable_reason() is None:
+                found += [{"target": name, **item} for item in cls.orphans(known)]
+        return found
+
     def status(self, name: str) -> dict[str, Any]:
         """The stored record plus whether the deployment answers now (``live``)."""
         deployment = self.store.load(name)

@@ -388,17 +388,28 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
 
 
 @cli.command(name="list")
+@click.option("--orphans", is_flag=True,
+              help="Also look for what our targets left running that no record owns.")
 @json_option
 @pass_ctx
-def list_(ctx: Context, as_json: bool) -> None:
-    """List recorded deployments."""
+def list_(ctx: Context, orphans: bool, as_json: bool) -> None:
+    """List recorded deployments (and, with --orphans, unrecorded leftovers)."""
     from .render import table
 
     items = [d.to_dict() for d in ctx.deployer.list()]
-    emit(as_json, items, lambda: table(
-        ["name", "target", "status", "endpoint", "created"],
-        [[d["name"], d["target"], d["status"], d["endpoint"].get("url", ""), d["created_at"]]
-         for d in items]) if items else "no deployments")
+    found = ctx.deployer.orphans() if orphans else []
+
+    def text() -> str:
+        lines = [table(["name", "target", "status", "endpoint", "created"],
+                       [[d["name"], d["target"], d["status"], d["endpoint"].get("url", ""),
+                         d["created_at"]] for d in items]) if items else "no deployments"]
+        if orphans:
+            lines.append(table(["orphan", "target", "id", "remove with"],
+                               [[o["kind"], o["target"], o["id"], o["remove"]] for o in found])
+                         if found else "no orphans")
+        return "\n".join(lines)
+
+    emit(as_json, {"deployments": items, "orphans": found} if orphans else items, text)
 
 
 @cli.command()

@@ -126,6 +126,24 @@ def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
         time.sleep(0.05)
 
 
+def all_tagged() -> dict[str, list[int]]:
+    """Every live process that carries a deployment tag, by tag."""
+    prefix = f"{TAG_ENV}=".encode()
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                variables = handle.read().split(b"\0")
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+        for variable in variables:
+            if variable.startswith(prefix) and _alive(int(entry)):
+                found.setdefault(variable[len(prefix):].decode(), []).append(int(entry))
+    return found
+
+
 def tagged(tag: str) -> list[int]:
     """Pids of live processes whose environment carries our deployment tag."""
     needle = f"{TAG_ENV}={tag}".encode() + b"\0"

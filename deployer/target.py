@@ -258,6 +258,16 @@ class Target:
         """
         return []
 
+    @classmethod
+    def orphans(cls, known: set[str]) -> list[dict[str, str]]:
+        """What this target left running on this machine that no recorded deployment owns.
+
+        ``known`` holds every tag recorded in state. Return ``[{"kind", "id", "tag",
+        "remove"}]`` where ``remove`` tells people how to remove it by hand. Cheap and local
+        only: ``deployer list`` calls it for every available target. Default: nothing.
+        """
+        return []
+
     def models_served(self, repository: Repository) -> list[str]:
         """The model names the test step checks (default: every model in the repository)."""
         return list(repository.models)

@@ -236,3 +236,22 @@ def test_update_needs_an_existing_deployment_on_the_same_target(cli):
     missing = cli("deploy", REPOS / "add_sub", "--name", "nothing", "--update")
     assert missing.code == 2 and "no deployment named 'nothing' to update" in \
         one_line_error(missing)
+
+
+def test_list_orphans_finds_a_server_whose_record_was_lost(cli):
+    deployed = cli("deploy", REPOS / "add_sub", "--name", "lost", "--json").json()
+    state = Path(os.environ["DEPLOYER_STATE_DIR"])
+    record = state / "deployments" / "lost.json"
+    saved = record.read_text()
+    record.unlink()  # the state is lost; the server still runs
+    try:
+        found = cli("list", "--orphans", "--json").json()["orphans"]
+        mine = [o for o in found if o["tag"] == deployed["id"]]
+        assert len(mine) == 1 and mine[0]["target"] == "local"
+        assert mine[0]["remove"].startswith("kill ")
+        assert "lost" not in [d["name"] for d in cli("list", "--json").json()]
+    finally:
+        record.write_text(saved)
+    assert not [o for o in cli("list", "--orphans", "--json").json()["orphans"]
+                if o["tag"] == deployed["id"]]
+    assert cli("teardown", "lost").code == 0

@@ -116,6 +116,14 @@ class LocalTarget(Target):
 
         return bool(proc.tagged(resource.data.get("tag", deployment.id)))
 
+    @classmethod
+    def orphans(cls, known):
+        from deployer.server import all_tagged
+
+        return [{"kind": "process", "id": " ".join(map(str, pids)), "tag": tag,
+                 "remove": f"kill {' '.join(map(str, pids))}"}
+                for tag, pids in sorted(all_tagged().items()) if tag not in known]
+
     def logs(self, deployment, lines=100) -> str:
         from deployer.server import tail
 
