@@ -169,6 +169,8 @@ class Deployer:
             deployment.error = (f"update failed: {error}" if update else str(error)) \
                 if error else None
             self.store.save(deployment)
+            if error and not update and not deployment.resources:
+                self.store.forget(name)  # nothing was created: nothing to tear down
             self._notify("deployer_deploy_finished", deployment=deployment, error=error)
         self.progress(f"{name} is ready after {deployment.deploy_seconds:.1f}s")
         return deployment

@@ -68,17 +68,28 @@ def tail(path: Path | str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+#: log lines a tritonserver without a GPU prints, never the cause of a failure
+HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML",
+            "DCGM unable to start", "Unable to allocate pinned system memory")
+
+
 def failure(log_path: Path | str, lines: int = 12) -> tuple[str, str]:
-    """The most telling error in a Triton log, and an excerpt of it without the tables."""
-    text = tail(log_path, 400)
-    errors = [line for line in text.splitlines() if line[:1] == "E" and line[1:5].isdigit()]
-    keep = [line for line in text.splitlines() if line and line[:1] not in "|+"]
-    headline = ""
-    if errors:
-        headline = errors[0].split("] ", 1)[-1].strip().strip('"').split("\\n")[0]
-    elif keep:
-        headline = keep[-1]
-    excerpt = errors[-lines:] if errors else keep[-lines:]
+    """``failure_in`` the last lines of a log file."""
+    return failure_in(tail(log_path, 400), lines)
+
+
+def failure_in(text: str, lines: int = 12) -> tuple[str, str]:
+    """The most telling error in a Triton log (a model that failed to load, by preference),
+    and an excerpt of the error lines, without the status tables and GPU-less noise."""
+    shown = [line for line in text.splitlines()
+             if line.strip() and line[:1] not in "|+" and not any(h in line for h in HARMLESS)]
+    errors = [line for line in shown if line[:1] == "E" and line[1:5].isdigit()]
+    telling = [line for line in errors if "failed to load" in line] or errors
+    if telling:
+        headline = telling[0].split("] ", 1)[-1].strip().strip('"').split("\\n")[0].strip()
+    else:
+        headline = shown[-1].strip() if shown else ""
+    excerpt = errors[-lines:] if errors else shown[-lines:]
     return headline, "\n".join(excerpt)
 
 

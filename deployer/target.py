@@ -116,7 +116,7 @@ class DeployContext:
         #: a folder of this deployment's own, under the state directory (logs, scratch)
         self.work_dir = work_dir
 
-    def record(self, kind: str, name: str, **data: Any) -> Resource:
+    def record(self, kind: str, name: str, /, **data: Any) -> Resource:
         """Record a resource as ``creating`` and persist it; call ``created`` once it exists."""
         from .state import Resource
 

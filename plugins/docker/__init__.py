@@ -1,0 +1,409 @@
+"""Target ``docker``: NVIDIA's Triton image on a Docker engine, the repository bind-mounted
+read-only at ``/models``.
+
+One container per deployment, named ``triton-deployer-<name>`` and labelled with the deployment
+id and name, so teardown finds it even when its id was never recorded, and :func:`orphans`
+finds containers whose state was lost. The ``docker`` SDK is imported only inside methods.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from deployer import hookimpl
+from deployer.errors import DeployFailed, UsageError, ValidationError
+from deployer.target import Option, PlannedResource, Target
+
+DEFAULT_VERSION = "24.10"
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:{version}-py3"
+#: the ports tritonserver listens on inside the container
+INNER = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002}
+HOST = "127.0.0.1"
+
+
+def container_name(name: str) -> str:
+    """The container of deployment ``name`` (deterministic: found again after a crash)."""
+    return f"triton-deployer-{name}"
+
+
+class DockerTarget(Target):
+    name = "docker"
+    description = "NVIDIA's Triton container on a Docker engine (local, or DOCKER_HOST)"
+    requires = ("docker",)
+    install_hint = "pip install 'triton-deployer[docker]'"
+    options = (
+        Option("image", str, None, "Triton image (default: nvcr.io/nvidia/tritonserver:"
+               "<version>-py3; a local CPU one: triton-deployer/tritonserver-cpu:24.10-py3)"),
+        Option("version", str, DEFAULT_VERSION, "NGC release YY.MM of the default image"),
+        Option("gpus", str, "", "GPUs: '' (none), all, a count, or ids (device=0,1)"),
+        Option("http_port", int, 0, "host HTTP port on 127.0.0.1 (0 = a free one)"),
+        Option("grpc_port", int, 0, "host gRPC port on 127.0.0.1 (0 = a free one)"),
+        Option("metrics_port", int, 0, "host metrics port on 127.0.0.1 (0 = a free one)"),
+        Option("shm_size", str, "1g", "shared memory of the container (/dev/shm), e.g. 256m, 1g"),
+        Option("args", list, [], "extra tritonserver arguments, comma-separated"),
+        Option("env", list, [], "container environment, KEY=VALUE, comma-separated"),
+        Option("pull", str, "missing", "when to pull the image (progress on stderr)",
+               choices=("missing", "always", "never")),
+        Option("startup_timeout", float, 300.0, "seconds to wait for the server to be ready"),
+        Option("stop_timeout", float, 10.0, "seconds between SIGTERM and SIGKILL on teardown"),
+        Option("docker_host", str, None, "Docker engine address (default: $DOCKER_HOST, else "
+               "the local socket), e.g. unix:///var/run/docker.sock"),
+    )
+
+    # -- options -------------------------------------------------------------------------------
+    @property
+    def image(self) -> str:
+        return self.settings.image or NGC_IMAGE.format(version=self.settings.version)
+
+    def _host(self, resource=None) -> str | None:
+        """The engine: the one recorded at deploy time wins (teardown must find the same)."""
+        from . import engine
+
+        if resource is not None and resource.data.get("docker_host"):
+            return resource.data["docker_host"]
+        return engine.resolve_host(self.settings.docker_host)
+
+    def _connect(self, resource=None):
+        from . import engine
+
+        return engine.connect(self._host(resource))
+
+    def validate(self, repository) -> None:
+        from deployer.server import port_in_use
+
+        from . import engine
+
+        if not self.settings.image and not re.fullmatch(r"\d{2}\.\d{2}", self.settings.version):
+            raise UsageError(f"option 'version' must be an NGC release YY.MM such as "
+                             f"{DEFAULT_VERSION}; got {self.settings.version!r}")
+        try:
+            engine.parse_gpus(self.settings.gpus)
+        except ValueError as exc:
+            raise UsageError(f"option 'gpus' {self.settings.gpus!r}: {exc}") from None
+        if not re.fullmatch(r"\d+[bkmgBKMG]?", self.settings.shm_size.strip()):
+            raise UsageError(f"option 'shm_size' expects a size such as 256m or 1g; got "
+                             f"{self.settings.shm_size!r}")
+        bad = [item for item in self.settings.env if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=",
+                                                                   item)]
+        if bad:
+            raise UsageError(f"option 'env' expects KEY=VALUE items; got {bad[0]!r}",
+                             hint="e.g. -o env=OMP_NUM_THREADS=2,LOG_LEVEL=info")
+        given = [self.settings[k] for k in INNER if self.settings[k]]
+        if len(given) != len(set(given)):
+            raise UsageError("http_port, grpc_port and metrics_port must differ")
+        for option in INNER:
+            port = self.settings[option]
+            if port and port_in_use(port, HOST):
+                raise ValidationError(f"port {port} ({option}) is already in use",
+                                      hint=f"pass another -o {option}=PORT or 0 for a free one")
+        host = self._host()
+        if engine.is_remote(host):
+            raise ValidationError(
+                f"the Docker engine at {host} runs on another machine: it cannot bind-mount "
+                f"{repository.path} from here",
+                hint="use a local engine (unset DOCKER_HOST or -o docker_host), or copy the "
+                     "repository to that machine and deploy from there")
+        client = engine.connect(host)
+        try:
+            found = engine.find_image(client, self.image)
+        finally:
+            client.close()
+        if found is None and self.settings.pull == "never":
+            raise engine.Unavailable(
+                f"image {self.image} is not in the Docker engine and pull=never",
+                hint=engine.load_hint(self.image))
+        carried = (found.labels or {}).get(engine.LABEL_BACKENDS) if found is not None else None
+        if carried:
+            have = {b.strip() for b in carried.split(",")} | {"ensemble"}
+            for model in repository.models.values():
+                if model.backend not in have:
+                    raise ValidationError(
+                        f"model {model.name!r} needs the {model.backend} backend, which image "
+                        f"{self.image} lacks (it has: {', '.join(sorted(have))})",
+                        path=str(model.config_path),
+                        hint="use NVIDIA's image (leave -o image unset), or a cloud target")
+
+    def plan(self, repository, name):
+        from . import engine
+
+        return [PlannedResource("container", container_name(name), {
+            "image": self.image, "repository": str(repository.path), "mount": "/models (ro)",
+            "gpus": self.settings.gpus or "none",
+            "ports": {k: self.settings[k] or "free" for k in INNER},
+            "engine": engine.current_host(self.settings.docker_host) or "default socket"})]
+
+    # -- deploy --------------------------------------------------------------------------------
+    def deploy(self, repository, context) -> None:
+        import docker.errors
+        from docker.types import Mount
+
+        from . import engine
+
+        deployment = context.deployment
+        cname = container_name(deployment.name)
+        host = engine.current_host(self.settings.docker_host)
+        client = engine.connect(host)
+        try:
+            engine.ensure_image(client, self.image, self.settings.pull, self.progress)
+            self._check_name_free(client, cname, deployment.name)
+            auto = not any(self.settings[k] for k in INNER)
+            ports = self._ports()
+            labels = {engine.LABEL_DEPLOYMENT: deployment.id,
+                      engine.LABEL_NAME: deployment.name,
+                      engine.LABEL_REPOSITORY: str(repository.path)}
+            command = ["tritonserver", "--model-repository=/models",
+                       *(f"--{k.replace('_port', '-port')}={v}" for k, v in INNER.items()),
+                       *self.settings.args]
+            resource = context.record("container", cname, container=cname, image=self.image,
+                                      docker_host=host, **ports)
+            self.progress(f"  creating container {cname} from {self.image}")
+            for attempt in range(3):
+                try:
+                    container = client.containers.create(
+                        self.image, command, name=cname, detach=True, labels=labels,
+                        mounts=[Mount("/models", str(repository.path), type="bind",
+                                      read_only=True)],
+                        ports={f"{INNER[k]}/tcp": (HOST, ports[k]) for k in INNER},
+                        shm_size=self.settings.shm_size, environment=list(self.settings.env),
+                        device_requests=engine.device_requests(self.settings.gpus) or None)
+                except docker.errors.APIError as exc:
+                    raise self._create_error(exc, cname, repository) from None
+                context.update(resource, id=container.id, **ports)
+                try:
+                    container.start()
+                    break
+                except docker.errors.APIError as exc:
+                    text = str(exc.explanation or exc)
+                    if not (auto and attempt < 2 and engine.port_conflict(text)):
+                        raise engine.start_error(exc, cname, self.settings.gpus) from None
+                    # someone took a free port between our choice and the start: choose again
+                    container.remove(force=True)
+                    ports = self._ports()
+            url = f"http://{HOST}:{ports['http_port']}"
+            context.set_endpoint(url=url, grpc=f"{HOST}:{ports['grpc_port']}",
+                                 metrics=f"http://{HOST}:{ports['metrics_port']}/metrics",
+                                 container=cname)
+            seconds = self._wait_ready(container, url, context, resource)
+            self._check_models_visible(url, repository)
+            context.created(resource, ready_seconds=round(seconds, 3))
+        except engine.ERRORS as exc:
+            raise engine.engine_error(f"deploy of {deployment.name}", exc) from None
+        finally:
+            client.close()
+
+    def _ports(self) -> dict[str, int]:
+        from deployer.server import free_ports
+
+        free = iter(free_ports(3, HOST))
+        return {k: self.settings[k] or next(free) for k in INNER}
+
+    def _check_name_free(self, client, cname: str, name: str) -> None:
+        import docker.errors
+
+        from . import engine
+
+        try:
+            other = client.containers.get(cname)
+        except docker.errors.NotFound:
+            return
+        owner = other.labels.get(engine.LABEL_DEPLOYMENT)
+        raise UsageError(
+            f"a container named {cname} already exists ({other.status}"
+            + (f", left by a deployment {name!r} whose record is gone" if owner else
+               ", not made by triton-deployer") + ")",
+            hint=f"remove it with 'docker rm -f {cname}', or deploy under another --name")
+
+    def _create_error(self, exc, cname: str, repository):
+        from . import engine
+
+        text = " ".join(str(exc.explanation or exc).split())
+        if "bind source path does not exist" in text or ("mount" in text and "denied" in text):
+            return UsageError(
+                f"the Docker engine cannot share {repository.path} with the container ({text})",
+                hint="the engine must run on this machine and see this path (Docker Desktop: "
+                     "add it to the shared folders)")
+        if "Conflict" in text or "already in use" in text:
+            return UsageError(f"a container named {cname} already exists ({text})",
+                              hint=f"remove it with 'docker rm -f {cname}'")
+        return engine.engine_error(f"cannot create container {cname}", exc)
+
+    def _wait_ready(self, container, url: str, context, resource) -> float:
+        import urllib.error
+        import urllib.request
+
+        import docker.errors
+
+        started = time.monotonic()
+        last_note = last_check = started
+        timeout = self.settings.startup_timeout
+        cname = container.name
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            now = time.monotonic()
+            if now - last_check >= 0.25:
+                last_check = now
+                try:
+                    container.reload()
+                except docker.errors.NotFound:
+                    raise DeployFailed(f"container {cname} vanished while starting",
+                                       hint="something removed it; deploy again") from None
+                if container.status in ("exited", "dead"):
+                    code = container.attrs.get("State", {}).get("ExitCode")
+                    headline, excerpt, log = self._failure(container, context, resource)
+                    raise DeployFailed(
+                        f"tritonserver exited before it was ready (container {cname}, exit "
+                        f"code {code}): {headline}",
+                        hint=f"full log: {log}", details=excerpt)
+            elapsed = now - started
+            if elapsed > timeout:
+                headline, excerpt, log = self._failure(container, context, resource)
+                raise DeployFailed(
+                    f"tritonserver in {cname} not ready after {timeout:.0f}s (last: {headline})",
+                    hint=f"raise -o startup_timeout=SECONDS, or read the full log: {log}",
+                    details=excerpt)
+            if now - last_note >= 5:
+                self.progress(f"  waiting for tritonserver in {cname} to be ready "
+                              f"({elapsed:.0f}s)")
+                last_note = now
+            time.sleep(0.05)
+
+    def _failure(self, container, context, resource) -> tuple[str, str, str]:
+        """Save the container's log next to the record; the error that tells, and an excerpt."""
+        from deployer.server import failure_in
+
+        path = Path(context.work_dir) / "tritonserver.log"
+        try:
+            text = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - the log is a help, the failure is the news
+            text = ""
+        path.write_text(text)
+        context.update(resource, log=str(path))
+        headline, excerpt = failure_in(text)
+        return headline or "(no log output)", excerpt, str(path)
+
+    def _check_models_visible(self, url: str, repository) -> None:
+        """A path the engine cannot see arrives as an empty /models: Triton is ready with no
+        model at all. Say so instead of letting the test step fail on 404s."""
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(url + "/v2/repository/index", data=b"{}",
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                index = json.loads(answer.read() or b"[]")
+        except (OSError, ValueError):
+            return
+        if repository.models and not index:
+            raise DeployFailed(
+                f"the container sees no model under /models: the Docker engine cannot read "
+                f"{repository.path}",
+                hint="the engine must run on this machine and see this path (remote "
+                     "DOCKER_HOST, or a folder Docker Desktop does not share)")
+
+    # -- after deploy --------------------------------------------------------------------------
+    def client(self, deployment):
+        from deployer.client import KServeClient
+
+        return KServeClient(deployment.endpoint["url"])
+
+    def delete(self, resource, deployment) -> bool:
+        from . import engine
+
+        client = self._connect(resource)
+        try:
+            removed = False
+            for container in engine.ours(client, resource.id, deployment.id):
+                self.progress(f"  stopping and removing container {container.name}")
+                removed = engine.remove(container, self.settings.stop_timeout) or removed
+            return removed
+        finally:
+            client.close()
+
+    def exists(self, resource, deployment) -> bool:
+        from . import engine
+
+        client = self._connect(resource)
+        try:
+            return bool(engine.ours(client, resource.id, deployment.id))
+        finally:
+            client.close()
+
+    def logs(self, deployment, lines=100) -> str:
+        from deployer.server import tail
+
+        from . import engine
+
+        resources = [r for r in deployment.resources if r.kind == "container"]
+        if not resources:
+            return ""
+        resource = resources[-1]
+        client = self._connect(resource)
+        try:
+            found = engine.ours(client, resource.id, deployment.id)
+            if found:
+                try:
+                    text = found[0].logs(stdout=True, stderr=True, tail=lines)
+                except engine.ERRORS as exc:
+                    raise engine.engine_error(f"cannot read the logs of {found[0].name}",
+                                              exc) from None
+                return text.decode("utf-8", "replace").rstrip("\n")
+        finally:
+            client.close()
+        return tail(resource.data["log"], lines) if resource.data.get("log") else ""
+
+    @classmethod
+    def orphans(cls, known):
+        """Our labelled containers (on the engine DOCKER_HOST names, when it is on this
+        machine) whose deployment id no record has."""
+        from . import engine
+
+        if engine.is_remote(engine.resolve_host(None)):
+            return []
+        return [{"kind": "container", "id": item["container"], "tag": item["deployment"],
+                 "remove": f"docker rm -f {item['container']}", "name": item["name"] or "",
+                 "status": item["status"], "image": item["image"] or ""}
+                for item in orphans(known, timeout=5)]
+
+
+def orphans(known: Iterable[str] = (), docker_host: str | None = None,
+            strict: bool = False, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Containers labelled by the docker target whose deployment id is not in ``known`` (the
+    ids the state store has): ``[{"deployment", "name", "repository", "container",
+    "container_id", "status", "image", "created", "ports"}]``.
+
+    An engine that cannot be reached or a missing ``docker`` SDK gives ``[]`` (``deployer list``
+    must not fail because Docker is down) unless ``strict``, which raises ``Unavailable``.
+    ``DockerTarget.orphans`` (what ``deployer list --orphans`` calls) is built on it.
+    """
+    from deployer.errors import DeployerError
+
+    try:
+        from . import engine
+
+        client = engine.connect(engine.resolve_host(docker_host), timeout=timeout)
+    except (ImportError, DeployerError):
+        if strict:
+            raise
+        return []
+    try:
+        return list(engine.iter_orphans(client, known))
+    except DeployerError:
+        if strict:
+            raise
+        return []
+    finally:
+        client.close()
+
+
+@hookimpl
+def deployer_register_targets():
+    return [DockerTarget]
