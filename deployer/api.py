@@ -128,11 +128,17 @@ class Deployer:
         from .repository import Repository
 
         repo = Repository.load(repository)
-        impl = self._target(target, options)
-        impl.validate(repo)
         name = check_name(name or default_name(repo.path, target))
-        if update:
-            deployment = self._for_update(name, target)
+        existing = self._for_update(name, target) if update else None
+        # an update keeps the recorded options unless given again
+        impl = self._target(target, {**(existing.options if existing else {}),
+                                     **(options or {})})
+        impl.validate(repo)
+        previous: tuple = ()
+        if existing:
+            deployment = existing
+            previous = (deployment.repository, deployment.options, deployment.models,
+                        deployment.deploy_seconds)
             deployment.repository, deployment.options = str(repo.path), self._public(impl)
             deployment.models = impl.models_served(repo)
             deployment.status = "updating"
@@ -166,6 +172,9 @@ class Deployer:
             # a failed update leaves the previous version serving (Target.update's contract)
             deployment.status = ("ready" if update and not isinstance(error, Interrupted)
                                  else "failed") if error else "ready"
+            if update and error:
+                (deployment.repository, deployment.options, deployment.models,
+                 deployment.deploy_seconds) = previous
             deployment.error = (f"update failed: {error}" if update else str(error)) \
                 if error else None
             self.store.save(deployment)
@@ -184,7 +193,10 @@ class Deployer:
         if deployment.target != target:
             raise UsageError(f"{name!r} is deployed on {deployment.target}, not {target}",
                              hint=f"pass --target {deployment.target}, or tear it down first")
-        if deployment.status != "ready":
+        if deployment.status == "updating":
+            # a cut-off update (killed, say) left it so; the target's update copes with it
+            self.progress(f"{name} was left 'updating' by an earlier update; updating again")
+        elif deployment.status != "ready":
             raise UsageError(f"{name!r} is {deployment.status}; only a ready deployment can be "
                              "updated", hint=f"run 'deployer teardown {name}' and deploy again")
         return deployment

@@ -6,6 +6,9 @@ rehearsal gateway (bearer key, ``azureml-model-deployment`` routing) and deploym
 tritonserver serving the registered folder; the scoring URI points at the gateway. It answers as
 the service does: not found, conflicts (a name taken elsewhere in the region, a deployment that
 still has traffic), provisioning states, and a Failed deployment with both containers' logs.
+An update of an existing deployment (``create_or_update_deployment`` with its name) is a rolling
+update: the new server starts beside the old one, takes over its route once ready, and if it
+fails the old one keeps serving and the deployment keeps its state.
 Every call is in ``calls`` as ``(method, name)``.
 """
 
@@ -19,6 +22,10 @@ from pathlib import Path
 from deployer import server as proc
 from deployer.errors import DeployFailed
 from deployer_plugins.azure import seam, spec, twin
+
+#: seconds a replaced or deleted deployment's tritonserver gets after SIGTERM before SIGKILL:
+#: its graceful exit takes seconds, and nothing of ours observes it
+STOP_GRACE = 1.0
 
 STORAGE_LOG = ("Downloading model {model} from the workspace datastore\n"
                "Model download complete: {path}\n")
@@ -124,7 +131,7 @@ class FakeAzure(seam.Seam):
 
     def _remove(self, endpoint: _Endpoint) -> None:
         for deployment in endpoint.deployments.values():
-            proc.stop(deployment.tag)
+            proc.stop(deployment.tag, STOP_GRACE)
         proc.stop(endpoint.gateway_tag)
         shutil.rmtree(endpoint.folder, ignore_errors=True)
         self.endpoints.pop(endpoint.name, None)
@@ -197,22 +204,30 @@ class FakeAzure(seam.Seam):
         if model is None:
             raise seam.NotFoundError(f"model {entity.model}: not found", "ResourceNotFound")
         old = endpoint.deployments.get(entity.name)
-        if old:
-            proc.stop(old.tag)
-        tag = f"{endpoint.gateway_tag}-{entity.name}"
-        log = endpoint.folder / f"{entity.name}-inference-server.log"
-        deployment = _Deployment(entity.name, "Creating", tag, log, model["path"])
-        endpoint.deployments[entity.name] = deployment
+        attempt = next(self._ids)
+        tag = f"{endpoint.gateway_tag}-{entity.name}-{attempt}"
+        log = endpoint.folder / f"{entity.name}-{attempt}-inference-server.log"
+        deployment = _Deployment(entity.name, "Updating" if old else "Creating", tag, log,
+                                 model["path"])
+        if not old:
+            endpoint.deployments[entity.name] = deployment
         try:
             _, url = twin.start_triton(Path(model["path"]), endpoint.folder, tag, lambda _: None,
                                        timeout=60, log_name=log.name)
         except DeployFailed:
-            deployment.state = "Failed"
+            proc.stop(tag, STOP_GRACE)  # one that never became ready
+            if old:  # rolling update: the old instances keep serving, the state is kept
+                old.log, old.model = log, model["path"]  # get_logs shows the failed attempt
+            else:
+                deployment.state = "Failed"
             raise seam.ProvisioningFailed(
                 "ResourceNotReady: User container has crashed or terminated", "Failed",
                 "ResourceNotReady") from None
         deployment.state = "Succeeded"
+        endpoint.deployments[entity.name] = deployment
         twin.update_routes(endpoint.routes, entity.name, url=url)
+        if old:
+            proc.stop(old.tag, STOP_GRACE)
         return "Succeeded"
 
     def get_deployment_state(self, endpoint_name, name):
@@ -229,7 +244,7 @@ class FakeAzure(seam.Seam):
         if twin.read_routes(endpoint.routes).get("traffic", {}).get(name):
             raise seam.ConflictError(f"deleting deployment {endpoint_name}/{name}: it still "
                                      "receives traffic; set it to 0 first", "BadArgument")
-        proc.stop(endpoint.deployments.pop(name).tag)
+        proc.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
         twin.update_routes(endpoint.routes, name, remove=True)
         return True
 

@@ -289,3 +289,190 @@ def test_twin_gateway_auth_and_routing(tmp_path):
     finally:
         deployer.teardown("gw")
     assert not os.path.exists(record.endpoint["key_file"])
+
+
+# -- deploy --update -----------------------------------------------------------------------
+def _variant(tmp_path: Path, name: str, model_py: str) -> Path:
+    """add_sub with another model.py (a model that crashes at load, or at inference)."""
+    repo = tmp_path / name
+    (repo / "add_sub" / "1").mkdir(parents=True)
+    (repo / "add_sub" / "config.pbtxt").write_text(
+        (ADD_SUB / "add_sub" / "config.pbtxt").read_text())
+    (repo / "add_sub" / "1" / "model.py").write_text(model_py)
+    return repo
+
+
+def _error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _statuses(record: dict) -> list[tuple[str, str, str]]:
+    return [(r["kind"], r["id"], r["status"]) for r in record["resources"]]
+
+
+def test_update_in_place_then_blue_green(fake, run_cli, tmp_path):
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "upd",
+                   "-o", "endpoint=ep-upd")[0] == 0
+    endpoint = fake.endpoints["ep-upd"]
+    key = endpoint.key_file.read_text()
+    first = len(fake.calls)
+
+    # in place: model version 2, the same deployment updated, version 1 archived
+    code, out, err = run_cli("deploy", str(MULTI), "-t", "azure", "--name", "upd", "--update",
+                             "--json")  # the recorded endpoint is used
+    assert code == 0, err
+    record = json.loads(out)
+    assert _statuses(record) == [
+        ("endpoint", "ep-upd", "created"), ("model", "upd:1", "deleted"),
+        ("deployment", "ep-upd/blue", "created"), ("traffic", "ep-upd/blue", "created"),
+        ("model", "upd:2", "created")]
+    assert [c for c in fake.calls[first:] if not c[0].startswith(("get", "model_active"))] == [
+        ("register_model", "upd"), ("create_or_update_deployment", "ep-upd/blue"),
+        ("archive_model", "upd:1")]
+    assert fake.models[("upd", "1")]["archived"] and not fake.models[("upd", "2")]["archived"]
+    assert record["endpoint"]["deployment"] == "blue" and record["error"] is None
+    code, out, err = run_cli("test", "upd", "--json")
+    assert code == 0 and len(json.loads(out)["models"]) == 4, out + err
+
+    # blue/green: green beside blue with 0 %, smoke-tested, traffic moved, blue removed
+    first = len(fake.calls)
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "upd", "--update",
+                             "-o", "blue_green=true", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert _statuses(record)[2:] == [
+        ("deployment", "ep-upd/blue", "deleted"), ("traffic", "ep-upd/blue", "deleted"),
+        ("model", "upd:2", "deleted"), ("model", "upd:3", "created"),
+        ("deployment", "ep-upd/green", "created"), ("traffic", "ep-upd/green", "created")]
+    assert "smoke test of ep-upd/green" in err
+    assert [c for c in fake.calls[first:] if not c[0].startswith(("get", "model_active"))] == [
+        ("register_model", "upd"), ("create_or_update_deployment", "ep-upd/green"),
+        ("credential", "ep-upd"), ("set_traffic", "ep-upd"),
+        ("delete_deployment", "ep-upd/blue"), ("archive_model", "upd:2")]
+    assert fake.endpoints["ep-upd"] is endpoint  # the endpoint was kept ...
+    assert endpoint.key_file.read_text() == key  # ... and so was its key
+    assert list(endpoint.deployments) == ["green"]
+    assert fake.get_endpoint("ep-upd").traffic == {"green": 100}
+    assert record["endpoint"]["deployment"] == "green"
+    code, out, err = run_cli("test", "upd", "--json")
+    assert code == 0 and json.loads(out)["passed"], out + err
+
+    code, out, err = run_cli("teardown", "upd", "--json")
+    assert code == 0, err
+    assert [(r["kind"], r["id"]) for r in json.loads(out)["removed"]] == [
+        ("traffic", "ep-upd/green"), ("deployment", "ep-upd/green"), ("model", "upd:3"),
+        ("endpoint", "ep-upd")]
+    assert fake.endpoints == {} and all(m["archived"] for m in fake.models.values())
+    _secret_free(fake, tmp_path, run_cli.outputs, [key])
+
+
+def test_failed_update_keeps_the_old_version_serving(fake, run_cli, tmp_path):
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "keep")[0] == 0
+    endpoint = next(iter(fake.endpoints.values()))
+
+    # in place, the new version crashes at start: the rolling update stops, blue still serves
+    crashing = _variant(tmp_path, "crashing", "class TritonPythonModel:\n"
+                        "    def initialize(self, args):\n"
+                        "        raise RuntimeError('weights file missing: crash-marker-7')\n")
+    code, _, err = run_cli("deploy", str(crashing), "-t", "azure", "--name", "keep", "--update")
+    assert code == 3, err
+    line = _error_line(err)
+    assert "provisioning state Failed" in line and "still serves the previous version" in line
+    assert "crash-marker-7" in err and "Model download complete" in err  # the logs, after it
+    status = json.loads(run_cli("status", "keep", "--json")[1])
+    assert status["status"] == "ready" and status["live"] is True
+    assert status["error"].startswith("update failed:")
+    assert fake.models[("keep", "2")]["archived"] and not fake.models[("keep", "1")]["archived"]
+    assert run_cli("test", "keep")[0] == 0
+
+    # blue/green, the new version loads but cannot infer: the smoke test stops it
+    failing = _variant(tmp_path, "failing", "class TritonPythonModel:\n"
+                       "    def execute(self, requests):\n"
+                       "        raise RuntimeError('inference-marker-9')\n")
+    code, _, err = run_cli("deploy", str(failing), "-t", "azure", "--name", "keep", "--update",
+                           "-o", "blue_green=true", "-o", "new_deployment=canary")
+    assert code == 3, err
+    line = _error_line(err)
+    assert "canary failed its smoke test" in line and "inference-marker-9" in line
+    assert list(endpoint.deployments) == ["blue"]  # canary removed, blue untouched
+    assert fake.get_endpoint(endpoint.name).traffic == {"blue": 100}
+    status = json.loads(run_cli("status", "keep", "--json")[1])
+    assert status["status"] == "ready" and status["live"] is True
+    assert status["endpoint"]["deployment"] == "blue"
+    assert [(r["kind"], r["id"]) for r in status["resources"] if r["status"] != "deleted"] == [
+        ("endpoint", endpoint.name), ("model", "keep:1"), ("deployment", f"{endpoint.name}/blue"),
+        ("traffic", f"{endpoint.name}/blue")]
+    assert run_cli("test", "keep")[0] == 0
+
+    code, _, err = run_cli("teardown", "keep")
+    assert code == 0, err
+    assert fake.endpoints == {} and all(m["archived"] for m in fake.models.values())
+
+
+def test_twin_update_in_place_then_blue_green(run_cli, tmp_path):
+    from deployer import server as proc
+
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "tw",
+                             "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    key_file = Path(record["endpoint"]["key_file"])
+    key, url = key_file.read_text(), record["endpoint"]["url"]
+    routes = Path(record["resources"][-1]["data"]["routes"])
+    tags = [record["resources"][2]["data"]["tag"]]
+    ep = record["endpoint"]["endpoint"]
+    try:
+        _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url)
+    finally:
+        assert run_cli("teardown", "tw")[0] == 0
+    assert not key_file.exists() and all(not proc.tagged(tag) for tag in tags)
+    assert all(key not in text for text in run_cli.outputs)
+
+
+def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
+    from deployer import server as proc
+
+    # in place: a new server takes over the route of 'blue', the old one stops
+    code, out, err = run_cli("deploy", str(MULTI), "-t", "azure-twin", "--name", "tw",
+                             "--update", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    new = record["resources"][-1]
+    assert (new["kind"], new["id"], new["status"]) == ("deployment", f"{ep}/blue", "created")
+    assert json.loads(routes.read_text()) == {"deployments": {"blue": new["data"]["url"]},
+                                              "traffic": {"blue": 100}}
+    assert proc.tagged(tags[0]) == [] and proc.tagged(new["data"]["tag"])
+    tags.append(new["data"]["tag"])
+    code, out, err = run_cli("test", "tw", "--json")
+    assert code == 0 and len(json.loads(out)["models"]) == 4, out + err
+
+    # in place, a version that crashes at start: the route of 'blue' is left alone
+    before = routes.read_text()
+    crashing = _variant(tmp_path, "crashing", "class TritonPythonModel:\n"
+                        "    def initialize(self, args):\n        raise RuntimeError('boom')\n")
+    code, _, err = run_cli("deploy", str(crashing), "-t", "azure-twin", "--name", "tw",
+                           "--update")
+    assert code == 3 and "provisioning state Failed" in _error_line(err), err
+    assert routes.read_text() == before and proc.tagged(tags[1])
+    assert run_cli("test", "tw")[0] == 0
+
+    # blue/green: 'canary' beside 'blue', smoke-tested through the gateway, traffic, blue gone
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "tw",
+                             "--update", "-o", "blue_green=true", "-o", "new_deployment=canary",
+                             "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    canary = [r for r in record["resources"] if r["kind"] == "deployment" and
+              r["status"] == "created"]
+    assert [r["id"] for r in canary] == [f"{ep}/canary"]
+    assert json.loads(routes.read_text()) == {
+        "deployments": {"canary": canary[0]["data"]["url"]}, "traffic": {"canary": 100}}
+    assert proc.tagged(tags[1]) == []
+    assert record["endpoint"]["url"] == url and record["endpoint"]["deployment"] == "canary"
+    assert key_file.read_text() == key
+    code, out, err = run_cli("test", "tw", "--json")
+    assert code == 0 and json.loads(out)["passed"], out + err
+    tags.append(canary[0]["data"]["tag"])

@@ -227,6 +227,7 @@ def test_update_that_fails_keeps_the_old_version_serving(cli, tmp_path):
     status = cli("status", "keep", "--json").json()
     assert status["status"] == "ready" and status["live"] is True
     assert status["error"].startswith("update failed:")
+    assert status["repository"] == str((REPOS / "add_sub").resolve()), "the old one serves"
     assert cli("test", "keep").code == 0
     assert cli("teardown", "keep").code == 0
     assert processes_with(str(broken)) == []

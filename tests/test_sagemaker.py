@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -346,3 +347,234 @@ class TestSageMakerContract(TargetContract):
     @pytest.fixture
     def repository(self):
         return str(ADD_SUB)
+
+
+# -- update: blue/green through update_endpoint (moto has none: botocore's Stubber) ---------------
+
+class _StubbedSession:
+    """Stands in for ``aws.session``: the one stubbed SageMaker client; real boto3 (so moto) for
+    S3 and CloudWatch Logs. The target runs unchanged: it gets its clients from the session."""
+
+    def __init__(self, sm, region=None):
+        import boto3
+
+        self._real = boto3.Session(region_name=region) if region else boto3.Session()
+        self._sm = sm
+
+    def client(self, service, *args, **kwargs):
+        return self._sm if service == "sagemaker" else self._real.client(service, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def stubbed(aws, monkeypatch):
+    """``(stub, calls, patch)``: ``patch()`` routes the target's SageMaker calls to the stubbed
+    client; ``calls`` lists every operation the target called, in order (an unexpected call
+    also fails in the Stubber, but the target may swallow that error: the list cannot)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from deployer_plugins.sagemaker import aws as calls_module
+
+    sm = boto3.client("sagemaker")
+    calls: list[str] = []
+    sm.meta.events.register("before-parameter-build.sagemaker",
+                            lambda model, **_: calls.append(model.name))
+    stub = Stubber(sm)
+
+    def patch():
+        monkeypatch.setattr(calls_module, "session",
+                            lambda region=None: _StubbedSession(sm, region))
+        stub.activate()
+
+    yield stub, calls, patch
+    stub.deactivate()
+
+
+def _described(name: str, config: str, status: str = "InService", **extra) -> dict:
+    return {"EndpointName": name, "EndpointArn": f"arn:aws:sagemaker:us-east-1:1:endpoint/{name}",
+            "EndpointConfigName": config, "EndpointStatus": status,
+            "CreationTime": "2024-01-01", "LastModifiedTime": "2024-01-01", **extra}
+
+
+def _stub_until_update(stub, deployment, aws, repo, mode: str) -> dict[str, str]:
+    """describe_endpoint → create_model → create_endpoint_config, with the exact parameters
+    of an update to ``repo`` in ``mode`` (default options otherwise). Returns the names."""
+    from deployer_plugins.sagemaker import artefacts
+
+    name, short = deployment.name, deployment.id[:8]
+    names = {"old_config": f"{name}-c-{short}", "old_model": f"{name}-m-{short}",
+             "config": f"{name}-c-{short}-r1", "model": f"{name}-m-{short}-r1"}
+    repository = Repository.load(repo)
+    if mode == "multi":
+        layout, items = "multi", artefacts.multi(repository)
+    else:
+        layout, items = "single", [artefacts.single(repository)]
+    uri = (f"s3://{aws['bucket']}/triton-deployer/"
+           f"{artefacts.listing_digest(items, layout)}/")
+    names["artifacts"] = uri
+    container = {"Image": deployment.endpoint["image"], "Environment": {},
+                 "Mode": "MultiModel", "ModelDataUrl": uri} if mode == "multi" else {
+        "Image": deployment.endpoint["image"],
+        "Environment": {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "add_sub"},
+        "Mode": "SingleModel", "ModelDataUrl": f"{uri}model.tar.gz"}
+    tags = [{"Key": "triton-deployer:deployment-id", "Value": deployment.id},
+            {"Key": "triton-deployer:name", "Value": name}]
+    arn = "arn:aws:sagemaker:us-east-1:123456789012"
+    stub.add_response("describe_endpoint", _described(name, names["old_config"]),
+                      {"EndpointName": name})
+    stub.add_response("create_model", {"ModelArn": f"{arn}:model/{names['model']}"}, {
+        "ModelName": names["model"], "ExecutionRoleArn": ROLE, "PrimaryContainer": container,
+        "Tags": tags})
+    stub.add_response("create_endpoint_config", {
+        "EndpointConfigArn": f"{arn}:endpoint-config/{names['config']}"}, {
+        "EndpointConfigName": names["config"], "Tags": tags, "ProductionVariants": [{
+            "VariantName": "AllTraffic", "ModelName": names["model"],
+            "InstanceType": "ml.g4dn.xlarge", "InitialInstanceCount": 1,
+            "ContainerStartupHealthCheckTimeoutInSeconds": 600}]})
+    return names
+
+
+def _clean_after_stub(aws, state, capsys, names: dict[str, str], name: str) -> None:
+    """Teardown on moto (the stub removed nothing there), then what the stub 'deleted'."""
+    import boto3
+
+    code, _, err = run_cli(capsys, "teardown", name)
+    assert code == 0, err
+    sm = boto3.client("sagemaker")
+    for call, key, value in ((sm.delete_endpoint_config, "EndpointConfigName",
+                              names["old_config"]),
+                             (sm.delete_model, "ModelName", names["old_model"])):
+        try:
+            call(**{key: value})
+        except sm.exceptions.ClientError:
+            pass
+    assert_clean(aws["bucket"])
+
+
+@pytest.mark.parametrize("change", ["to-multi", "unchanged"])
+def test_update_is_blue_green_exact_calls(aws, state, capsys, stubbed, change):
+    """create_model → create_endpoint_config → update_endpoint → InService on the new config →
+    the previous config and model deleted; the previous artefacts only when unreferenced."""
+    stub, calls, patch = stubbed
+    code, out, err = run_cli(capsys, "deploy", str(ADD_SUB), "--target", "sagemaker",
+                             "--name", "sm-bg", "--json", *options(aws))
+    assert code == 0, err
+    deployment = Deployer(state_dir=state).store.load("sm-bg")
+    first_objects = leftovers(aws["bucket"])["objects"]
+    repo, extra = (MULTI, ["mode=multi"]) if change == "to-multi" else (ADD_SUB, [])
+
+    names = _stub_until_update(stub, deployment, aws, repo, "multi" if extra else "single")
+    stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/e"},
+                      {"EndpointName": "sm-bg", "EndpointConfigName": names["config"]})
+    for _ in range(2):  # the waiter's poll, then the check that the new config serves
+        stub.add_response("describe_endpoint", _described("sm-bg", names["config"]),
+                          {"EndpointName": "sm-bg"})
+    stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": names["old_config"]})
+    stub.add_response("delete_model", {}, {"ModelName": names["old_model"]})
+    patch()
+    code, out, err = run_cli(capsys, "deploy", str(repo), "--target", "sagemaker", "--name",
+                             "sm-bg", "--update", "--json", *options(aws, *extra))
+    assert code == 0, err
+    stub.assert_no_pending_responses()
+    assert calls == ["DescribeEndpoint", "CreateModel", "CreateEndpointConfig",
+                     "UpdateEndpoint", "DescribeEndpoint", "DescribeEndpoint",
+                     "DeleteEndpointConfig", "DeleteModel"]
+    stub.deactivate()
+
+    updated = json.loads(out)
+    assert updated["status"] == "ready" and updated["error"] is None
+    assert updated["endpoint"]["artifacts"] == names["artifacts"]
+    states = [(r["kind"], r["id"], r["status"]) for r in updated["resources"]]
+    objects = leftovers(aws["bucket"])["objects"]
+    if change == "to-multi":
+        assert updated["endpoint"]["mode"] == "multi" and updated["models"] == [
+            "add_sub", "pipeline", "text_len"]
+        assert updated["endpoint"]["uploaded_bytes"] > 0
+        assert states[0][2] == "deleted" and states[4][0] == "s3-artifacts", states
+        assert not set(first_objects) & set(objects), "the old model.tar.gz must be gone"
+        assert sorted(o.rsplit("/", 1)[1] for o in objects) == [
+            "add_sub.tar.gz", "pipeline.tar.gz", "text_len.tar.gz"]
+    else:
+        assert updated["endpoint"]["uploaded_bytes"] == 0
+        assert states[0][2] == "created", "the artefacts the new model reads must stay"
+        assert objects == first_objects
+    assert [s for s in states if s[0] != "s3-artifacts"] == [
+        ("model", names["old_model"], "deleted"),
+        ("endpoint-config", names["old_config"], "deleted"),
+        ("endpoint", "sm-bg", "created"),
+        ("model", names["model"], "created"),
+        ("endpoint-config", names["config"], "created")]
+    _clean_after_stub(aws, state, capsys, names, "sm-bg")
+
+
+@pytest.mark.parametrize("how", ["refused", "failed"])
+def test_update_that_fails_leaves_the_old_version(aws, state, capsys, stubbed, how):
+    """update_endpoint refused, or the waiter sees Failed: exit 3, one line with the reason,
+    the deployment still ready with ``error`` set, nothing of the old version touched."""
+    import time
+
+    import boto3
+
+    stub, calls, patch = stubbed
+    code, _, err = run_cli(capsys, "deploy", str(ADD_SUB), "--target", "sagemaker",
+                           "--name", "sm-keep", *options(aws))
+    assert code == 0, err
+    deployment = Deployer(state_dir=state).store.load("sm-keep")
+    changed = state.parent / "changed"
+    shutil.copytree(ADD_SUB, changed, ignore=shutil.ignore_patterns("__pycache__"))
+    (changed / "add_sub" / "1" / "notes.txt").write_text("v2\n")
+    names = _stub_until_update(stub, deployment, aws, changed, "single")
+    update_params = {"EndpointName": "sm-keep", "EndpointConfigName": names["config"]}
+    expected = ["DescribeEndpoint", "CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
+    if how == "refused":
+        stub.add_client_error("update_endpoint", "ValidationException",
+                              "Cannot update in-progress endpoint", 400,
+                              expected_params=update_params)
+        wanted = "ValidationException: Cannot update in-progress endpoint"
+    else:
+        reason = ("The primary container for production variant AllTraffic did not pass the "
+                  "ping health check.")
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/e"},
+                          update_params)
+        for _ in range(2):  # the waiter sees Failed; then the failure report
+            stub.add_response("describe_endpoint", _described(
+                "sm-keep", names["old_config"], "Failed", FailureReason=reason),
+                {"EndpointName": "sm-keep"})
+        expected += ["DescribeEndpoint", "DescribeEndpoint"]
+        wanted = f"status Failed: {reason}"
+        logs = boto3.client("logs")
+        group = "/aws/sagemaker/Endpoints/sm-keep"
+        logs.create_log_group(logGroupName=group)
+        logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-2")
+        logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-2", logEvents=[
+            {"timestamp": int(time.time() * 1000), "message": "model add_sub: bad config"}])
+    patch()
+    code, out, err = run_cli(capsys, "deploy", str(changed), "--target", "sagemaker",
+                             "--name", "sm-keep", "--update", *options(aws))
+    stub.assert_no_pending_responses()
+    assert calls == expected
+    stub.deactivate()
+    assert code == 3, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and wanted in lines[0], err
+    assert names["old_config"] in lines[0], "the line names what still serves"
+    if how == "failed":
+        assert "model add_sub: bad config" in err  # the CloudWatch lines, after the error line
+        boto3.client("logs").delete_log_group(logGroupName="/aws/sagemaker/Endpoints/sm-keep")
+
+    stored = Deployer(state_dir=state).store.load("sm-keep")
+    assert stored.status == "ready" and stored.error.startswith("update failed:")
+    assert stored.endpoint == deployment.endpoint, "the endpoint record is the old version's"
+    before = {(r.kind, r.id): r.status for r in deployment.resources}
+    after = {(r.kind, r.id): r.status for r in stored.resources}
+    assert all(after[key] == status for key, status in before.items()), after
+    assert after[("model", names["model"])] == "created"
+    assert after[("endpoint-config", names["config"])] == "created"
+    assert sorted(leftovers(aws["bucket"])["models"]) == [names["old_model"]]
+    code, out, _ = run_cli(capsys, "status", "sm-keep", "--json")
+    assert code == 0 and json.loads(out)["live"] is True
+    _clean_after_stub(aws, state, capsys, names, "sm-keep")

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from deployer import cli
+from deployer.server import tagged
 from deployer.testing import TargetContract
 
 from deployer_plugins.sagemaker import container
+
+from conftest import one_line_error
 
 ROOT = Path(__file__).parent
 ADD_SUB = ROOT / "repos" / "add_sub"
@@ -106,6 +109,62 @@ def test_rehearse_catches_container_startup_errors(state, capsys, repo, extra, e
     assert code == 2
     assert expected in out + err
     assert not (state / "deployments").exists() or not list((state / "deployments").iterdir())
+
+
+# -- update: blue/green on this machine -----------------------------------------------------------
+
+def test_update_is_blue_green_and_may_switch_mode(state, cli):
+    first = cli("deploy", ADD_SUB, "--target", "sagemaker-twin", "--name", "twin-bg", "--json")
+    assert first.code == 0, first
+    old = first.json()
+    old_folder, old_process = old["resources"]
+    updated = cli("deploy", MULTI, "--target", "sagemaker-twin", "--name", "twin-bg",
+                  "--update", "-o", "mode=multi", "--json")
+    assert updated.code == 0, updated
+    new = updated.json()
+    assert new["id"] == old["id"] and new["error"] is None
+    assert [(r["kind"], r["status"]) for r in new["resources"]] == [
+        ("artefacts", "deleted"), ("process", "deleted"),
+        ("artefacts", "created"), ("process", "created")]
+    new_folder, new_process = new["resources"][2:]
+    assert new_process["data"]["tag"] == f"{old['id']}-r1"
+    assert new["endpoint"]["mode"] == "multi" and new["endpoint"]["url"] != old["endpoint"]["url"]
+    assert tagged(old_process["data"]["tag"]) == [], "the old tritonserver must be gone"
+    assert tagged(new_process["data"]["tag"]), "the new tritonserver must run"
+    assert not Path(old_folder["id"]).exists() and Path(new_folder["id"]).is_dir()
+    assert "loading pipeline.tar.gz (POST /models)" in updated.err
+    tested = cli("test", "twin-bg", "--json")
+    assert tested.code == 0, tested
+    assert sorted(m["model"] for m in tested.json()["models"]) == ["add_sub", "pipeline",
+                                                                   "text_len"]
+    torn = cli("teardown", "twin-bg", "--json")
+    assert torn.code == 0, torn
+    assert sorted(r["kind"] for r in torn.json()["removed"]) == ["artefacts", "process"]
+    assert tagged(new_process["data"]["tag"]) == [] and not Path(new_folder["id"]).exists()
+
+
+def test_update_that_fails_keeps_the_old_version_serving(state, cli, tmp_path):
+    first = cli("deploy", ADD_SUB, "--target", "sagemaker-twin", "--name", "twin-keep", "--json")
+    assert first.code == 0, first
+    old = first.json()
+    broken = tmp_path / "broken"
+    shutil.copytree(ADD_SUB, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    (broken / "add_sub" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('bad')\n")
+    failed = cli("deploy", broken, "--target", "sagemaker-twin", "--name", "twin-keep",
+                 "--update")
+    assert failed.code == 3, failed
+    one_line_error(failed)
+    status = cli("status", "twin-keep", "--json").json()
+    assert status["status"] == "ready" and status["live"] is True
+    assert status["error"].startswith("update failed:")
+    assert status["endpoint"] == old["endpoint"], "the endpoint must still be the old server"
+    assert tagged(old["resources"][1]["data"]["tag"]), "the old tritonserver must still run"
+    assert tagged(f"{old['id']}-r1") == [], "the failed new tritonserver must be stopped"
+    assert cli("test", "twin-keep").code == 0
+    assert cli("teardown", "twin-keep").code == 0
+    assert tagged(old["id"]) == []
+    assert not list((state / "work" / "twin-keep").glob("sagemaker*"))
 
 
 class TestSageMakerTwinContract(TargetContract):

@@ -5,6 +5,12 @@ Deploy creates, in order, the endpoint, the registered model (the repository fol
 ``triton_model``), the deployment, and its traffic share; teardown undoes them newest first
 (traffic to 0, delete the deployment, archive the model, delete the endpoint). Every control-plane
 call goes through :mod:`.seam`; azure-ai-ml is imported only inside methods that need it.
+
+``deploy --update`` registers the new repository as the model's next version and then either
+updates the deployment in place (Azure's rolling update: on failure the old instances keep
+serving) or, with ``-o blue_green=true``, creates a new deployment beside the old one with no
+traffic, smoke-tests it through the ``azureml-model-deployment`` header, moves the traffic, and
+only then deletes the old deployment and archives its model.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +27,8 @@ from typing import Any
 
 from deployer import hookimpl
 from deployer.client import EndpointError, KServeClient
-from deployer.errors import DeployFailed, Unavailable, UsageError, ValidationError
+from deployer.errors import (DeployerError, DeployFailed, Unavailable, UsageError,
+                             ValidationError)
 from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 from . import spec
@@ -28,6 +36,8 @@ from . import spec
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 LOG_LINES = 30
 ERROR_WORDS = re.compile(r"(?i)error|fail|exception|refused|denied")
+#: how long the blue/green smoke check waits for the new deployment to answer ready
+SMOKE_READY_SECONDS = 60.0
 
 OPTIONS = (
     Option("subscription", str, None, "Azure subscription id (with resource_group and "
@@ -50,7 +60,26 @@ OPTIONS = (
     Option("tags", list, [], "extra tags KEY=VALUE on endpoint, deployment and model"),
     Option("yaml_dir", str, None, "plan writes endpoint.yml and deployment.yml here "
            "(for 'az ml online-endpoint create -f')"),
+    Option("blue_green", bool, False, "deploy --update: create a new deployment beside the old "
+           "one (no traffic), smoke-test it, move the traffic, then delete the old one "
+           "(default: update the deployment in place)"),
+    Option("new_deployment", str, None, "deploy --update with blue_green: the new deployment's "
+           "name (default: blue <-> green, else NAME-green)"),
 )
+
+
+def toggled(name: str) -> str:
+    """The blue/green partner of a deployment name."""
+    for this, other in (("blue", "green"), ("green", "blue")):
+        if name.endswith(this):
+            return name[:-len(this)] + other
+    return f"{name}-green"
+
+
+def _live(record, kind: str, **match) -> list:
+    """The recorded resources of ``kind`` not deleted, whose data match ``match``."""
+    return [r for r in record.resources if r.kind == kind and r.status != "deleted"
+            and all(r.data.get(k) == v for k, v in match.items())]
 
 
 class _Names:
@@ -115,9 +144,16 @@ class AzureTarget(Target):
         if self.settings.endpoint:
             spec.check_name("endpoint", self.settings.endpoint, "endpoint")
         spec.check_name("deployment", self.settings.deployment, "deployment")
+        if self.settings.new_deployment:
+            spec.check_name("deployment", self.settings.new_deployment, "new_deployment")
 
-    def _documents(self, repository, name: str, deployment_id: str | None = None):
+    def _documents(self, repository, name: str, deployment_id: str | None = None,
+                   endpoint: str | None = None, deployment: str | None = None):
+        """The endpoint and deployment documents; ``endpoint``/``deployment`` override the
+        names the options give (an update keeps the recorded endpoint)."""
         names = _Names(self.settings, name)
+        names.endpoint = endpoint or names.endpoint
+        names.deployment = deployment or names.deployment
         tags = {**spec.parse_tags(self.settings.tags), spec.NAME_TAG: name}
         if deployment_id:
             tags[spec.ID_TAG] = deployment_id
@@ -161,8 +197,11 @@ class AzureTarget(Target):
     def _seam(self):
         from . import seam
 
+        if getattr(self, "_connected", None) is not None:
+            return self._connected
         try:
-            return seam.connect(self.settings, self.progress)
+            self._connected = seam.connect(self.settings, self.progress)
+            return self._connected
         except seam.AuthError as exc:
             raise Unavailable(str(exc), hint=seam.AUTH_HINT) from None
         except seam.SeamError as exc:
@@ -170,7 +209,7 @@ class AzureTarget(Target):
                              "-o workspace=NAME, or -o workspace_config=PATH") from None
 
     @contextlib.contextmanager
-    def _calls(self, name: str):
+    def _calls(self, name: str, hint: str | None = None):
         """Turn seam failures into one-line deployer errors."""
         from . import seam
 
@@ -182,7 +221,7 @@ class AzureTarget(Target):
             raise
         except seam.SeamError as exc:
             message = str(exc) if not exc.code or exc.code in str(exc) else f"{exc} ({exc.code})"
-            hint = f"run 'deployer teardown {name}' to remove what was created"
+            hint = hint or f"run 'deployer teardown {name}' to remove what was created"
             if isinstance(exc, seam.ConflictError):
                 hint = "choose another name (e.g. -o endpoint=NAME), then " + hint
             raise DeployFailed(message, hint=hint) from None
@@ -222,7 +261,8 @@ class AzureTarget(Target):
             try:
                 state = seam.create_or_update_deployment(deployment_e)
             except seam_module.ProvisioningFailed as exc:
-                raise DeployFailed(self._failure(seam, ep, dep, exc),
+                message, details = self._failure(seam, ep, dep, exc)
+                raise DeployFailed(message, details=details,
                                    hint=f"run 'deployer teardown {record.name}' to remove what "
                                         "was created") from None
             context.created(resource, provisioning_state=state)
@@ -232,10 +272,13 @@ class AzureTarget(Target):
             seam.set_traffic(ep, {dep: self.settings.traffic})
             context.created(resource)
 
-    def _failure(self, seam, ep: str, dep: str, exc) -> str:
+    def _failure(self, seam, ep: str, dep: str, exc) -> tuple[str, str]:
+        """(one line with the provisioning state, the containers' log lines as details)."""
         from .seam import LOG_CONTAINERS
 
-        parts = [f"deployment {ep}/{dep} failed, provisioning state {exc.state}: {exc}"]
+        first = " ".join(str(exc).split())
+        message = f"deployment {ep}/{dep} failed, provisioning state {exc.state}: {first}"
+        parts: list[str] = []
         for container in LOG_CONTAINERS:
             text = seam.logs(ep, dep, 4 * LOG_LINES, container).strip()
             lines = text.splitlines() if text else ["(empty)"]
@@ -247,14 +290,176 @@ class AzureTarget(Target):
                 parts.extend(earlier)
             parts.append(f"--- {container} (last {len(tail)} lines) ---")
             parts.extend(tail)
-        return "\n".join(parts)
+        return message, "\n".join(parts)
 
-    def client(self, deployment):
-        endpoint = deployment.endpoint
+    # -- update (deploy --update) ----------------------------------------------------------
+    def _update_plan(self, repository, record):
+        """(endpoint, old deployment, new deployment, names, model entity, deployment entity),
+        checked before any call."""
+        endpoint = record.endpoint
+        if not endpoint.get("endpoint") or not endpoint.get("deployment"):
+            raise UsageError(f"{record.name!r} has no endpoint recorded",
+                             hint=f"run 'deployer teardown {record.name}' and deploy again")
+        ep, old = endpoint["endpoint"], endpoint["deployment"]
+        if self.settings.endpoint and self.settings.endpoint != ep:
+            raise UsageError(f"{record.name!r} lives on endpoint {ep}; an update cannot move it "
+                             f"to {self.settings.endpoint}",
+                             hint=f"drop -o endpoint, or tear {record.name} down and deploy again")
+        new = old
+        if self.settings.blue_green:
+            new = spec.check_name("deployment", self.settings.new_deployment or toggled(old),
+                                  "new_deployment")
+            if new == old:
+                raise UsageError(f"the new deployment must not be named like the old one ({old})",
+                                 hint="pass another -o new_deployment=NAME")
+        names, endpoint_doc, deployment_doc = self._documents(repository, record.name, record.id,
+                                                              endpoint=ep, deployment=new)
+        version = self.settings.model_version
+        if version and any(r.data.get("version") == version and
+                           r.data.get("name", r.id.split(":")[0]) == names.model
+                           for r in _live(record, "model")):
+            raise UsageError(f"model {names.model}:{version} is already what {record.name!r} "
+                             "serves", hint="pass a new -o model_version, or leave it unset for "
+                                            "the next version")
+        _, model_e, deployment_e = self._check_entities(endpoint_doc, deployment_doc)
+        return ep, old, new, names, model_e, deployment_e
+
+    def update(self, repository, context) -> None:
+        """In place (the deployment's rolling update), or blue/green with ``-o blue_green``."""
+        from . import seam as seam_module
+
+        record = context.deployment
+        ep, old, new, names, model_e, deployment_e = self._update_plan(repository, record)
+        keeps = f"{ep}/{old} still serves the previous version"
+        seam = self._seam()
+        with self._calls(record.name, hint=keeps):
+            info = seam.get_endpoint(ep)
+            if info is None or info.tags.get(spec.ID_TAG) != record.id:
+                raise DeployFailed(f"endpoint {ep} is gone or no longer this deployment's",
+                                   hint=f"run 'deployer teardown {record.name}' and deploy again")
+            if seam.get_deployment_state(ep, old) is None:
+                raise DeployFailed(f"deployment {ep}/{old} is gone",
+                                   hint=f"run 'deployer teardown {record.name}' and deploy again")
+            if new != old and seam.get_deployment_state(ep, new) is not None:
+                raise UsageError(f"deployment {ep}/{new} already exists on the endpoint",
+                                 hint="pass another -o new_deployment=NAME")
+            old_models = _live(record, "model")
+
+            self.progress(f"  registering model {names.model} (uploads the repository)")
+            model = context.record("model", names.model, version=self.settings.model_version)
+            model_name, version = seam.register_model(model_e)
+            context.created(model, id=f"{model_name}:{version}", name=model_name,
+                            version=version)
+            deployment_e.model = f"azureml:{model_name}:{version}"
+
+            if new == old:
+                self.progress(f"  updating deployment {ep}/{old} in place to {model_name}:"
+                              f"{version} (a rolling update, 10-20 minutes)")
+                try:
+                    state = seam.create_or_update_deployment(deployment_e)
+                except seam_module.ProvisioningFailed as exc:
+                    message, details = self._failure(seam, ep, old, exc)
+                    self._abandon([model], context)
+                    raise DeployFailed(f"update of {message}", details=details,
+                                       hint=keeps) from None
+                for resource in _live(record, "deployment", deployment=old):
+                    context.update(resource, model=f"{model_name}:{version}",
+                                   provisioning_state=state)
+                self._retire(old_models, context)
+                return
+
+            self.progress(f"  creating deployment {ep}/{new} beside {old}, no traffic "
+                          f"(10-20 minutes)")
+            created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
+                                     model=f"{model_name}:{version}")
+            try:
+                state = seam.create_or_update_deployment(deployment_e)
+            except seam_module.ProvisioningFailed as exc:
+                message, details = self._failure(seam, ep, new, exc)
+                self._abandon([created, model], context)
+                raise DeployFailed(f"{message}; it was removed", details=details,
+                                   hint=keeps) from None
+            context.created(created, provisioning_state=state)
+            self._move_traffic(repository, context, ep, old, new, [created, model], keeps,
+                               old_models, lambda traffic: seam.set_traffic(ep, traffic),
+                               lambda: seam.get_endpoint(ep).traffic)
+
+    def _move_traffic(self, repository, context, ep: str, old: str, new: str, fresh: list,
+                      keeps: str, old_models: list, set_traffic, get_traffic,
+                      **traffic_data) -> None:
+        """Blue/green once the new deployment is up: the smoke check (on failure ``fresh`` is
+        removed), the traffic (recorded with ``traffic_data``), then the old is retired."""
+        record = context.deployment
+        self.progress(f"  smoke test of {ep}/{new} ({DEPLOYMENT_HEADER}: {new})")
+        failure = self._smoke(repository, record, new)
+        if failure:
+            self._abandon(fresh, context)
+            raise DeployFailed(f"the new deployment {ep}/{new} failed its smoke test, so it "
+                               f"was removed: {failure}", hint=keeps)
+        percent = self.settings.traffic
+        self.progress(f"  moving traffic: {new} {percent}%, {old} 0%")
+        traffic = context.record("traffic", f"{ep}/{new}", endpoint=ep, deployment=new,
+                                 percent=percent, **traffic_data)
+        set_traffic({**get_traffic(), old: 0, new: percent})
+        context.created(traffic)
+        context.set_endpoint(deployment=new)
+        self.progress(f"  removing the old deployment {ep}/{old}")
+        self._retire(_live(record, "traffic", deployment=old) +
+                     _live(record, "deployment", deployment=old) + old_models, context)
+
+    def _secret(self, deployment) -> str:
         seam = self._seam()
         with self._calls(deployment.name):
-            secret = seam.credential(endpoint["endpoint"], endpoint.get("auth_mode", "key"))
-        return self._client(endpoint, secret)
+            return seam.credential(deployment.endpoint["endpoint"],
+                                   deployment.endpoint.get("auth_mode", "key"))
+
+    def _smoke(self, repository, deployment, name: str) -> str | None:
+        """Ready, then one inference per served model with generated inputs, on deployment
+        ``name`` through the scoring host. Returns why it failed, or None."""
+        from deployer.samples import generated_inputs
+
+        try:
+            client = self._client({**deployment.endpoint, "deployment": name},
+                                  self._secret(deployment))
+        except DeployerError as exc:
+            return str(exc)
+        try:
+            deadline = time.monotonic() + SMOKE_READY_SECONDS
+            while not client.ready():
+                if time.monotonic() > deadline:
+                    return f"not ready after {SMOKE_READY_SECONDS:.0f}s"
+                time.sleep(0.5)
+            for model_name in self.models_served(repository):
+                model = repository.models[model_name]
+                answer = client.infer(model_name, generated_inputs(model))
+                missing = [o.name for o in model.outputs if o.name not in answer]
+                if missing:
+                    return f"{model_name}: outputs missing: {', '.join(missing)}"
+        except (EndpointError, DeployerError) as exc:
+            return " ".join(str(exc).split())[:500]  # one line: Triton's messages hold newlines
+        finally:
+            client.close()
+        return None
+
+    def _retire(self, resources: list, context) -> None:
+        """Remove what the new version replaced (``delete``, then mark it deleted)."""
+        for resource in resources:
+            self.delete(resource, context.deployment)
+            context.deleted(resource)
+
+    def _abandon(self, resources: list, context) -> None:
+        """Best effort after a failed update: remove what it created; what cannot be removed
+        stays recorded for teardown."""
+        for resource in resources:
+            try:
+                self.delete(resource, context.deployment)
+            except DeployerError as exc:
+                self.progress(f"  could not remove {resource.kind} {resource.id}: {exc}")
+                continue
+            context.deleted(resource)
+
+    def client(self, deployment):
+        return self._client(deployment.endpoint, self._secret(deployment))
 
     @staticmethod
     def _client(endpoint: dict, secret: str) -> AzureClient:
@@ -388,17 +593,87 @@ class AzureTwin(Rehearsal, AzureTarget):
         twin.update_routes(routes, dep, traffic=self.settings.traffic)
         context.created(resource)
 
-    def client(self, deployment):
+    def _secret(self, deployment) -> str:
         from . import twin
 
-        endpoint = deployment.endpoint
         try:
-            key = twin.read_key(Path(endpoint["key_file"]))
+            return twin.read_key(Path(deployment.endpoint["key_file"]))
         except (KeyError, FileNotFoundError):
             raise UsageError(f"the rehearsal key of {deployment.name} is gone",
                              hint=f"run 'deployer teardown {deployment.name}' and deploy "
                                   "again") from None
-        return self._client(endpoint, key)
+
+    def update(self, repository, context) -> None:
+        """Both modes start a new tritonserver on the new model folder first. Blue/green: it
+        joins the gateway's routes as the new deployment with 0 traffic, is smoke-tested
+        through the gateway with the header, gets the traffic, then the old server stops. In
+        place: once it is ready, the deployment's route switches to it and the old server stops
+        (a surge, as Azure's rolling update; no smoke check, as in place on Azure)."""
+        import secrets
+
+        from deployer import server as proc
+
+        from . import twin
+
+        record = context.deployment
+        work = Path(context.work_dir)
+        ep, old, new, names, _, _ = self._update_plan(repository, record)
+        keeps = f"{ep}/{old} still serves the previous version"
+        gateways = [r for r in _live(record, "endpoint") if proc.tagged(r.data["tag"])]
+        if not gateways:
+            raise DeployFailed(f"the rehearsal gateway of {ep} is not running",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        routes = Path(gateways[0].data["routes"])
+        if new != old and new in twin.read_routes(routes).get("deployments", {}):
+            raise UsageError(f"deployment {ep}/{new} already exists on the endpoint",
+                             hint="pass another -o new_deployment=NAME")
+        old_models = _live(record, "model")
+        versions = [int(r.id.rpartition(":")[2]) for r in record.resources
+                    if r.kind == "model" and r.id.rpartition(":")[2].isdigit()]
+        version = self.settings.model_version or str(1 + max(versions or [0]))
+
+        suffix = secrets.token_hex(3)
+        folder = work / f"model-{suffix}"
+        model = context.record("model", names.model, path=str(folder))
+        model_dir = twin.copy_model(repository, folder)
+        context.created(model, id=f"{names.model}:{version}", served=str(model_dir))
+
+        tag = f"{record.id}-{new}-{suffix}"
+        log_path = work / f"inference-server-{new}-{suffix}.log"
+        created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
+                                 tag=tag, log=str(log_path), routes=str(routes))
+        try:
+            pid, triton_url = twin.start_triton(model_dir, work, tag, self.progress,
+                                                self.settings.server,
+                                                timeout=self.settings.startup_timeout,
+                                                log_name=log_path.name)
+        except DeployFailed as exc:
+            proc.stop(tag)  # never routed: the route (in place: the old server's) stays
+            context.deleted(created)
+            self._abandon([model], context)
+            raise DeployFailed(f"{'update of ' if new == old else ''}deployment {ep}/{new} "
+                               f"failed, provisioning state Failed: {exc.message}",
+                               hint=f"{keeps}; {exc.hint}", details=exc.details) from None
+        context.created(created, pid=pid, url=triton_url, provisioning_state="Succeeded")
+
+        if new == old:
+            self.progress(f"  switching {ep}/{old} to the new server")
+            twin.update_routes(routes, old, url=triton_url)
+            self._retire([r for r in _live(record, "deployment", deployment=old)
+                          if r is not created] + old_models, context)
+            return
+
+        twin.update_routes(routes, new, url=triton_url, traffic=0)
+
+        def set_traffic(traffic):
+            current = twin.read_routes(routes)
+            current["traffic"] = traffic
+            twin.write_routes(routes, current)
+
+        self._move_traffic(repository, context, ep, old, new, [created, model], keeps,
+                           old_models, set_traffic,
+                           lambda: dict(twin.read_routes(routes).get("traffic", {})),
+                           routes=str(routes))
 
     def delete(self, resource, deployment) -> bool:
         from deployer import server as proc
@@ -417,8 +692,11 @@ class AzureTwin(Rehearsal, AzureTarget):
             return present
         if resource.kind == "deployment":
             stopped = proc.stop(data["tag"])
-            if Path(data["routes"]).exists():
-                twin.update_routes(Path(data["routes"]), data["deployment"], remove=True)
+            routes = Path(data["routes"])
+            serving = twin.read_routes(routes).get("deployments", {}).get(data["deployment"])
+            # after an in-place update the route names a newer server: leave it
+            if routes.exists() and (not data.get("url") or serving in (None, data["url"])):
+                twin.update_routes(routes, data["deployment"], remove=True)
             return stopped
         if resource.kind == "traffic":
             routes = twin.read_routes(Path(data["routes"]))
@@ -450,7 +728,7 @@ class AzureTwin(Rehearsal, AzureTarget):
 
         parts = []
         for resource in deployment.resources:
-            if resource.data.get("log"):
+            if resource.data.get("log") and resource.status != "deleted":
                 parts.append(f"--- {Path(resource.data['log']).name} ---\n"
                              + tail(resource.data["log"], lines))
         return "\n".join(parts)

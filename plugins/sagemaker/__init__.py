@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from deployer import hookimpl
-from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete
+from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError
 from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 VARIANT = "AllTraffic"
@@ -117,12 +117,16 @@ class SageMakerTarget(Target):
         rules.image(self.settings, region)
         rules.multi_gpu(self.settings, region, self.progress)
 
-    def _names(self, name: str, deployment_id: str) -> dict[str, str]:
+    def _names(self, name: str, deployment_id: str, revision: int = 0) -> dict[str, str]:
+        """Endpoint, config and model names; an update's revision N adds ``-rN`` to the
+        config and model, so the new ones never collide with those still serving."""
         from . import rules
 
-        base = name[:63 - 11]
-        names = {"endpoint": name, "endpoint-config": f"{base}-c-{deployment_id[:8]}",
-                 "model": f"{base}-m-{deployment_id[:8]}"}
+        suffix = f"-r{revision}" if revision else ""
+        base = name[:63 - 11 - len(suffix)]
+        names = {"endpoint": name,
+                 "endpoint-config": f"{base}-c-{deployment_id[:8]}{suffix}",
+                 "model": f"{base}-m-{deployment_id[:8]}{suffix}"}
         for kind, value in names.items():
             rules.check_name(kind, value)
         return names
@@ -160,8 +164,9 @@ class SageMakerTarget(Target):
                                                "models": self.models_served(repository)}),
         ]
 
-    def _upload(self, repository, session, region, context) -> dict:
-        """Upload what S3 lacks; return the PrimaryContainer's model data fields."""
+    def _upload(self, repository, session, region, context) -> tuple[dict, dict]:
+        """Upload what S3 lacks; return the PrimaryContainer's model data fields and what the
+        endpoint record says about the artefacts (``artifacts``, ``uploaded_bytes``...)."""
         from . import artefacts, aws
 
         bucket = self.settings.bucket
@@ -190,14 +195,62 @@ class SageMakerTarget(Target):
                       f"object(s) already there, {sent:,} bytes uploaded in {seconds}s)")
         if resource is not None:
             context.created(resource, uploaded_bytes=sent)
-        context.set_endpoint(artifacts=uri, uploaded_bytes=sent,
-                             reused_objects=len(wanted) - len(missing))
+        stats = {"artifacts": uri, "uploaded_bytes": sent,
+                 "reused_objects": len(wanted) - len(missing)}
         if layout == "uncompressed":
             return {"ModelDataSource": {"S3DataSource": {
-                "S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}}
+                "S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}}, stats
         if layout == "multi":
-            return {"ModelDataUrl": uri}
-        return {"ModelDataUrl": f"{uri}model.tar.gz"}
+            return {"ModelDataUrl": uri}, stats
+        return {"ModelDataUrl": f"{uri}model.tar.gz"}, stats
+
+    def _tags(self, deployment) -> list[dict[str, str]]:
+        from . import aws, rules
+
+        return [{"Key": aws.TAG_KEY, "Value": deployment.id},
+                {"Key": "triton-deployer:name", "Value": deployment.name},
+                *rules.tags(self.settings)]
+
+    def _model_and_config(self, repository, session, region, names, context) -> dict:
+        """Upload the artefacts, then create the model and the endpoint config (each recorded
+        before and marked created after, tagged with the deployment id). Returns what the
+        endpoint record says about them."""
+        from . import rules
+
+        deployment = context.deployment
+        image = rules.image(self.settings, region)
+        sm = session.client("sagemaker")
+        self.progress(f"  uploading artefacts to s3://{self.settings.bucket}")
+        data, stats = self._upload(repository, session, region, context)
+        tags = self._tags(deployment)
+        container = {"Image": image, "Environment": self._container_env(repository),
+                     "Mode": "MultiModel" if self.settings.mode == "multi" else "SingleModel",
+                     **data}
+
+        resource = context.record("model", names["model"], region=region)
+        self.progress(f"  creating model {names['model']} ({image})")
+        arn = sm.create_model(ModelName=names["model"], ExecutionRoleArn=self.settings.role,
+                              PrimaryContainer=container, Tags=tags)["ModelArn"]
+        context.created(resource, arn=arn)
+
+        resource = context.record("endpoint-config", names["endpoint-config"], region=region)
+        arn = sm.create_endpoint_config(
+            EndpointConfigName=names["endpoint-config"], Tags=tags,
+            ProductionVariants=[{
+                "VariantName": VARIANT, "ModelName": names["model"],
+                "InstanceType": self.settings.instance_type,
+                "InitialInstanceCount": self.settings.instance_count,
+                "ContainerStartupHealthCheckTimeoutInSeconds": self.settings.startup_timeout}],
+        )["EndpointConfigArn"]
+        context.created(resource, arn=arn)
+        return {"mode": self.settings.mode, "image": image, **stats}
+
+    def _wait_in_service(self, sm, endpoint: str) -> None:
+        """The ``endpoint_in_service`` waiter; raises botocore's WaiterError."""
+        delay = 15
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName=endpoint, WaiterConfig={
+                "Delay": delay, "MaxAttempts": (self.settings.startup_timeout + 1800) // delay})
 
     def deploy(self, repository, context) -> None:
         from botocore.exceptions import WaiterError
@@ -220,31 +273,9 @@ class SageMakerTarget(Target):
                 raise
         context.set_endpoint(endpoint=names["endpoint"], region=region, mode=self.settings.mode,
                              image=image)
-        self.progress(f"  uploading artefacts to s3://{self.settings.bucket}")
-        data = self._upload(repository, session, region, context)
-        tags = [{"Key": aws.TAG_KEY, "Value": deployment.id},
-                {"Key": "triton-deployer:name", "Value": deployment.name},
-                *rules.tags(self.settings)]
-        container = {"Image": image, "Environment": self._container_env(repository),
-                     "Mode": "MultiModel" if self.settings.mode == "multi" else "SingleModel",
-                     **data}
-
-        resource = context.record("model", names["model"], region=region)
-        self.progress(f"  creating model {names['model']} ({image})")
-        arn = sm.create_model(ModelName=names["model"], ExecutionRoleArn=self.settings.role,
-                              PrimaryContainer=container, Tags=tags)["ModelArn"]
-        context.created(resource, arn=arn)
-
-        resource = context.record("endpoint-config", names["endpoint-config"], region=region)
-        arn = sm.create_endpoint_config(
-            EndpointConfigName=names["endpoint-config"], Tags=tags,
-            ProductionVariants=[{
-                "VariantName": VARIANT, "ModelName": names["model"],
-                "InstanceType": self.settings.instance_type,
-                "InitialInstanceCount": self.settings.instance_count,
-                "ContainerStartupHealthCheckTimeoutInSeconds": self.settings.startup_timeout}],
-        )["EndpointConfigArn"]
-        context.created(resource, arn=arn)
+        context.set_endpoint(**self._model_and_config(repository, session, region, names,
+                                                      context))
+        tags = self._tags(deployment)
 
         resource = context.record("endpoint", names["endpoint"], region=region)
         self.progress(f"  creating endpoint {names['endpoint']} on "
@@ -255,12 +286,8 @@ class SageMakerTarget(Target):
         context.update(resource, arn=arn)
         if self.settings.wait:
             self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
-            delay = 15
             try:
-                sm.get_waiter("endpoint_in_service").wait(
-                    EndpointName=names["endpoint"], WaiterConfig={
-                        "Delay": delay,
-                        "MaxAttempts": (self.settings.startup_timeout + 1800) // delay})
+                self._wait_in_service(sm, names["endpoint"])
             except WaiterError:
                 raise DeployFailed(
                     f"endpoint {names['endpoint']} did not come up: "
@@ -268,6 +295,97 @@ class SageMakerTarget(Target):
                     hint=f"run 'deployer teardown {deployment.name}' to remove what was "
                          "created") from None
         context.created(resource)
+
+    def update(self, repository, context) -> None:
+        """Blue/green: upload → a new model and endpoint config (``-rN``) → ``update_endpoint``
+        → wait InService on the new config → remove the previous config, model and artefacts.
+
+        SageMaker keeps the previous fleet serving until the new one passes its health checks
+        and rolls back if it does not: on any failure the previous resources are left alone
+        (the new ones stay recorded; teardown removes them). The mode may change (single ↔
+        multi): the endpoint record follows only once the new config serves."""
+        from botocore.exceptions import ClientError, WaiterError
+
+        from . import aws
+
+        session, region = self._session_region()
+        deployment = context.deployment
+        endpoint = deployment.endpoint.get("endpoint", deployment.name)
+        recorded = deployment.endpoint.get("region")
+        if recorded and recorded != region:
+            raise UsageError(f"endpoint {endpoint} is in {recorded}: an update cannot move it to "
+                             f"{region}", hint=f"pass -o region={recorded}, or tear it down "
+                                               "and deploy again")
+        teardown = f"run 'deployer teardown {deployment.name}' and deploy again"
+        sm = session.client("sagemaker")
+        try:
+            described = sm.describe_endpoint(EndpointName=endpoint)
+        except ClientError as exc:
+            if aws.not_found(exc):
+                raise DeployFailed(f"endpoint {endpoint} no longer exists in {region}",
+                                   hint=teardown) from None
+            raise DeployFailed(f"cannot describe endpoint {endpoint}: {aws.error_text(exc)}",
+                               hint="check the credentials and region, then retry") from None
+        current = described.get("EndpointConfigName", "?")
+        if described.get("EndpointStatus") != "InService":
+            raise DeployFailed(
+                f"endpoint {endpoint} is {described.get('EndpointStatus')}; only an InService "
+                "endpoint can be updated", hint="retry once it is InService, or " + teardown)
+
+        # everything but the endpoint is replaced: leftovers of a failed or unwaited update too
+        previous = [r for r in deployment.resources if r.status != "deleted"
+                    and r.kind in ("endpoint-config", "model", "s3-artifacts")]
+        revision = sum(r.kind == "model" for r in deployment.resources)
+        names = self._names(deployment.name, deployment.id, revision)
+        details = self._model_and_config(repository, session, region, names, context)
+        new_config = names["endpoint-config"]
+
+        self.progress(f"  updating endpoint {endpoint}: {current} → {new_config} (blue/green: "
+                      "the current version serves until the new one is InService)")
+        try:
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=new_config)
+        except ClientError as exc:
+            raise DeployFailed(f"update_endpoint {endpoint} → {new_config} refused: "
+                               f"{aws.error_text(exc)}; {current} still serves",
+                               hint=f"fix the cause and run the update again ('deployer "
+                                    f"teardown {deployment.name}' removes everything)") from None
+        if not self.settings.wait:
+            self.progress(f"  not waiting (-o wait=false): {current} and its model stay until "
+                          "the next update or teardown")
+            context.set_endpoint(**details)
+            return
+        self.progress("  waiting for the endpoint to be InService on the new config "
+                      "(often 5-15 minutes)")
+        serving = None
+        try:
+            self._wait_in_service(sm, endpoint)
+            serving = sm.describe_endpoint(EndpointName=endpoint).get("EndpointConfigName")
+        except WaiterError:
+            pass
+        if serving != new_config:
+            # Failed, or rolled back to the previous config (InService with a FailureReason)
+            reason, tail = aws.failure_parts(sm, session.client("logs"), endpoint)
+            raise DeployFailed(
+                f"update of endpoint {endpoint} to {new_config} failed ({reason}); {current} "
+                "and its model were left in place",
+                hint="fix the cause and run the update again",
+                details=(f"last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}"
+                         if tail else None))
+        context.set_endpoint(**details)
+
+        new_artifacts = details["artifacts"]
+        for kind in ("endpoint-config", "model", "s3-artifacts"):
+            for resource in (r for r in previous if r.kind == kind):
+                if kind == "s3-artifacts" and (resource.id == new_artifacts
+                                               or self.settings.keep_artifacts):
+                    continue  # still what the new model reads, or kept: teardown decides
+                try:
+                    self.delete(resource, deployment)
+                except TeardownIncomplete as exc:
+                    self.progress(f"  warning: {exc}; teardown will retry")
+                    continue
+                context.deleted(resource)
+                self.progress(f"  removed previous {kind} {resource.id}")
 
     def client(self, deployment):
         from deployer.repository import Repository
@@ -376,6 +494,32 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
                              "script's)", "environment": self._container_env(repository)})]
 
     def deploy(self, repository, context) -> None:
+        self._serve(repository, context, "sagemaker", context.deployment.id)
+
+    def update(self, repository, context) -> None:
+        """Blue/green, like the cloud: the new artefacts in a new folder, a new server (new
+        ports, tag ``<id>-rN``) up and every archive loaded, then the endpoint switches and the
+        previous server and folder go. If the new one fails it is stopped and the previous one
+        keeps serving (its folder stays recorded, with its log, until teardown)."""
+        deployment = context.deployment
+        previous = [r for r in deployment.resources if r.status != "deleted"]
+        revision = sum(r.kind == "process" for r in deployment.resources)
+        known = len(deployment.resources)
+        try:
+            self._serve(repository, context, f"sagemaker-r{revision}",
+                        f"{deployment.id}-r{revision}")
+        except Exception:
+            for resource in deployment.resources[known:]:
+                if resource.kind == "process" and resource.status != "deleted":
+                    self.delete(resource, deployment)
+                    context.deleted(resource)
+            raise
+        for kind in ("process", "artefacts"):
+            for resource in (r for r in previous if r.kind == kind):
+                self.delete(resource, deployment)
+                context.deleted(resource)
+
+    def _serve(self, repository, context, folder: str, tag: str) -> None:
         import shutil
 
         from deployer import runtime
@@ -383,7 +527,7 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
         from . import artefacts, container
 
         layout, items = self._layout(repository)
-        root = Path(context.work_dir) / "sagemaker"
+        root = Path(context.work_dir) / folder
         resource = context.record("artefacts", str(root))
         digest = artefacts.listing_digest(items, layout)
         store = root / "s3" / digest  # what the cloud target would upload
@@ -413,15 +557,11 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
 
         args = container.serve_args(repo_dir, env, multi)
         server = runtime.find_server(None, self.progress, create=True)
-        tag = context.deployment.id
         log_path = root / "tritonserver.log"
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path))
         info = container.start(server, args, env, log_path, tag,
                                float(self.settings.startup_timeout), self.progress)
         context.update(resource, id=str(info["pid"]), **info)
-        context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
-                             http_port=info["http_port"],
-                             url=f"http://127.0.0.1:{info['sagemaker_port']}")
         if multi:
             for artefact in items:
                 folder = container.mme_folder(root / "opt-ml-models", artefact.name)
@@ -433,6 +573,10 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
                     from deployer.server import tail
 
                     raise DeployFailed(f"{exc}; last log lines:\n{tail(log_path)}") from None
+        # the endpoint switches to this server only once it serves every archive
+        context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
+                             http_port=info["http_port"],
+                             url=f"http://127.0.0.1:{info['sagemaker_port']}")
         context.created(resource)
 
     def client(self, deployment):
@@ -470,7 +614,11 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
     def logs(self, deployment, lines=100) -> str:
         from deployer.server import tail
 
-        paths = [r.data["log"] for r in deployment.resources if r.data.get("log")]
+        # the serving server's log (a failed update's server is stopped; its log stays in
+        # its folder until teardown)
+        paths = [r.data["log"] for r in deployment.resources
+                 if r.data.get("log") and r.status != "deleted"] or [
+            r.data["log"] for r in deployment.resources if r.data.get("log")]
         return tail(paths[-1], lines) if paths else ""
 
 

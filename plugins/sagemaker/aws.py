@@ -96,14 +96,27 @@ def log_tail(logs, endpoint: str, lines: int = 20) -> str:
     return "\n".join(collected[-lines:])
 
 
-def failure(sm, logs, endpoint: str, lines: int = 20) -> str:
-    """Why an endpoint failed: its FailureReason and the last CloudWatch log lines."""
+def failure_parts(sm, logs, endpoint: str, lines: int = 20) -> tuple[str, str]:
+    """Why an endpoint failed: (status and FailureReason, the last CloudWatch log lines)."""
     try:
         described = sm.describe_endpoint(EndpointName=endpoint)
         reason = (f"status {described.get('EndpointStatus')}: "
                   f"{described.get('FailureReason') or 'no FailureReason given'}")
     except Exception as exc:  # noqa: BLE001
         reason = f"cannot describe the endpoint: {exc}"
-    tail = log_tail(logs, endpoint, lines)
+    return reason, log_tail(logs, endpoint, lines)
+
+
+def failure(sm, logs, endpoint: str, lines: int = 20) -> str:
+    """Why an endpoint failed: its FailureReason and the last CloudWatch log lines."""
+    reason, tail = failure_parts(sm, logs, endpoint, lines)
     return reason + (f"; last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}"
                      if tail else f"; no log lines in /aws/sagemaker/Endpoints/{endpoint}")
+
+
+def error_text(exc) -> str:
+    """One line for a botocore ClientError (code and message), else the exception."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    if error.get("Code"):
+        return f"{error['Code']}: {error.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
