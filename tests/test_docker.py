@@ -319,3 +319,21 @@ def test_plan_names_the_container(cli):
     (resource,) = result.json()["resources"]
     assert resource["kind"] == "container" and resource["name"] == "triton-deployer-dk-plan"
     assert resource["details"]["image"] == IMAGE
+
+
+def test_compare_local_and_docker_with_report(cli, tmp_path, tritonserver):
+    """Issue 6's end-to-end: local against docker, JSON and the HTML report."""
+    report = tmp_path / "r.html"
+    result = cli("compare", REPOS / "add_sub", "--target", "local", "--target", "docker",
+                 "-o", f"docker.image={IMAGE}", "--requests", "300", "--concurrency", "1",
+                 "--concurrency", "4", "--json", "--report", report)
+    assert result.code == 0, result
+    data = result.json()
+    assert data["passed"] and data["sequential"] == ["local", "docker"] and not data["parallel"]
+    for target in data["targets"]:
+        assert target["passed"] and target["torn_down"], target
+        assert target["deploy_seconds"] > 0 and target["throughput_rps"] > 0
+        assert target["cost_per_hour"] == 0.0 and target["cost_per_million"] == 0.0
+    html = report.read_text()
+    assert 'data-chart="throughput"' in html and "local vs docker" in html
+    assert cli("list", "--json").json() == []

@@ -32,12 +32,13 @@ from conftest import EXAMPLES
 #: example -> (the labels its README must have, the models its repository holds,
 #:             the Python packages its scripts import besides numpy)
 EXAMPLE_SPECS = {
-    "workshop": ({"build", "local", "azure", "refused"}, {"workshop_model"}, ("torch", "pandas")),
-    "ncf": ({"build", "local", "sagemaker", "refused"}, {"ncf_food_model", "ncf_fashion_model"},
+    "workshop": ({"build", "local", "docker", "azure", "refused"}, {"workshop_model"}, ("torch", "pandas")),
+    "ncf": ({"build", "local", "docker", "sagemaker", "refused"}, {"ncf_food_model", "ncf_fashion_model"},
             ("torch",)),
 }
 #: a README label -> the target that must be installed for its commands
-TARGET_OF_LABEL = {"local": "local", "azure": "azure-twin", "sagemaker": "sagemaker-twin"}
+TARGET_OF_LABEL = {"local": "local", "docker": "docker", "azure": "azure-twin",
+                   "sagemaker": "sagemaker-twin"}
 BLOCK = re.compile(r"<!--\s*ci:\s*([\w-]+)\s*-->\s*\n```[\w-]*\n(.*?)^```", re.S | re.M)
 COMMAND_TIMEOUT = 300
 
