@@ -171,6 +171,26 @@ def tagged(tag: str) -> list[int]:
     return found
 
 
+def _gone(tag: str, pids: list[int], seconds: float) -> bool:
+    """Wait up to ``seconds`` for every process tagged ``tag`` to end (reaping our children)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for pid in pids:
+            _reap(pid)
+        if not tagged(tag):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def recorded_log(deployment, lines: int = 100) -> str:
+    """The last lines of the log of the server a deployment serves from: the newest resource
+    with a ``log`` that is not deleted, else the newest one at all (a failed deploy's)."""
+    logs = [r for r in deployment.resources if r.data.get("log")]
+    live = [r for r in logs if r.status != "deleted"] or logs
+    return tail(live[-1].data["log"], lines) if live else ""
+
+
 def stop(tag: str, grace: float = 10.0) -> bool:
     """Stop every process tagged ``tag``: SIGTERM, then SIGKILL after ``grace`` seconds.
 
@@ -182,22 +202,12 @@ def stop(tag: str, grace: float = 10.0) -> bool:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        for pid in pids:
-            _reap(pid)
-        if not tagged(tag):
-            return True
-        time.sleep(0.1)
+    if _gone(tag, pids, grace):
+        return True
     for pid in tagged(tag):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for pid in pids:
-            _reap(pid)
-        if not tagged(tag):
-            return True
-        time.sleep(0.05)
+    if _gone(tag, pids, 5.0):
+        return True
     raise TeardownIncomplete(f"processes {tagged(tag)} survived SIGKILL",
                              hint="check them with 'ps', then run teardown again")

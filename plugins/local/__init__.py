@@ -125,12 +125,9 @@ class LocalTarget(Target):
                 for tag, pids in sorted(all_tagged().items()) if tag not in known]
 
     def logs(self, deployment, lines=100) -> str:
-        from deployer.server import tail
+        from deployer.server import recorded_log
 
-        paths = [r.data["log"] for r in deployment.resources
-                 if r.data.get("log") and r.status != "deleted"] or [
-            r.data["log"] for r in deployment.resources if r.data.get("log")]
-        return tail(paths[-1], lines) if paths else ""
+        return recorded_log(deployment, lines)
 
 
 @hookimpl

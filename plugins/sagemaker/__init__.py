@@ -612,14 +612,9 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
             root.exists() and not self.settings.keep_artifacts)
 
     def logs(self, deployment, lines=100) -> str:
-        from deployer.server import tail
+        from deployer.server import recorded_log
 
-        # the serving server's log (a failed update's server is stopped; its log stays in
-        # its folder until teardown)
-        paths = [r.data["log"] for r in deployment.resources
-                 if r.data.get("log") and r.status != "deleted"] or [
-            r.data["log"] for r in deployment.resources if r.data.get("log")]
-        return tail(paths[-1], lines) if paths else ""
+        return recorded_log(deployment, lines)
 
 
 @hookimpl
