@@ -70,11 +70,11 @@ def test_percentiles_are_exact_nearest_rank():
 def test_windows_repeat_until_stable():
     import time
 
-    delays = iter([0.004] * 20 + [0.001] * 200)  # slow start, then steady
-
+    delays = iter([0.03] * 20 + [0.008] * 200)  # slow start, then steady (sleeps long
+                                                 # enough that scheduler jitter stays < 10 %)
     def send():
-        time.sleep(next(delays, 0.001))
+        time.sleep(next(delays, 0.008))
 
     result = load.run("m", send, requests=30, concurrency=1, warmup=0, max_windows=10)
     assert result.stable and result.windows > 3
-    assert result.latency_ms["p99"] < 3, "the slow windows are not in the figures"
+    assert result.latency_ms["max"] < 25, "the slow (30 ms) windows are not in the figures"
