@@ -56,9 +56,12 @@ def _datatype(array: np.ndarray) -> str:
 
 
 class KServeClient(EndpointClient):
-    """KServe v2 over HTTP(S). ``headers`` go on every request (auth, routing)."""
+    """KServe v2 over HTTP(S). ``headers`` go on every request (auth, routing); a callable
+    returning them is called before each request instead (credentials that expire)."""
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None, timeout: float = 60.0):
+    def __init__(self, url: str,
+                 headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+                 timeout: float = 60.0):
         import tritonclient.http as httpclient
 
         parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
@@ -66,12 +69,17 @@ class KServeClient(EndpointClient):
         self._ssl = parsed.scheme == "https"
         self._netloc = parsed.netloc
         self._prefix = parsed.path.rstrip("/")
-        self._headers = dict(headers or {})
+        self._header_source = headers if callable(headers) else None
+        self._headers = {} if callable(headers) else dict(headers or {})
         self._timeout = timeout
         self._httpclient = httpclient
         self._client = httpclient.InferenceServerClient(
             url=self._netloc + self._prefix, ssl=self._ssl, connection_timeout=timeout,
             network_timeout=timeout)
+
+    def headers(self) -> dict[str, str]:
+        """The headers for the next request."""
+        return dict(self._header_source()) if self._header_source else self._headers
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from tritonclient.utils import InferenceServerException
@@ -89,7 +97,7 @@ class KServeClient(EndpointClient):
         import urllib.error
         import urllib.request
 
-        request = urllib.request.Request(f"{self.url}/v2/health/ready", headers=self._headers)
+        request = urllib.request.Request(f"{self.url}/v2/health/ready", headers=self.headers())
         try:
             with urllib.request.urlopen(request, timeout=min(self._timeout, 10)) as answer:
                 return answer.status == 200
@@ -103,7 +111,7 @@ class KServeClient(EndpointClient):
 
     def metadata(self, model: str) -> dict[str, Any]:
         return self._call(f"metadata of {model}",
-                          lambda: self._client.get_model_metadata(model, headers=self._headers))
+                          lambda: self._client.get_model_metadata(model, headers=self.headers()))
 
     def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list:
         built = []
@@ -115,7 +123,7 @@ class KServeClient(EndpointClient):
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._call(f"inference on {model}", lambda: self._client.infer(
-            model, self._inputs(inputs), headers=self._headers))
+            model, self._inputs(inputs), headers=self.headers()))
         response = result.get_response()
         return {out["name"]: result.as_numpy(out["name"]) for out in response.get("outputs", [])}
 
@@ -123,10 +131,12 @@ class KServeClient(EndpointClient):
         """Encode the request once; each thread keeps its own persistent connection."""
         body, json_size = self._httpclient.InferenceServerClient.generate_request_body(
             self._inputs(inputs))
-        headers = {**self._headers, "Content-Type": "application/octet-stream",
-                   "Content-Length": str(len(body))}
+        fixed = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
         if json_size is not None:
-            headers["Inference-Header-Content-Length"] = str(json_size)
+            fixed["Inference-Header-Content-Length"] = str(json_size)
+        source = self._header_source
+        headers: Any = {**self._headers, **fixed} if source is None else \
+            (lambda: {**source(), **fixed})  # static headers: the request stays prebuilt
         path = f"{self._prefix}/v2/models/{urllib.parse.quote(model)}/infer"
         if self._ssl:
             return _https_sender(self._netloc, path, headers, body, self._timeout)
@@ -136,7 +146,7 @@ class KServeClient(EndpointClient):
         self._client.close()
 
 
-def _https_sender(netloc: str, path: str, headers: dict[str, str], body: bytes,
+def _https_sender(netloc: str, path: str, headers: Any, body: bytes,
                   timeout: float) -> Callable[[], None]:
     local = threading.local()
 
@@ -145,7 +155,8 @@ def _https_sender(netloc: str, path: str, headers: dict[str, str], body: bytes,
         if conn is None:
             conn = local.conn = http.client.HTTPSConnection(netloc, timeout=timeout)
         try:
-            conn.request("POST", path, body=body, headers=headers)
+            conn.request("POST", path, body=body,
+                         headers=headers() if callable(headers) else headers)
             answer = conn.getresponse()
             payload = answer.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -162,16 +173,21 @@ def _https_sender(netloc: str, path: str, headers: dict[str, str], body: bytes,
 class _RawSender:
     """Plain-HTTP keep-alive sender: the whole request is bytes built once, and the answer is
     read by Content-Length with no header parsing beyond that, so the generator is not the
-    bottleneck (http.client's header parsing costs more than Triton's answer)."""
+    bottleneck (http.client's header parsing costs more than Triton's answer). ``headers`` as
+    a callable: the request is encoded again for each send."""
 
-    def __init__(self, netloc: str, path: str, headers: dict[str, str], body: bytes,
-                 timeout: float):
+    def __init__(self, netloc: str, path: str, headers: Any, body: bytes, timeout: float):
         host, _, port = netloc.rpartition(":")
         self.address = (host.strip("[]") or netloc, int(port) if port.isdigit() else 80)
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.request = f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n{head}\r\n".encode() + body
+        self.start, self.body = f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n", body
+        self.headers = headers if callable(headers) else None
+        self.request = None if self.headers else self._encode(headers)
         self.timeout = timeout
         self.local = threading.local()
+
+    def _encode(self, headers: Mapping[str, str]) -> bytes:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return f"{self.start}{head}\r\n".encode() + self.body
 
     def _connect(self):
         import socket
@@ -185,7 +201,7 @@ class _RawSender:
         sock = getattr(self.local, "sock", None)
         try:
             sock = sock or self._connect()
-            sock.sendall(self.request)
+            sock.sendall(self.request or self._encode(self.headers()))
             status, payload = self._read(sock)
         except (OSError, ValueError) as exc:
             if sock is not None:

@@ -6,6 +6,8 @@ rehearsal gateway (bearer key, ``azureml-model-deployment`` routing) and deploym
 tritonserver serving the registered folder; the scoring URI points at the gateway. It answers as
 the service does: not found, conflicts (a name taken elsewhere in the region, a deployment that
 still has traffic), provisioning states, and a Failed deployment with both containers' logs.
+An ``aml_token``/``aad_token`` endpoint hands out a new token per ``credential`` call, valid
+``token_lifetime`` seconds: its gateway answers 401 to it after that (``token_fetches`` counts).
 An update of an existing deployment (``create_or_update_deployment`` with its name) is a rolling
 update: the new server starts beside the old one, takes over its route once ready, and if it
 fails the old one keeps serving and the deployment keeps its state.
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import secrets
 import shutil
+import time
 from pathlib import Path
 
 from deployer import server as proc
 from deployer.errors import DeployFailed
-from deployer_plugins.azure import seam, spec, twin
+from deployer_plugins.azure import gateway, seam, spec, twin
 
 #: seconds a replaced or deleted deployment's tritonserver gets after SIGTERM before SIGKILL:
 #: its graceful exit takes seconds, and nothing of ours observes it
@@ -71,6 +76,9 @@ class FakeAzure(seam.Seam):
         #: raise AuthError on every call (no credential)
         self.no_credential = False
         self.calls: list[tuple[str, str]] = []
+        #: seconds a token of an aml_token/aad_token endpoint is valid for
+        self.token_lifetime = 2.0
+        self.token_fetches = 0
         self._ids = itertools.count(1)
 
     def factory(self, settings, progress):
@@ -151,8 +159,24 @@ class FakeAzure(seam.Seam):
     def credential(self, endpoint_name, auth_mode):
         self._call("credential", endpoint_name)
         endpoint = self._endpoint(endpoint_name)
-        return "stale-" + twin.read_key(endpoint.key_file) if self.stale_key else \
-            twin.read_key(endpoint.key_file)
+        if endpoint.auth_mode in ("aml_token", "aad_token"):
+            return self._token(endpoint)
+        key = twin.read_key(endpoint.key_file)
+        return seam.Credential("stale-" + key if self.stale_key else key)
+
+    def _token(self, endpoint: _Endpoint) -> seam.Credential:
+        """A new token, added to the gateway's key file beside the ones still valid."""
+        self.token_fetches += 1
+        now, token = time.time(), secrets.token_urlsafe(32)
+        expiry = now + self.token_lifetime
+        valid = [f"{s} {e!r}" for s, e in gateway.parse_keys(endpoint.key_file.read_text())
+                 if e is not None and e > now]
+        tmp = endpoint.key_file.with_name("key.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(valid + [f"{token} {expiry!r}"]) + "\n")
+        os.replace(tmp, endpoint.key_file)
+        return seam.Credential("stale-" + token if self.stale_key else token, expiry)
 
     def _endpoint(self, name) -> _Endpoint:
         if name not in self.endpoints:

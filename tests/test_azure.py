@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -185,6 +186,90 @@ def test_wrong_key_is_a_clear_401(fake, run_cli):
     assert len(err.strip().splitlines()) == 1
     fake.stale_key = False
     assert run_cli("teardown", "k401")[0] == 0
+
+
+def _load(run_cli, name: str, requests: int) -> tuple[dict, float]:
+    began = time.monotonic()
+    code, out, err = run_cli("test", name, "--requests", str(requests), "--concurrency", "4",
+                             "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["passed"] and report["load"][0]["errors"] == {}, report["load"]
+    return report, time.monotonic() - began
+
+
+def _tokens(fake, name: str) -> list[str]:
+    return [line.split()[0] for line in fake.endpoints[name].key_file.read_text().splitlines()]
+
+
+def test_tokens_refreshed_before_expiry_under_load(fake, run_cli, tmp_path):
+    """aml_token: tokens live 1 s here; a test step whose load spans several lifetimes passes
+    with no error, the client having fetched new tokens before the old ones expired."""
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "tok", "-o",
+                   "auth_mode=aml_token", "-o", "endpoint=ep-tok")[0] == 0
+    fetched = fake.token_fetches
+    fake.token_lifetime = 1.0
+    _, seconds = _load(run_cli, "tok", 8000)
+    assert seconds > 2 * fake.token_lifetime, seconds  # the load spanned the expiry
+    assert fake.token_fetches - fetched > 2  # refreshed, not fetched once
+    log = (fake.endpoints["ep-tok"].folder / "gateway.log").read_text()
+    assert '" 200 ' in log and '" 401 ' not in log  # each came before its token expired
+    # without a refresh it would have failed: a token is refused once expired
+    token = fake.credential("ep-tok", "aml_token")
+    url = fake.endpoints["ep-tok"].scoring_uri.removesuffix("/score") + "/v2/health/ready"
+    ask = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.secret}"})
+    with urllib.request.urlopen(ask, timeout=10) as answer:
+        assert answer.status == 200
+    time.sleep(max(0.0, token.expires_on - time.time()) + 0.05)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(ask, timeout=10)
+    assert refused.value.code == 401
+    _secret_free(fake, tmp_path, run_cli.outputs, _tokens(fake, "ep-tok"))
+    assert run_cli("teardown", "tok")[0] == 0
+
+
+def test_a_401_fetches_a_token_and_retries_once(fake, run_cli, monkeypatch):
+    """aad_token with no refresh ahead of expiry: requests meet the 401, the client fetches a
+    new token and sends them again; nothing fails. A key is never fetched again."""
+    import deployer_plugins.azure.client as azure_client
+
+    monkeypatch.setattr(azure_client, "REFRESH_MARGIN", -3600.0)  # never ahead
+    fake.token_lifetime = 1.0
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "aad", "-o",
+                   "auth_mode=aad_token", "-o", "endpoint=ep-aad")[0] == 0
+    fetched = fake.token_fetches
+    _, seconds = _load(run_cli, "aad", 6000)
+    assert seconds > 2 * fake.token_lifetime, seconds
+    assert fake.token_fetches - fetched > 2
+    log = (fake.endpoints["ep-aad"].folder / "gateway.log").read_text()
+    assert '" 401 ' in log  # the expired token was refused, and the retry went through
+    fake.stale_key = True  # a token the endpoint refuses even when new: one retry, then 401
+    code, out, err = run_cli("test", "aad")
+    assert code == 5 and "refused the credentials (HTTP 401)" in err, out + err
+    fake.stale_key = False
+    assert run_cli("teardown", "aad")[0] == 0
+
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "kk")[0] == 0
+    calls = len([c for c, _ in fake.calls if c == "credential"])
+    _load(run_cli, "kk", 300)
+    assert len([c for c, _ in fake.calls if c == "credential"]) == calls + 1
+    assert run_cli("teardown", "kk")[0] == 0
+
+
+def test_static_headers_keep_the_request_prebuilt():
+    import numpy as np
+
+    from deployer.client import KServeClient
+
+    inputs = {"INPUT0": np.zeros((1, 4), np.float32)}
+    static = KServeClient("http://127.0.0.1:9", {"Authorization": "Bearer k"})
+    assert b"Authorization: Bearer k\r\n" in static.sender("m", inputs).request
+    tokens = iter(["t1", "t2"])
+    dynamic = KServeClient("http://127.0.0.1:9", lambda: {"Authorization": next(tokens)})
+    send = dynamic.sender("m", inputs)
+    assert send.request is None
+    assert b"Authorization: t1\r\n" in send._encode(send.headers())
+    assert b"Authorization: t2\r\n" in send._encode(send.headers())
 
 
 def test_no_credential_is_one_line(fake, run_cli):

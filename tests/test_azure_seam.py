@@ -52,10 +52,12 @@ class Endpoints(Recorder):
             raise ResourceNotFoundError(f"endpoint {name} not found")
         return self.store[name]
 
+    answer = None  # what get_keys hands out besides keys (a token)
+
     def get_keys(self, name):
         from azure.ai.ml.entities import EndpointAuthKeys
 
-        return EndpointAuthKeys(primary_key="pk-secret", secondary_key="sk")
+        return self.answer or EndpointAuthKeys(primary_key="pk-secret", secondary_key="sk")
 
     def begin_delete(self, name):
         from azure.core.exceptions import ResourceNotFoundError
@@ -122,7 +124,7 @@ def test_the_sdk_serialises_our_entities(ml, capsys):
     assert real.register_model(model) == ("addsub", "7")
     deployment.model = "azureml:addsub:7"
     assert real.create_or_update_deployment(deployment) == "Succeeded"
-    assert real.credential("ep-seam", "key") == "pk-secret"
+    assert real.credential("ep-seam", "key") == seam.Credential("pk-secret")
     assert capsys.readouterr().out == ""  # the poll dots went to stderr
     sent = dict((kind, body) for kind, body in ml.sent)
     assert sent["endpoint"]["properties"]["authMode"] == "Key"
@@ -164,3 +166,26 @@ def test_sdk_refuses_a_bad_entity():
         spec.entities(spec.endpoint_yaml("ep-seam", "not-a-mode", {}),
                       spec.deployment_yaml("blue", "ep-seam", "azureml:m:1", "Standard_DS3_v2",
                                            1, {}))
+
+
+def test_credentials_keys_and_tokens_with_expiry(ml):
+    """azure-ai-ml 1.35's get_keys: EndpointAuthKeys (key), EndpointAuthToken (aml_token:
+    access_token, expiry_time_utc), EndpointAadToken (aad_token: the credential's AccessToken)."""
+    from azure.ai.ml.entities import EndpointAadToken, EndpointAuthToken
+    from azure.core.credentials import AccessToken
+
+    real = seam.MLSeam(ml)
+    key = real.credential("ep-seam", "key")
+    assert (key.secret, key.expires_on, key.is_token) == ("pk-secret", None, False)
+    ml.online_endpoints.answer = EndpointAuthToken(access_token="aml-secret",
+                                                   expiry_time_utc=1900000000,
+                                                   refresh_after_time_utc=1899999000)
+    aml = real.credential("ep-seam", "aml_token")
+    assert (aml.secret, aml.expires_on, aml.is_token) == ("aml-secret", 1900000000.0, True)
+    ml.online_endpoints.answer = EndpointAadToken(AccessToken("aad-secret", 1900000500))
+    aad = real.credential("ep-seam", "aad_token")
+    assert (aad.secret, aad.expires_on) == ("aad-secret", 1900000500.0)
+    assert "secret" not in repr(aml) + repr(aad) + repr(key)
+    ml.online_endpoints.answer = EndpointAuthToken(access_token="")
+    with pytest.raises(seam.AuthError):
+        real.credential("ep-seam", "aml_token")

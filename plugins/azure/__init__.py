@@ -19,21 +19,17 @@ import contextlib
 import re
 import shutil
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deployer import hookimpl
-from deployer.client import EndpointError, KServeClient
 from deployer.errors import (DeployerError, DeployFailed, Unavailable, UsageError,
                              ValidationError)
 from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 from . import spec
 
-DEPLOYMENT_HEADER = "azureml-model-deployment"
+DEPLOYMENT_HEADER = spec.DEPLOYMENT_HEADER
 LOG_LINES = 30
 ERROR_WORDS = re.compile(r"(?i)error|fail|exception|refused|denied")
 #: how long the blue/green smoke check waits for the new deployment to answer ready
@@ -93,36 +89,8 @@ class _Names:
                                   hint="pass -o model_name= with letters, digits, -, _ or .")
 
 
-class AzureClient(KServeClient):
-    """KServe v2 on the scoring URI; a 401 says what to check."""
-
-    def __init__(self, url: str, headers: dict[str, str], endpoint: str):
-        super().__init__(url, headers)
-        self._refused = (f"endpoint {endpoint} refused the credentials (HTTP 401): the key or "
-                         "token is wrong, expired or regenerated, or auth_mode does not match")
-
-    def _call(self, what, fn):
-        try:
-            return super()._call(what, fn)
-        except EndpointError as exc:
-            if exc.kind == "http-401":
-                raise EndpointError(f"{what}: {self._refused}", kind=exc.kind) from None
-            raise
-
-    def probe(self) -> None:
-        """Raise Unavailable at once on a 401 rather than waiting for a ready that never comes."""
-        request = urllib.request.Request(self.url + "/v2/health/ready", headers=self._headers)
-        try:
-            with urllib.request.urlopen(request, timeout=10):
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401:
-                raise Unavailable(self._refused, hint="for a cloud endpoint: az ml online-"
-                                  "endpoint get-credentials; then run the test again") from None
-        except (urllib.error.URLError, OSError):
-            pass  # not up yet: the test step's ready check reports it
-
-
+#: a token is fetched again this close to its expiry (seconds; a quarter of its lifetime
+#: when that is shorter)
 class AzureTarget(Target):
     name = "azure"
     description = "Azure ML managed online endpoint with a no-code Triton deployment"
@@ -407,11 +375,15 @@ class AzureTarget(Target):
         self._retire(_live(record, "traffic", deployment=old) +
                      _live(record, "deployment", deployment=old) + old_models, context)
 
-    def _secret(self, deployment) -> str:
+    def _secret(self, deployment):
+        """A function fetching the seam's Credential (a key, or a fresh token)."""
         seam = self._seam()
-        with self._calls(deployment.name):
-            return seam.credential(deployment.endpoint["endpoint"],
-                                   deployment.endpoint.get("auth_mode", "key"))
+
+        def fetch():
+            with self._calls(deployment.name):
+                return seam.credential(deployment.endpoint["endpoint"],
+                                       deployment.endpoint.get("auth_mode", "key"))
+        return fetch
 
     def _smoke(self, repository, deployment, name: str) -> str | None:
         """Ready, then one inference per served model with generated inputs, on deployment
@@ -435,7 +407,7 @@ class AzureTarget(Target):
                 missing = [o.name for o in model.outputs if o.name not in answer]
                 if missing:
                     return f"{model_name}: outputs missing: {', '.join(missing)}"
-        except (EndpointError, DeployerError) as exc:
+        except (DeployerError, Exception) as exc:  # EndpointError and anything else
             return " ".join(str(exc).split())[:500]  # one line: Triton's messages hold newlines
         finally:
             client.close()
@@ -462,12 +434,15 @@ class AzureTarget(Target):
         return self._client(deployment.endpoint, self._secret(deployment))
 
     @staticmethod
-    def _client(endpoint: dict, secret: str) -> AzureClient:
+    def _client(endpoint: dict, fetch: Callable[[], Any]):
+        import urllib.parse
+
+        from .client import AzureClient
+
         # KServe routes sit at the root of the scoring host; the URI itself ends in /score
         parsed = urllib.parse.urlparse(endpoint["url"])
-        client = AzureClient(f"{parsed.scheme}://{parsed.netloc}", {"Authorization": f"Bearer {secret}",
-                                               DEPLOYMENT_HEADER: endpoint["deployment"]},
-                             endpoint["endpoint"])
+        client = AzureClient(f"{parsed.scheme}://{parsed.netloc}", fetch,
+                             endpoint["deployment"], endpoint["endpoint"])
         client.probe()
         return client
 
@@ -593,15 +568,16 @@ class AzureTwin(Rehearsal, AzureTarget):
         twin.update_routes(routes, dep, traffic=self.settings.traffic)
         context.created(resource)
 
-    def _secret(self, deployment) -> str:
-        from . import twin
+    def _secret(self, deployment):
+        from . import seam, twin
 
         try:
-            return twin.read_key(Path(deployment.endpoint["key_file"]))
+            key = seam.Credential(twin.read_key(Path(deployment.endpoint["key_file"])))
         except (KeyError, FileNotFoundError):
             raise UsageError(f"the rehearsal key of {deployment.name} is gone",
                              hint=f"run 'deployer teardown {deployment.name}' and deploy "
                                   "again") from None
+        return lambda: key
 
     def update(self, repository, context) -> None:
         """Both modes start a new tritonserver on the new model folder first. Blue/green: it

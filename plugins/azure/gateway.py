@@ -9,7 +9,9 @@ auth: it is how the deployer waits for the gateway, and no Azure route.
 
 The routes file is JSON ``{"deployments": {"blue": "http://127.0.0.1:PORT"}, "traffic":
 {"blue": 100}}``; it and the key file are read again whenever they change (traffic moves, keys
-are regenerated). The key never appears on the command line.
+are regenerated). The key file holds one accepted key or token a line, a token followed by its
+expiry (seconds since the epoch): past it, the token gets 401. The key never appears on the
+command line.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import os
 import random
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-DEPLOYMENT_HEADER = "azureml-model-deployment"
+from .spec import DEPLOYMENT_HEADER
+
 HEALTH_PATH = "/-/gateway"
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
         "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -41,8 +45,10 @@ class _Watched:
         self._value = None
         self._lock = threading.Lock()
 
-    def get(self):
+    def get(self, again: bool = False):
         with self._lock:
+            if again:  # a rewrite within the mtime's granularity keeps the size and mtime
+                self._stamp = None
             try:
                 stat = self.path.stat()
                 stamp = (stat.st_mtime_ns, stat.st_size)
@@ -54,12 +60,22 @@ class _Watched:
             return self._value
 
 
+def parse_keys(text: str) -> list[tuple[str, float | None]]:
+    """``[(key or token, expiry or None)]`` from the key file's lines."""
+    keys = []
+    for line in text.splitlines():
+        secret, _, expiry = line.strip().partition(" ")
+        if secret:
+            keys.append((secret, float(expiry) if expiry else None))
+    return keys
+
+
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address, key_file: Path, routes_file: Path):
         super().__init__(address, Handler)
-        self.key = _Watched(key_file, str.strip)
+        self.key = _Watched(key_file, parse_keys)
         self.routes = _Watched(routes_file, json.loads)
         self.local = threading.local()
 
@@ -90,6 +106,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _authorized(self, again: bool = False) -> bool:
+        given, now = self.headers.get("Authorization", "").encode(), time.time()
+        return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
+                   and (expiry is None or now < expiry)
+                   for secret, expiry in self.server.key.get(again) or [])
+
     def _route(self) -> tuple[str | None, str | None]:
         """(deployment, upstream URL), or (None, why) when there is nowhere to go."""
         routes = self.server.routes.get() or {}
@@ -112,9 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.path == HEALTH_PATH:
             return self._answer(200, "gateway up")
-        key = self.server.key.get()
-        given = self.headers.get("Authorization", "")
-        if not key or not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        if not (self._authorized() or self._authorized(again=True)):
             return self._answer(401, "Unauthorized: missing or invalid Authorization header",
                                 {"WWW-Authenticate": "Bearer"})
         deployment, upstream = self._route()

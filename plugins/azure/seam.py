@@ -56,6 +56,19 @@ class EndpointInfo:
     tags: dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """What the scoring URI wants after ``Bearer``: a key (``expires_on`` None, never
+    refreshed) or a token with its expiry (seconds since the epoch). Its repr hides it."""
+
+    secret: str = dataclasses.field(repr=False)
+    expires_on: Optional[float] = None
+
+    @property
+    def is_token(self) -> bool:
+        return self.expires_on is not None
+
+
 class Seam:
     """What the Azure target needs from the control plane. Entities are azure-ai-ml objects."""
 
@@ -88,8 +101,9 @@ class Seam:
     def set_traffic(self, endpoint: str, traffic: dict[str, int]) -> EndpointInfo:
         raise NotImplementedError
 
-    def credential(self, endpoint: str, auth_mode: str) -> str:
-        """The key or token the scoring URI wants after ``Bearer``. Never log it."""
+    def credential(self, endpoint: str, auth_mode: str) -> Credential:
+        """The key, or a fresh token and its expiry (``aml_token``, ``aad_token``), the
+        scoring URI wants after ``Bearer``. Never log it."""
         raise NotImplementedError
 
     def logs(self, endpoint: str, deployment: str, lines: int, container_type: str) -> str:
@@ -265,12 +279,19 @@ class MLSeam(Seam):
             return self._info(self.ml.online_endpoints.begin_create_or_update(current).result())
 
     def credential(self, endpoint, auth_mode):
+        # get_keys answers by the endpoint's auth mode: EndpointAuthKeys (primary_key),
+        # EndpointAuthToken (aml_token: access_token, expiry_time_utc from the service) or
+        # EndpointAadToken (aad_token: the credential's get_token(scope) .token, .expires_on)
         with sdk_call(f"credentials of endpoint {endpoint}"):
             answer = self.ml.online_endpoints.get_keys(endpoint)
-        secret = getattr(answer, "primary_key", None) or getattr(answer, "access_token", None)
-        if not secret:
+        key = getattr(answer, "primary_key", None)
+        if key:
+            return Credential(key)
+        token = getattr(answer, "access_token", None)
+        if not token:
             raise AuthError(f"endpoint {endpoint} handed out no key or token")
-        return secret
+        expiry = getattr(answer, "expiry_time_utc", None)
+        return Credential(token, float(expiry) if expiry else float("inf"))
 
     def logs(self, endpoint, deployment, lines, container_type):
         try:

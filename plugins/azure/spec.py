@@ -13,6 +13,8 @@ from typing import Any
 
 from deployer.errors import ValidationError
 
+#: the header that routes a request to one deployment of an endpoint
+DEPLOYMENT_HEADER = "azureml-model-deployment"
 ENDPOINT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json"
 DEPLOYMENT_SCHEMA = ("https://azuremlschemas.azureedge.net/latest/"
                      "managedOnlineDeployment.schema.json")
