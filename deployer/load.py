@@ -9,6 +9,7 @@ False). Percentiles are exact (nearest rank) over the stable windows; errors are
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 import threading
@@ -59,8 +60,9 @@ class _Workers:
         self.concurrency = concurrency
         self.start = threading.Barrier(concurrency + 1)
         self.end = threading.Barrier(concurrency + 1)
-        self.lock = threading.Lock()
-        self.remaining = 0
+        # next() on a count is atomic under the GIL: no lock per request
+        self.counter = itertools.count()
+        self.limit = 0
         self.stop = False
         self.latencies: list[list[float]] = [[] for _ in range(concurrency)]
         self.errors: list[Counter] = [Counter() for _ in range(concurrency)]
@@ -68,13 +70,6 @@ class _Workers:
                         for i in range(concurrency)]
         for thread in self.threads:
             thread.start()
-
-    def _take(self) -> bool:
-        with self.lock:
-            if self.remaining <= 0:
-                return False
-            self.remaining -= 1
-            return True
 
     def _work(self, slot: int) -> None:
         send, clock = self.send, time.perf_counter
@@ -86,7 +81,8 @@ class _Workers:
             if self.stop:
                 return
             mine, failed = self.latencies[slot], self.errors[slot]
-            while self._take():
+            counter = self.counter
+            while next(counter) < self.limit:
                 began = clock()
                 try:
                     send()
@@ -105,7 +101,7 @@ class _Workers:
     def window(self, count: int) -> tuple[list[float], Counter, float]:
         self.latencies = [[] for _ in range(self.concurrency)]
         self.errors = [Counter() for _ in range(self.concurrency)]
-        self.remaining = count
+        self.counter, self.limit = itertools.count(), count
         began = time.perf_counter()
         self.start.wait()
         self.end.wait()
@@ -114,9 +110,8 @@ class _Workers:
 
     def close(self) -> None:
         """Stop the workers, also mid-window (Ctrl-C): each ends after its current request."""
-        with self.lock:
-            self.remaining = 0
-            self.stop = True
+        self.limit = 0
+        self.stop = True
         self.start.abort()
         self.end.abort()
         for thread in self.threads:
