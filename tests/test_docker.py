@@ -15,7 +15,7 @@ import pytest
 
 from deployer.testing import TargetContract
 
-from conftest import REPOS, one_line_error
+from conftest import REPOS, one_line_error, onnx_repository
 
 IMAGE = "triton-deployer/tritonserver-cpu:24.10-py3"
 LABEL = "triton-deployer.deployment"
@@ -298,13 +298,7 @@ def test_bad_options_are_usage_errors(cli):
 
 
 def test_backend_the_cpu_image_lacks(cli, tmp_path):
-    repo = tmp_path / "onnx"
-    (repo / "resnet" / "1").mkdir(parents=True)
-    (repo / "resnet" / "1" / "model.onnx").write_bytes(b"onnx")
-    (repo / "resnet" / "config.pbtxt").write_text(
-        'name: "resnet"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
-        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
-        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
+    repo = onnx_repository(tmp_path / "onnx")
     result = cli("deploy", repo, "--target", "docker", "-o", f"image={IMAGE}")
     assert result.code == 2, result
     line = one_line_error(result)

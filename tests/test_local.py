@@ -17,7 +17,7 @@ import pytest
 from deployer.server import tagged
 from deployer.testing import TargetContract
 
-from conftest import EXAMPLES, REPOS, one_line_error
+from conftest import EXAMPLES, REPOS, one_line_error, onnx_repository
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -130,13 +130,7 @@ def test_server_that_fails_to_start_shows_its_log(cli, tmp_path):
 
 
 def test_backend_the_embedded_server_lacks(cli, tmp_path):
-    repo = tmp_path / "onnx"
-    (repo / "resnet" / "1").mkdir(parents=True)
-    (repo / "resnet" / "1" / "model.onnx").write_bytes(b"onnx")
-    (repo / "resnet" / "config.pbtxt").write_text(
-        'name: "resnet"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
-        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
-        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
+    repo = onnx_repository(tmp_path / "onnx")
     result = cli("deploy", repo)
     assert result.code == 2
     line = one_line_error(result)
