@@ -189,3 +189,35 @@ def test_credentials_keys_and_tokens_with_expiry(ml):
     ml.online_endpoints.answer = EndpointAuthToken(access_token="")
     with pytest.raises(seam.AuthError):
         real.credential("ep-seam", "aml_token")
+
+
+def test_stdout_shield_is_safe_across_threads(capsys):
+    """Thread A enters, B enters, A leaves, B leaves: stdout must come back, not stay on
+    stderr (as two overlapping contextlib.redirect_stdout would leave it)."""
+    import sys
+    import threading
+
+    from deployer_plugins.azure.seam import stdout_to_stderr
+
+    original = sys.stdout
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with stdout_to_stderr():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with stdout_to_stderr():
+            b_in.set()
+            a_out.wait(5)
+            assert sys.stdout is sys.stderr, "still shielded while B is inside"
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sys.stdout is original

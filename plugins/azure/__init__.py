@@ -136,7 +136,9 @@ class AzureTarget(Target):
         return names, endpoint, deployment
 
     def _check_entities(self, endpoint_doc, deployment_doc):
-        with contextlib.redirect_stdout(__import__("sys").stderr):
+        from .seam import stdout_to_stderr
+
+        with stdout_to_stderr():
             return spec.entities(endpoint_doc, deployment_doc)
 
     def plan(self, repository, name):

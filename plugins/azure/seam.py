@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import os
 import sys
+import threading
 from typing import Any, Callable, Iterator, Optional
 
 SEAM_ENV = "DEPLOYER_AZURE_SEAM"
@@ -133,6 +134,31 @@ AUTH_HINT = ("run 'az login', or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_
              "for a service principal")
 
 
+_shield = threading.Lock()
+_shield_depth = 0
+_shield_saved = None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """``sys.stdout`` points at stderr while any thread is inside (the SDK prints its poll dots
+    there). Counted, unlike the standard library's redirect: two threads redirecting at once
+    (compare deploys clouds in parallel) would restore each other's swap and leave stdout on
+    stderr."""
+    global _shield_depth, _shield_saved
+    with _shield:
+        if _shield_depth == 0:
+            _shield_saved, sys.stdout = sys.stdout, sys.stderr
+        _shield_depth += 1
+    try:
+        yield
+    finally:
+        with _shield:
+            _shield_depth -= 1
+            if _shield_depth == 0:
+                sys.stdout = _shield_saved
+
+
 @contextlib.contextmanager
 def sdk_call(what: str) -> Iterator[None]:
     """Run an SDK call with its stdout on stderr and its exceptions turned into ours."""
@@ -140,7 +166,7 @@ def sdk_call(what: str) -> Iterator[None]:
                                        ResourceExistsError, ResourceNotFoundError)
 
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             yield
     except ResourceNotFoundError as exc:
         raise NotFoundError(f"{what}: not found", _code(exc)) from None
@@ -185,7 +211,7 @@ class MLSeam(Seam):
 
     @classmethod
     def connect(cls, settings, progress: Callable[[str], None]) -> MLSeam:
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             from azure.ai.ml import MLClient
             from azure.identity import DefaultAzureCredential
 
