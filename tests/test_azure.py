@@ -561,3 +561,23 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
     code, out, err = run_cli("test", "tw", "--json")
     assert code == 0 and json.loads(out)["passed"], out + err
     tags.append(canary[0]["data"]["tag"])
+
+
+def test_compare_azure_against_the_twin(fake, run_cli, tmp_path):
+    """Issue 6 on the Azure test set-up: the cloud target (fake control plane, real Triton)
+    against its rehearsal; cost from the price table (looked up case-blind)."""
+    code, out, err = run_cli(
+        "compare", str(ADD_SUB), "--target", "azure", "--target", "azure-twin",
+        "-o", "azure.instance_type=Standard_DS3_v2", "-o", "azure.endpoint=ep-cmp",
+        "--requests", "60", "--concurrency", "1", "--json", "--report",
+        str(tmp_path / "r.html"))
+    assert code == 0, out + err
+    data = json.loads(out)  # stdout holds the JSON: the SDK's shielding is thread-safe
+    assert data["parallel"] == ["azure"] and data["sequential"] == ["azure-twin"]
+    results = {t["target"]: t for t in data["targets"]}
+    cloud = results["azure"]
+    assert cloud["passed"] and cloud["torn_down"] and cloud["errors"] == 0, cloud
+    assert cloud["cost_per_hour"] == 0.293  # Standard_DS3_v2 in deployer/prices.json
+    assert results["azure-twin"]["passed"] and results["azure-twin"]["cost_per_hour"] == 0.0
+    assert fake.endpoints == {}, "the cloud endpoint must be torn down"
+    assert (tmp_path / "r.html").read_text().count('class="ok">passed') >= 3

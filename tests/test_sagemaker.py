@@ -230,6 +230,29 @@ def test_run_single_model(aws, state, capsys, emulator):
     assert_clean(aws["bucket"])
 
 
+def test_compare_sagemaker_against_local(aws, state, capsys, tritonserver):
+    """Issue 6 on the SageMaker test set-up: the cloud target deploys in parallel, the local
+    one alone; cost comes from the price table (and --price); nothing is left in moto."""
+    import json
+
+    code, out, err = run_cli(
+        capsys, "compare", str(ADD_SUB), "--target", "sagemaker", "--target", "local",
+        "-o", f"sagemaker.role={aws['role']}", "-o", f"sagemaker.bucket={aws['bucket']}",
+        "--requests", "60", "--concurrency", "1", "--concurrency", "2",
+        "--price", "ml.g4dn.xlarge=1.0", "--json")
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert data["parallel"] == ["sagemaker"] and data["sequential"] == ["local"]
+    results = {t["target"]: t for t in data["targets"]}
+    sm = results["sagemaker"]
+    assert sm["passed"] and sm["torn_down"] and sm["errors"] == 0, sm
+    assert sm["instances"][0]["instance_type"] == "ml.g4dn.xlarge"
+    assert sm["cost_per_hour"] == 1.0
+    assert sm["cost_per_million"] == round(1.0 / (sm["throughput_rps"] * 3600) * 1e6, 4)
+    assert results["local"]["passed"] and results["local"]["cost_per_hour"] == 0.0
+    assert_clean(aws["bucket"])
+
+
 def test_run_multi_model_two_models(aws, state, capsys, tmp_path, emulator):
     repo = tmp_path / "two"
     for name in ("add_sub", "text_len"):
