@@ -70,6 +70,19 @@ def onnx_repository(root: Path) -> Path:
     return root
 
 
+def crashing_repository(root: Path, message: str) -> Path:
+    """A copy of the add_sub repository whose model raises ``message`` in ``initialize``, so
+    the server that loads it exits at start."""
+    import shutil
+
+    shutil.copytree(REPOS / "add_sub", root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "add_sub" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        f"        raise RuntimeError({message!r})\n")
+    return root
+
+
 def one_line_error(result: Result) -> str:
     """The error line of a failed command; asserts there is no traceback."""
     assert "Traceback" not in result.err, result.err

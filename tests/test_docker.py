@@ -8,14 +8,13 @@ the engine (``.ci/start-docker.sh``) and builds the image first, so nothing is s
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from deployer.testing import TargetContract
 
-from conftest import REPOS, one_line_error, onnx_repository
+from conftest import REPOS, crashing_repository, one_line_error, onnx_repository
 
 IMAGE = "triton-deployer/tritonserver-cpu:24.10-py3"
 LABEL = "triton-deployer.deployment"
@@ -179,12 +178,7 @@ def test_missing_image_that_cannot_be_pulled(cli):
 
 
 def test_container_that_exits_at_start(cli, tmp_path):
-    repo = tmp_path / "broken"
-    shutil.copytree(REPOS / "add_sub", repo)
-    (repo / "add_sub" / "1" / "model.py").write_text(
-        "class TritonPythonModel:\n"
-        "    def initialize(self, args):\n"
-        "        raise RuntimeError('weights file is corrupt')\n")
+    repo = crashing_repository(tmp_path / "broken", "weights file is corrupt")
     result = cli("deploy", repo, "--target", "docker", "--name", "dk-broken",
                  "-o", f"image={IMAGE}")
     assert result.code == 3, result

@@ -17,7 +17,7 @@ import pytest
 from deployer.server import tagged
 from deployer.testing import TargetContract
 
-from conftest import EXAMPLES, REPOS, one_line_error, onnx_repository
+from conftest import EXAMPLES, REPOS, crashing_repository, one_line_error, onnx_repository
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -113,12 +113,7 @@ def test_step_by_step_with_sample_and_expect(cli, tmp_path):
 
 
 def test_server_that_fails_to_start_shows_its_log(cli, tmp_path):
-    repo = tmp_path / "broken"
-    shutil.copytree(REPOS / "add_sub", repo)
-    (repo / "add_sub" / "1" / "model.py").write_text(
-        "class TritonPythonModel:\n"
-        "    def initialize(self, args):\n"
-        "        raise RuntimeError('weights file is corrupt')\n")
+    repo = crashing_repository(tmp_path / "broken", "weights file is corrupt")
     result = cli("deploy", repo, "--name", "broken")
     assert result.code == 3, result
     assert "tritonserver exited before it was ready" in one_line_error(result)
@@ -212,10 +207,7 @@ def test_update_is_blue_green(cli, tmp_path):
 
 def test_update_that_fails_keeps_the_old_version_serving(cli, tmp_path):
     assert cli("deploy", REPOS / "add_sub", "--name", "keep").code == 0
-    broken = tmp_path / "broken"
-    shutil.copytree(REPOS / "add_sub", broken)
-    (broken / "add_sub" / "1" / "model.py").write_text(
-        "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('bad')\n")
+    broken = crashing_repository(tmp_path / "broken", "bad")
     failed = cli("deploy", broken, "--name", "keep", "--update")
     assert failed.code == 3 and "exited before it was ready" in one_line_error(failed)
     status = cli("status", "keep", "--json").json()

@@ -15,7 +15,7 @@ from deployer.testing import TargetContract
 
 from deployer_plugins.sagemaker import container
 
-from conftest import one_line_error
+from conftest import crashing_repository, one_line_error
 
 ROOT = Path(__file__).parent
 ADD_SUB = ROOT / "repos" / "add_sub"
@@ -147,10 +147,7 @@ def test_update_that_fails_keeps_the_old_version_serving(state, cli, tmp_path):
     first = cli("deploy", ADD_SUB, "--target", "sagemaker-twin", "--name", "twin-keep", "--json")
     assert first.code == 0, first
     old = first.json()
-    broken = tmp_path / "broken"
-    shutil.copytree(ADD_SUB, broken, ignore=shutil.ignore_patterns("__pycache__"))
-    (broken / "add_sub" / "1" / "model.py").write_text(
-        "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('bad')\n")
+    broken = crashing_repository(tmp_path / "broken", "bad")
     failed = cli("deploy", broken, "--target", "sagemaker-twin", "--name", "twin-keep",
                  "--update")
     assert failed.code == 3, failed
