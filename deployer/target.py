@@ -268,6 +268,17 @@ class Target:
         """
         return []
 
+    def recover(self, name: str, deployment_id: str | None) -> list[Resource]:
+        """What this target created for deployment ``name``, found by its tags alone.
+
+        Teardown calls it when the deployment's record is unreadable (corrupt or lost):
+        ``deployment_id`` is the id read from what is left of the record, or None when even
+        that is gone (then match by the name tag). Return resources as ``deploy`` recorded
+        them (kind, id, data), oldest first; the core then deletes them newest first with
+        ``delete`` and verifies with ``exists``. Default: nothing can be recovered.
+        """
+        return []
+
     def models_served(self, repository: Repository) -> list[str]:
         """The model names the test step checks (default: every model in the repository)."""
         return list(repository.models)
