@@ -190,7 +190,14 @@ class Target:
         """
         import importlib.util
 
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        def importable(module: str) -> bool:
+            # find_spec imports the parents: find_spec("azure.ai.ml") raises without azure
+            try:
+                return importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                return False
+
+        missing = [m for m in cls.requires if not importable(m)]
         if missing:
             hint = f"; {cls.install_hint}" if cls.install_hint else ""
             return f"missing Python package(s): {', '.join(missing)}{hint}"

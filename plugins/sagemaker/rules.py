@@ -9,7 +9,6 @@ from deployer.errors import UsageError, ValidationError
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 ENV_PREFIX = "SAGEMAKER_TRITON_"
-FRAMEWORK = "sagemaker-tritonserver"
 #: instance families with GPUs (the rest get the -cpu image and may not host a GPU MME)
 GPU_FAMILIES = ("ml.p", "ml.g")
 
@@ -98,14 +97,10 @@ def is_gpu(instance_type: str) -> bool:
 
 
 def gpu_count(instance_type: str, region: str) -> int | None:
-    """GPUs of an instance type from sagemaker-core's table; None when it does not list it."""
-    from sagemaker.core import instance_types_gpu_info
+    """GPUs of an instance type from the SDK's GPU table; None when no table lists it."""
+    from . import images
 
-    try:
-        info = instance_types_gpu_info.retrieve(region)
-    except ValueError:
-        return None
-    entry = info.get(instance_type)
+    entry = (images.gpu_table(region) or {}).get(instance_type)
     return entry["Count"] if entry else None
 
 
@@ -124,12 +119,13 @@ def multi_gpu(settings, region: str, progress) -> None:
 
 
 def image(settings, region: str) -> str:
-    """The Triton image URI, from sagemaker-core's image config (newest for the region)."""
+    """The Triton image URI: ``-o image``, else from the SDK's image map (the newest version
+    for the region, or ``-o image_version``). No map installed: one line, exit 5."""
     if settings.image:
         return settings.image
-    from sagemaker.core import image_uris
+    from . import images
 
-    config = image_uris.config_for_framework(FRAMEWORK)
+    config = images.triton_config()
     versions = sorted(config["versions"], key=lambda v: [int(p) for p in v.split(".")],
                       reverse=True)
     if settings.image_version:
@@ -140,11 +136,10 @@ def image(settings, region: str) -> str:
         versions = [settings.image_version]
     for version in versions:
         if region in config["versions"][version].get("registries", {}):
-            return image_uris.retrieve(FRAMEWORK, region=region, version=version,
-                                       instance_type=settings.instance_type)
+            return images.triton_uri(version, region, settings.instance_type)
     raise ValidationError(
         f"SageMaker has no Triton image{' ' + settings.image_version if settings.image_version else ''}"
-        f" in region {region!r} (per sagemaker-core's image config)",
+        f" in region {region!r} (per the SDK's image map)",
         hint="pass another -o region, or an explicit -o image=URI")
 
 

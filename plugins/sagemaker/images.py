@@ -1,0 +1,74 @@
+"""Where SageMaker's Triton image map and GPU table come from: the one place that knows.
+
+sagemaker-core 2.x carries them as ``sagemaker.core.image_uris`` and
+``sagemaker.core.instance_types_gpu_info``. The SageMaker Python SDK v2 pins sagemaker-core<2,
+whose 1.x carries neither; the SDK itself has the same modules as ``sagemaker.image_uris`` and
+``sagemaker.instance_types_gpu_info``, with the same ``sagemaker-tritonserver`` map. Both SDKs
+are heavy: this module imports them only when a lookup is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from deployer.errors import Unavailable
+
+FRAMEWORK = "sagemaker-tritonserver"
+#: where to look, first found wins: sagemaker-core 2.x, then the SageMaker Python SDK v2
+PACKAGES = ("sagemaker.core", "sagemaker")
+INSTALL = ("pip install 'triton-deployer[sagemaker]' (sagemaker-core 2.x), or the SageMaker "
+           "Python SDK v2 beside it (pip install 'sagemaker<3')")
+
+
+def _find(name: str) -> ModuleType | None:
+    """``<package>.<name>`` from the first package that has it; None when none does. A module
+    that is there but fails to import (a broken install) is one line, exit 5."""
+    for package in PACKAGES:
+        module = f"{package}.{name}"
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            parts = module.split(".")
+            if exc.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
+                continue  # not installed here; try the next package
+            raise Unavailable(f"{module} is installed but cannot be imported: {exc}",
+                              hint=f"repair the install: {INSTALL}") from None
+        except ImportError as exc:
+            raise Unavailable(f"{module} is installed but cannot be imported: {exc}",
+                              hint=f"repair the install: {INSTALL}") from None
+    return None
+
+
+def image_uris() -> ModuleType:
+    """The module with ``config_for_framework`` and ``retrieve`` for the Triton image map."""
+    module = _find("image_uris")
+    if module is None:
+        raise Unavailable(
+            "no SageMaker Triton image map is installed (sagemaker-core 2.x or the SageMaker "
+            "Python SDK v2 carries it; sagemaker-core 1.x does not)",
+            hint=f"pass -o image=URI, or {INSTALL}")
+    return module
+
+
+def triton_config() -> dict:
+    """The ``sagemaker-tritonserver`` image config: ``versions`` → ``registries`` by region."""
+    return image_uris().config_for_framework(FRAMEWORK)
+
+
+def triton_uri(version: str, region: str, instance_type: str) -> str:
+    """The image URI of a Triton version in a region; CPU instance types get the -cpu image."""
+    return image_uris().retrieve(FRAMEWORK, region=region, version=version,
+                                 instance_type=instance_type)
+
+
+def gpu_table(region: str) -> dict[str, dict[str, int]] | None:
+    """Instance type → ``{"Count": GPUs, ...}`` for a region; None when no SDK carries the
+    table or it lacks the region."""
+    module = _find("instance_types_gpu_info")
+    if module is None:
+        return None
+    try:
+        return module.retrieve(region) or None
+    except ValueError:
+        return None
