@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -15,7 +16,7 @@ from . import plugins as plugin_loader
 from .client import EndpointError
 from .errors import (DeployerError, DeployFailed, ExitCode, Interrupted, NotFound,
                      TeardownIncomplete, UsageError)
-from .state import Deployment, StateStore, check_name, name_from
+from .state import CorruptRecord, Deployment, StateStore, check_name, name_from
 from .target import DeployContext, PlannedResource, Target
 from .tester import TestOptions, TestReport
 
@@ -44,6 +45,8 @@ class TeardownReport:
     #: resources removed now, and those that were already gone: [{"kind", "id"}]
     removed: list[dict[str, str]] = dataclasses.field(default_factory=list)
     already_gone: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: resources that could not be removed or verified: [{"kind", "id", "error"}]
+    failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +204,16 @@ class Deployer:
                              "updated", hint=f"run 'deployer teardown {name}' and deploy again")
         return deployment
 
+    def preflight(self, repository, target: str, options: Mapping[str, Any] | None,
+                  test_options: TestOptions | None) -> None:
+        """Every check ``run`` can make before creating anything: the target's options and
+        rules, and the sample and expected-outputs files against the models it would serve."""
+        from . import tester
+
+        impl = self._target(target, options)
+        impl.validate(repository)
+        tester.prepare(repository, impl.models_served(repository), test_options or TestOptions())
+
     def test(self, name: str, options: TestOptions | None = None) -> TestReport:
         """Run the test step against deployment ``name``."""
         from . import tester
@@ -226,18 +239,25 @@ class Deployer:
     def teardown(self, name: str) -> TeardownReport:
         """Remove everything recorded for ``name``, newest first, and verify it is gone.
 
-        Idempotent: an unknown name is nothing to do. Raises TeardownIncomplete (the record
-        stays, so it can be run again) when something could not be removed or verified."""
+        Idempotent: an unknown name is nothing to do. A resource that cannot be removed or
+        verified is recorded with its error and teardown goes on with the rest; then it raises
+        TeardownIncomplete (the record stays, so running it again finishes the job). A record
+        that cannot be read is torn down from what the targets find by its tags."""
         started = time.monotonic()
         try:
             deployment = self.store.load(name)
         except NotFound:
             return TeardownReport(name=name, target=None, found=False)
-        impl = self._target(deployment.target, deployment.options)
+        except CorruptRecord as exc:
+            deployment, impl = self._salvage(name, exc)
+            # the unreadable record stays as it is until everything it owned is gone
+            save: Callable[[], None] = lambda: None  # noqa: E731
+        else:
+            impl = self._target(deployment.target, deployment.options)
+            save = functools.partial(self.store.save, deployment)
         deployment.status = "tearing-down"
-        self.store.save(deployment)
+        save()
         report = TeardownReport(name=name, target=deployment.target, found=True)
-        failures = []
         self.progress(f"tearing down {name} ({deployment.target})")
         for resource in reversed(deployment.resources):
             if resource.status == "deleted":
@@ -246,23 +266,55 @@ class Deployer:
             try:
                 removed = impl.delete(resource, deployment)
                 if impl.exists(resource, deployment):
-                    failures.append(f"{resource.kind} {resource.id} still exists after delete")
-                    continue
-            except DeployerError as exc:
-                failures.append(f"{resource.kind} {resource.id}: {exc}")
+                    raise TeardownIncomplete("still exists after delete")
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one resource's failure never stops the rest
+                error = str(exc) if isinstance(exc, DeployerError) else \
+                    f"{type(exc).__name__}: {exc}"
+                report.failed.append({**item, "error": error})
+                self.progress(f"  FAILED: {resource.kind} {resource.id}: {error}")
                 continue
             resource.status = "deleted"
-            self.store.save(deployment)
+            save()
             (report.removed if removed else report.already_gone).append(item)
             self.progress(f"  {'removed' if removed else 'already gone'}: "
                           f"{resource.kind} {resource.id}")
         report.seconds = round(time.monotonic() - started, 3)
-        if failures:
-            raise TeardownIncomplete(f"teardown of {name} incomplete: {'; '.join(failures)}",
-                                     hint=f"run 'deployer teardown {name}' again")
+        if report.failed:
+            deployment.status = "teardown-incomplete"
+            deployment.error = f"{len(report.failed)} resource(s) not removed"
+            save()
+            raise TeardownIncomplete(
+                f"teardown of {name} incomplete: {len(report.failed)} of "
+                f"{len(report.failed) + len(report.removed) + len(report.already_gone)} "
+                "resource(s) not removed",
+                hint=f"fix the cause and run 'deployer teardown {name}' again",
+                details="\n".join(f"{f['kind']} {f['id']}: {f['error']}" for f in report.failed))
         self.store.forget(name)
         self._notify("deployer_teardown_finished", deployment=deployment, report=report)
         return report
+
+    def _salvage(self, name: str, corrupt: CorruptRecord) -> tuple[Deployment, Target]:
+        """A deployment to tear down from an unreadable record: what each target finds by the
+        deployment's tags (its id when any trace of it is left, else its name)."""
+        found = corrupt.salvaged
+        self.progress(f"the record of {name} is unreadable ({corrupt.reason}); looking for "
+                      f"what it created by its tags (id {found.get('id') or 'unknown'})")
+        candidates = [found["target"]] if found.get("target") in self.registry.targets else [
+            t for t, cls in self.registry.targets.items() if cls.unavailable_reason() is None]
+        for target in candidates:
+            impl = self._target(target, found.get("options", {}) if target == found.get(
+                "target") else {})
+            resources = impl.recover(name, found.get("id"))
+            if resources:
+                deployment = Deployment(name=name, target=target, repository="", models=[],
+                                        options={}, id=found.get("id") or "",
+                                        resources=list(resources))
+                return deployment, impl
+        deployment = Deployment(name=name, target=found.get("target") or "?", repository="",
+                                models=[], options={}, id=found.get("id") or "")
+        return deployment, _NothingToRemove()
 
     def run(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
             name: str | None = None, options: Mapping[str, Any] | None = None,
@@ -273,6 +325,7 @@ class Deployer:
 
         repo = Repository.load(repository)
         name = check_name(name or f"{default_name(repo.path, target)}-{secrets.token_hex(2)}")
+        self.preflight(repo, target, options, test_options)
         deployment = test_report = teardown_report = None
         error: DeployerError | None = None
         interrupted = False
@@ -350,6 +403,16 @@ class Deployer:
     def logs(self, name: str, lines: int = 100) -> str:
         deployment = self.store.load(name)
         return self._target(deployment.target, deployment.options).logs(deployment, lines)
+
+
+class _NothingToRemove:
+    """Stands in for a target when a corrupt record's resources were found nowhere."""
+
+    def delete(self, resource, deployment) -> bool:
+        return False
+
+    def exists(self, resource, deployment) -> bool:
+        return False
 
 
 GENERIC_FOLDERS = {"models", "model_repository", "model-repository", "repository", "repo"}

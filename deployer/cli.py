@@ -123,6 +123,16 @@ def test_options(fn: Callable) -> Callable:
     return fn
 
 
+def check_writable(path: str | None, what: str) -> None:
+    """Fail before anything is created when an output file could not be written later."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write the {what} {path}: {folder} is not a writable folder",
+                         hint="create the folder or pass another path")
+
+
 def make_test_options(kwargs: dict[str, Any]):
     from .tester import TestOptions
 
@@ -268,6 +278,7 @@ def _run_command(ctx: Context, method: str, repository, target, name, raw_option
     from .render import teardown_report, test_report
 
     target, name, options = resolve_target(target, name, raw_options, config_file)
+    check_writable(junit_xml, "JUnit file")
     report = getattr(ctx.deployer, method)(repository, target, name, options,
                                            make_test_options(kwargs))
     data = report.to_dict()
@@ -344,6 +355,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
     from . import compare as comparing
     from .render import table
 
+    check_writable(report_file, "report")
     _, _, flat = resolve_target("local", None, raw_options, None)
     per_target = comparing.split_options(flat, list(targets))
     price_map = {}
@@ -497,6 +509,9 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every expected error becomes one line on stderr and its exit code."""
     signal.signal(signal.SIGTERM, _terminate)
+    # a shell starts background jobs with SIGINT ignored; Ctrl-C/SIGINT must still stop us
+    # cleanly (what was created is recorded, run and compare tear down)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="deployer", standalone_mode=False)

@@ -40,5 +40,7 @@ def teardown_report(report: dict[str, Any]) -> str:
         return f"nothing to tear down: no deployment named {report['name']!r}"
     parts = [f"removed {r['kind']} {r['id']}" for r in report["removed"]]
     parts += [f"already gone: {r['kind']} {r['id']}" for r in report["already_gone"]]
+    parts += [f"NOT removed: {r['kind']} {r['id']} ({r['error']})"
+              for r in report.get("failed", [])]
     return f"torn down {report['name']} ({report['target']}): " + (
         "; ".join(parts) or "nothing had been created")

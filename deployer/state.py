@@ -22,6 +22,9 @@ from typing import Any, Iterator
 from .errors import AlreadyDeployed, NotFound, UsageError
 
 STATE_DIR_ENV = "DEPLOYER_STATE_DIR"
+#: in a deployment's work folder: its id, target and (public) options, written once when the
+#: name is reserved
+IDENTITY = "deployment.json"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -78,6 +81,18 @@ class Deployment:
         return cls(**values)
 
 
+class CorruptRecord(UsageError):
+    """A deployment's record exists but cannot be read. ``salvaged`` holds what could still be
+    read of it (``id``, ``target``, ``options``), from the file or the deployment's work
+    folder."""
+
+    def __init__(self, name: str, path: Path, reason: str, salvaged: dict[str, str]):
+        super().__init__(f"the record of {name!r} ({path}) is corrupt: {reason}",
+                         hint=f"run 'deployer teardown {name}': it removes what the "
+                              "deployment's tags lead to")
+        self.name, self.reason, self.salvaged = name, reason, salvaged
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise UsageError(
@@ -122,11 +137,18 @@ class StateStore:
         """Store a new deployment; refuse a name already in use."""
         with self._lock():
             if self._path(deployment.name).exists():
-                existing = self.load(deployment.name)
+                try:
+                    existing = self.load(deployment.name)
+                    what = f"target {existing.target}, status {existing.status}"
+                except CorruptRecord:
+                    what = "its record is corrupt"
                 raise AlreadyDeployed(
-                    f"a deployment named {deployment.name!r} already exists "
-                    f"(target {existing.target}, status {existing.status})",
+                    f"a deployment named {deployment.name!r} already exists ({what})",
                     hint=f"run 'deployer teardown {deployment.name}' or pass another --name")
+            # a second trace of who this is, for when the record itself is damaged
+            (self.work_dir(deployment.name) / IDENTITY).write_text(json.dumps(
+                {"id": deployment.id, "target": deployment.target,
+                 "options": deployment.options}, default=str))
             self._write(deployment)
 
     def save(self, deployment: Deployment) -> None:
@@ -147,25 +169,49 @@ class StateStore:
             raise
 
     def load(self, name: str) -> Deployment:
+        path = self._path(name)
         try:
-            data = json.loads(self._path(name).read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"no deployment named {name!r} in {self.root}",
                            hint="'deployer list' shows the deployments") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"the state file {self._path(name)} is corrupt: {exc}") from None
-        return Deployment.from_dict(data)
+        try:
+            return Deployment.from_dict(json.loads(raw))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CorruptRecord(name, path, reason, self._salvage(name, raw)) from None
+
+    def _salvage(self, name: str, raw: bytes) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError):
+            found.update(json.loads((self.root / "work" / name / IDENTITY).read_text()))
+        text = raw.decode("utf-8", "replace")
+        for key in ("id", "target"):
+            match = re.search(rf'"{key}":\s*"([^"]+)"', text)
+            if match and key not in found:
+                found[key] = match.group(1)
+        return found
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
 
     def list(self) -> list[Deployment]:
+        """Every recorded deployment; an unreadable record is listed with status ``corrupt``
+        and what to do in ``error``."""
         if not self._dir.is_dir():
             return []
         found = []
         for path in sorted(self._dir.glob("*.json")):
-            with contextlib.suppress(NotFound, UsageError):
+            try:
                 found.append(self.load(path.stem))
+            except NotFound:
+                continue  # removed meanwhile
+            except CorruptRecord as exc:
+                found.append(Deployment(
+                    name=path.stem, target=exc.salvaged.get("target", "?"), repository="",
+                    models=[], options=exc.salvaged.get("options", {}),
+                    id=exc.salvaged.get("id", ""), status="corrupt",
+                    error=str(exc)))
         return found
 
     def forget(self, name: str) -> None:

@@ -112,10 +112,18 @@ def select_models(repository: Repository, served: Sequence[str], wanted: Sequenc
     return list(wanted) or list(served)
 
 
-def run(client: EndpointClient, repository: Repository, served: Sequence[str], *, name: str,
-        target: str, options: TestOptions, progress: Callable[[str], None]) -> TestReport:
-    """Run the test step against ``client``; bad sample/expect files raise UsageError first."""
-    started = time.monotonic()
+@dataclasses.dataclass
+class Prepared:
+    """The test step's inputs, read and checked against the repository before any call."""
+
+    models: list[str]
+    inputs: dict[str, Any]
+    expected: dict[str, Any]
+
+
+def prepare(repository: Repository, served: Sequence[str], options: TestOptions) -> Prepared:
+    """Read and check the sample and expected-outputs files for the models to test; raise
+    UsageError on the first problem. ``run`` and ``compare`` call it before deploying."""
     models = select_models(repository, served, options.models)
     sample_doc = (samples.per_model(samples.read_json(options.sample, "sample"), repository,
                                     models, "sample", options.sample)
@@ -132,6 +140,15 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
             else samples.generated_inputs(model, batch_size=options.batch_size))
     expected = {m: samples.expected_outputs(doc, str(options.expect))
                 for m, doc in expect_doc.items()}
+    return Prepared(models, inputs, expected)
+
+
+def run(client: EndpointClient, repository: Repository, served: Sequence[str], *, name: str,
+        target: str, options: TestOptions, progress: Callable[[str], None]) -> TestReport:
+    """Run the test step against ``client``; bad sample/expect files raise UsageError first."""
+    started = time.monotonic()
+    prepared = prepare(repository, served, options)
+    models, inputs, expected = prepared.models, prepared.inputs, prepared.expected
 
     def wait_ready() -> str | None:
         deadline = time.monotonic() + options.ready_timeout

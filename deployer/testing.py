@@ -201,6 +201,11 @@ class FakeTarget(Target):
         if self.settings.stuck:
             return True
         data = self.world.read()
+        faults = data.get("fail_delete", {})  # kind → how many deletes of it still fail
+        if faults.get(resource.kind, 0) > 0:
+            faults[resource.kind] -= 1
+            self.world.write(data)
+            raise RuntimeError(f"the fake cloud refused to delete {resource.id} (throttled)")
         present = deployment.id in data.get(f"{resource.kind}s", [])
         if present:
             data[f"{resource.kind}s"].remove(deployment.id)
@@ -209,6 +214,13 @@ class FakeTarget(Target):
 
     def exists(self, resource, deployment):
         return deployment.id in self.world.read().get(f"{resource.kind}s", [])
+
+    def recover(self, name, deployment_id):
+        from .state import Resource
+
+        data = self.world.read()
+        return [Resource(kind, f"{name}-{kind}", "created") for kind in ("bucket", "server")
+                if deployment_id and deployment_id in data.get(f"{kind}s", [])]
 
 
 class FakePlugin:

@@ -83,6 +83,14 @@ def crashing_repository(root: Path, message: str) -> Path:
     return root
 
 
+def like_a_background_job() -> None:
+    """``preexec_fn`` for a CLI process: start it with SIGINT ignored, as a shell (or CI)
+    starts a background job; the CLI must still stop cleanly on SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def one_line_error(result: Result) -> str:
     """The error line of a failed command; asserts there is no traceback."""
     assert "Traceback" not in result.err, result.err
@@ -91,11 +99,93 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
+def _started_ticks(pid: int) -> int:
+    """When a process started, in clock ticks since boot (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _now_ticks() -> int:
+    with open("/proc/uptime") as handle:
+        return int(float(handle.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _containers() -> dict[str, str]:
+    """Our labelled containers on the local engine (id → name); {} without an engine."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+    except Exception:  # noqa: BLE001 - no SDK or no engine: nothing of ours can run there
+        return {}
+    try:
+        return {c.id: c.name for c in client.containers.list(
+            all=True, filters={"label": "triton-deployer.deployment"})}
+    except Exception:  # noqa: BLE001
+        return {}
+    finally:
+        client.close()
+
+
+def pytest_sessionstart(session):
+    from deployer.server import all_tagged
+
+    session.config._ours_before = (
+        _now_ticks(), {pid for pids in all_tagged().values() for pid in pids}, _containers())
+
+
+def _leftovers(session) -> list[str]:
+    """Kill and remove every server, gateway and container this session started that is still
+    there; describe each. A tagged process counts as this session's when it started after
+    the session did and writes its log under this session's temporary folder."""
+    import signal
+
+    from deployer.server import all_tagged
+
+    since, pids_before, containers_before = session.config._ours_before
+    basetemp = str(session.config._tmp_path_factory.getbasetemp())
+    found = []
+    for tag, pids in all_tagged().items():
+        for pid in pids:
+            if pid in pids_before or _started_ticks(pid) < since:
+                continue
+            try:
+                log = os.readlink(f"/proc/{pid}/fd/1")
+            except OSError:
+                continue
+            if log.startswith("/") and not log.startswith(basetemp):
+                continue  # another session's
+            cmd = "?"
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            found.append(f"process {pid} ({Path(cmd).name}, tag {tag})")
+    for cid, name in _containers().items():
+        if cid not in containers_before:
+            import subprocess
+
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+            found.append(f"container {name}")
+    return found
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """In CI every part is started, so a skipped test is a failure, not a pass."""
+    """In CI every part is started, so a skipped test is a failure, not a pass. And nothing
+    the session started may outlive it: a leftover is removed and fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if os.environ.get("CI") == "true" and skipped and exitstatus == 0:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; every part must run in CI",
                             red=True)
         session.exitstatus = 1
+    if hasattr(session.config, "_ours_before"):
+        left = _leftovers(session)
+        if left:
+            if reporter:
+                reporter.write_line(f"{len(left)} server(s)/container(s) of this run outlived "
+                                    f"it (now removed): {'; '.join(left)}", red=True)
+            session.exitstatus = 1

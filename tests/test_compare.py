@@ -20,7 +20,7 @@ from deployer.compare import compare, price_table
 from deployer.report import render
 from deployer.testing import FakePlugin, FakeWorld
 
-from conftest import REPOS, one_line_error
+from conftest import REPOS, like_a_background_job, one_line_error
 from test_local import processes_with
 
 FIELDS = {"deploy_seconds", "cold_start_seconds", "latency_ms", "throughput_rps", "errors",
@@ -105,7 +105,7 @@ def test_ctrl_c_in_the_middle_leaves_nothing_running(tmp_path, repo, tritonserve
         [sys.executable, "-m", "deployer", "compare", str(repo), "--target", "local",
          "--target", "azure-twin", "--requests", "5000000", "--concurrency", "2"],
         env={**os.environ, "DEPLOYER_STATE_DIR": str(state)}, stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, preexec_fn=like_a_background_job)
     seen = ""
     deadline = time.monotonic() + 60
     while "cold start, test step and load" not in seen and time.monotonic() < deadline:

@@ -190,9 +190,72 @@ def test_failed_deploy_keeps_record_and_teardown_removes_all(core, world):
 
 def test_teardown_verifies_and_keeps_record_when_something_survives(core, world):
     core.deploy(REPOS / "add_sub", "fake", "stuck", {"world": str(world.path), "stuck": True})
-    with pytest.raises(TeardownIncomplete, match="still exists"):
+    with pytest.raises(TeardownIncomplete) as raised:
         core.teardown("stuck")
+    assert raised.value.details.count("still exists after delete") == 2
     assert core.store.exists("stuck")
+
+
+def test_teardown_carries_on_past_a_failing_resource(fake_cli, world):
+    options = ["--target", "fake", "-o", f"world={world.path}"]
+    assert fake_cli("deploy", REPOS / "add_sub", "--name", "half", *options).code == 0
+    data = world.read()
+    world.write({**data, "fail_delete": {"server": 1}})  # the newest resource fails once
+    first = fake_cli("teardown", "half")
+    assert first.code == 4, first
+    line = one_line_error(first)
+    assert "1 of 2 resource(s) not removed" in line and "deployer teardown half" in line
+    assert "server half-server: RuntimeError: the fake cloud refused" in first.err
+    assert "removed: bucket half-bucket" in first.err, "the rest must go on"
+    assert world.read()["buckets"] == [] and world.read()["servers"]
+    listed = fake_cli("list", "--json").json()
+    assert [(d["name"], d["status"]) for d in listed] == [("half", "teardown-incomplete")]
+    second = fake_cli("teardown", "half", "--json")
+    assert second.code == 0, second
+    assert second.json()["removed"] == [{"kind": "server", "id": "half-server"}]
+    assert world.read()["servers"] == [] and fake_cli("list", "--json").json() == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_record_is_listed_and_torn_down_by_its_tags(fake_cli, world, tmp_path,
+                                                              damage):
+    options = ["--target", "fake", "-o", f"world={world.path}"]
+    assert fake_cli("deploy", REPOS / "add_sub", "--name", "bent", *options).code == 0
+    record = tmp_path / "state" / "deployments" / "bent.json"
+    text = record.read_text()
+    record.write_text("" if damage == "truncated" else text[: len(text) // 2])
+    listed = fake_cli("list", "--json")
+    assert listed.code == 0, listed
+    (entry,) = listed.json()
+    assert entry["status"] == "corrupt" and "deployer teardown bent" in entry["error"]
+    assert "corrupt" in fake_cli("list").out
+    tested = fake_cli("test", "bent")
+    assert tested.code == 2 and "deployer teardown bent" in one_line_error(tested)
+    torn = fake_cli("teardown", "bent", "--json")
+    assert torn.code == 0, torn
+    assert sorted(r["kind"] for r in torn.json()["removed"]) == ["bucket", "server"]
+    assert world.read() == {"buckets": [], "servers": []}
+    assert not record.exists()
+
+
+@pytest.mark.parametrize("bad", ["sample-not-json", "sample-wrong-input", "expect-missing",
+                                 "junit-folder"])
+def test_run_checks_its_files_before_creating_anything(fake_cli, world, tmp_path, bad):
+    sample = tmp_path / "sample.json"
+    sample.write_text({"sample-not-json": "{oops",
+                       "sample-wrong-input": json.dumps({"NOPE": [1, 2, 3, 4]})}.get(
+        bad, json.dumps({"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1]})))
+    args = ["run", REPOS / "add_sub", "--target", "fake", "-o", f"world={world.path}",
+            "--sample", sample]
+    if bad == "expect-missing":
+        args += ["--expect", tmp_path / "missing.json"]
+    if bad == "junit-folder":
+        args += ["--junit-xml", tmp_path / "no" / "such" / "folder" / "j.xml"]
+    result = fake_cli(*args)
+    assert result.code == 2, result
+    one_line_error(result)
+    assert world.read() == {}, "nothing may be created"
+    assert fake_cli("list", "--json").json() == []
 
 
 def test_name_taken_suggests_teardown(core, world):

@@ -17,7 +17,8 @@ import pytest
 from deployer.server import tagged
 from deployer.testing import TargetContract
 
-from conftest import EXAMPLES, REPOS, crashing_repository, one_line_error, onnx_repository
+from conftest import (EXAMPLES, REPOS, crashing_repository, like_a_background_job,
+                      one_line_error, onnx_repository)
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -136,7 +137,8 @@ def test_backend_the_embedded_server_lacks(cli, tmp_path):
 def _deploy_process(repo: Path, name: str, state: Path) -> subprocess.Popen:
     env = {**os.environ, "DEPLOYER_STATE_DIR": str(state)}
     return subprocess.Popen([sys.executable, "-m", "deployer", "deploy", str(repo), "--name",
-                             name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=like_a_background_job)
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.9, "spawned", "ready"])
@@ -242,3 +244,18 @@ def test_list_orphans_finds_a_server_whose_record_was_lost(cli):
     assert not [o for o in cli("list", "--orphans", "--json").json()["orphans"]
                 if o["tag"] == deployed["id"]]
     assert cli("teardown", "lost").code == 0
+
+
+def test_a_corrupt_record_loses_nothing(cli, tmp_path):
+    deployed = cli("deploy", REPOS / "add_sub", "--name", "bent", "--json")
+    assert deployed.code == 0, deployed
+    tag = deployed.json()["id"]
+    record = Path(os.environ["DEPLOYER_STATE_DIR"]) / "deployments" / "bent.json"
+    record.write_text('{"name": "bent", "target": "lo')  # cut off mid-write
+    (entry,) = cli("list", "--json").json()
+    assert entry["status"] == "corrupt" and "deployer teardown bent" in entry["error"]
+    assert tagged(tag), "the server still runs"
+    torn = cli("teardown", "bent", "--json")
+    assert torn.code == 0, torn
+    assert [r["kind"] for r in torn.json()["removed"]] == ["process"]
+    assert tagged(tag) == [] and not record.exists()

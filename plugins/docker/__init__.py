@@ -360,6 +360,22 @@ class DockerTarget(Target):
             client.close()
         return tail(resource.data["log"], lines) if resource.data.get("log") else ""
 
+    def recover(self, name, deployment_id):
+        """Containers labelled with the deployment's id (or, without it, with its name)."""
+        from deployer.state import Resource
+
+        from . import engine
+
+        client = self._connect()
+        try:
+            found = [c for c in engine.labelled(client, deployment_id)
+                     if deployment_id or c.labels.get(engine.LABEL_NAME) == name]
+            return [Resource("container", c.id, "created",
+                             {"container": c.name, "docker_host": engine.current_host(
+                                 self.settings.docker_host)}) for c in found]
+        finally:
+            client.close()
+
     @classmethod
     def orphans(cls, known):
         """Our labelled containers (on the engine DOCKER_HOST names, when it is on this

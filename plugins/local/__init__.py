@@ -116,6 +116,17 @@ class LocalTarget(Target):
 
         return bool(proc.tagged(resource.data.get("tag", deployment.id)))
 
+    def recover(self, name, deployment_id):
+        """Servers tagged with the deployment's id (an update's carry ``<id>-<suffix>``)."""
+        from deployer.server import all_tagged
+        from deployer.state import Resource
+
+        if not deployment_id:
+            return []
+        return [Resource("process", " ".join(map(str, pids)), "created", {"tag": tag})
+                for tag, pids in sorted(all_tagged().items())
+                if tag == deployment_id or tag.startswith(deployment_id + "-")]
+
     @classmethod
     def orphans(cls, known):
         from deployer.server import all_tagged
