@@ -55,8 +55,10 @@ def percentile(ordered: list[float], pct: float) -> float:
 class _Workers:
     """C threads that live across windows, so their connections do too."""
 
-    def __init__(self, send: Callable[[], None], concurrency: int):
+    def __init__(self, send: Callable[[], None], concurrency: int,
+                 clock: Callable[[], float] = time.perf_counter):
         self.send = send
+        self.clock = clock
         self.concurrency = concurrency
         self.start = threading.Barrier(concurrency + 1)
         self.end = threading.Barrier(concurrency + 1)
@@ -72,7 +74,7 @@ class _Workers:
             thread.start()
 
     def _work(self, slot: int) -> None:
-        send, clock = self.send, time.perf_counter
+        send, clock = self.send, self.clock
         while True:
             try:
                 self.start.wait()
@@ -102,10 +104,10 @@ class _Workers:
         self.latencies = [[] for _ in range(self.concurrency)]
         self.errors = [Counter() for _ in range(self.concurrency)]
         self.counter, self.limit = itertools.count(), count
-        began = time.perf_counter()
+        began = self.clock()
         self.start.wait()
         self.end.wait()
-        seconds = time.perf_counter() - began
+        seconds = self.clock() - began
         return [x for part in self.latencies for x in part], sum(self.errors, Counter()), seconds
 
     def close(self) -> None:
@@ -119,11 +121,13 @@ class _Workers:
 
 
 def run(model: str, send: Callable[[], None], requests: int, concurrency: int,
-        warmup: int | None = None, max_windows: int = 10) -> LoadResult:
-    """Measure ``send`` at ``concurrency`` with at least ``requests`` requests."""
+        warmup: int | None = None, max_windows: int = 10,
+        clock: Callable[[], float] = time.perf_counter) -> LoadResult:
+    """Measure ``send`` at ``concurrency`` with at least ``requests`` requests (``clock``
+    reads seconds; tests pass one they control)."""
     concurrency = max(1, min(concurrency, requests))
     size = max(concurrency, math.ceil(requests / STABLE_WINDOWS))
-    workers = _Workers(send, concurrency)
+    workers = _Workers(send, concurrency, clock)
     try:
         workers.window(min(size, 50 * concurrency) if warmup is None else warmup)
         measured: list[tuple[list[float], Counter, float]] = []
