@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,8 @@ def _now_ticks() -> int:
         return int(float(handle.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
-def _containers() -> dict[str, str]:
-    """Our labelled containers on the local engine (id → name); {} without an engine."""
+def _containers() -> dict[str, dict[str, str]]:
+    """Our labelled containers on the local engine (id → labels); {} without an engine."""
     try:
         import docker
 
@@ -122,7 +123,7 @@ def _containers() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - no SDK or no engine: nothing of ours can run there
         return {}
     try:
-        return {c.id: c.name for c in client.containers.list(
+        return {c.id: {**c.labels, "name": c.name} for c in client.containers.list(
             all=True, filters={"label": "triton-deployer.deployment"})}
     except Exception:  # noqa: BLE001
         return {}
@@ -164,12 +165,20 @@ def _leftovers(session) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             found.append(f"process {pid} ({Path(cmd).name}, tag {tag})")
-    for cid, name in _containers().items():
-        if cid not in containers_before:
-            import subprocess
+    ids = set()  # deployments this session recorded and has not torn down
+    for path in [*Path(basetemp).glob("**/deployments/*.json"),
+                 *Path(basetemp).glob("**/work/*/deployment.json")]:
+        with contextlib.suppress(OSError):
+            ids.update(re.findall(r'"id": "([0-9a-f]+)"', path.read_text(errors="replace")))
+    for cid, labels in _containers().items():
+        if cid in containers_before or not (
+                labels.get("triton-deployer.deployment") in ids
+                or labels.get("triton-deployer.repository", "").startswith(basetemp)):
+            continue  # not this session's
+        import subprocess
 
-            subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
-            found.append(f"container {name}")
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        found.append(f"container {labels['name']}")
     return found
 
 
