@@ -470,17 +470,22 @@ def server() -> None:
 @server.command(name="install")
 @click.option("--package", "packages", multiple=True,
               help="A package the models import, e.g. torch (repeatable).")
+@click.option("--python", "python", metavar="PATH",
+              help="The Python to build the runtime with (CPython 3.8-3.12 with a shared "
+                   "libpython; default: this one if it can, else one found on the machine).")
 @click.option("--force", is_flag=True, help="Rebuild the runtime from scratch.")
 @json_option
 @pass_ctx
-def server_install(ctx: Context, packages: tuple[str, ...], force: bool, as_json: bool) -> None:
+def server_install(ctx: Context, packages: tuple[str, ...], python: str | None, force: bool,
+                   as_json: bool) -> None:
     """Create the managed runtime now (or add packages to it)."""
     from . import runtime
 
-    found = runtime.install(packages, force=force, progress=ctx.progress)
+    found = runtime.install(packages, force=force, progress=ctx.progress, python=python)
     data = found.to_dict()
     emit(as_json, data, lambda: f"managed runtime ready: {data['executable']} (nvidia-pytriton "
-         f"{data['version']}; packages: {', '.join(data['packages']) or 'numpy'})")
+         f"{data['version']}, Python {data['python']}; packages: "
+         f"{', '.join(data['packages']) or 'numpy'})")
 
 
 @server.command(name="info")
@@ -490,14 +495,25 @@ def server_info(as_json: bool) -> None:
     from . import runtime
 
     data = runtime.info()
+
+    def stub(check: dict) -> str:
+        return "loads" if check["loads"] else \
+            f"CANNOT LOAD {check['missing'] or check['said']} (deployer server install --force)"
+
+    managed = data["managed"]
+    would = data.get("would_use") or {}
     emit(as_json, data, lambda: "\n".join(
         [f"selected: {data['selected'] or 'managed (not created yet: created on first use)'}",
-         f"managed runtime: {data['runtime_dir']}"
-         + ("" if data["managed"] else " (not created)")]
-        + ([f"  server: {data['managed']['executable']}",
-            f"  backends: {', '.join(data['managed']['backends'])}",
-            f"  packages: {', '.join(data['managed']['packages']) or '-'}"]
-           if data["managed"] else [])
+         f"managed runtime: {data['runtime_dir']}" + ("" if managed else " (not created)")]
+        + ([f"  server: {managed['executable']}",
+            f"  python: {managed['python']} ({managed['interpreter']})",
+            f"  libpython: {managed['libpython'] or 'the system loader finds it'}",
+            f"  stub: {stub(managed['stub'])}",
+            f"  backends: {', '.join(managed['backends'])}",
+            f"  packages: {', '.join(managed['packages']) or '-'}"]
+           if managed else [])
+        + ([f"  would be made with {would['python']} (libpython {would['libpython']})"]
+           if would.get("python") else [f"  cannot be made: {would['error']}"] if would else [])
         + ([f"on PATH: {data['on_path']}"] if data.get("on_path") else [])
         + ([f"named by DEPLOYER_TRITONSERVER: {data['named']}"] if data.get("named") else [])))
 

@@ -8,7 +8,10 @@ stranger that reused a pid.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,13 +49,41 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+#: variables a process we start inherits from ours; every other one (AWS_*, AZURE_*, GOOGLE_*,
+#: tokens, the deployer's own settings) is left out: a model must not read the deployer's
+#: credentials, and one that could would work in rehearsal and fail in the cloud
+INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                       "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                       "NVIDIA_DRIVER_CAPABILITIES", "OMP_NUM_THREADS"})
+INHERITED_PREFIXES = ("LC_",)
+
+#: where each log we started a process into began (a log is appended to; older runs' errors
+#: are not this run's)
+_LOG_STARTS: dict[int, tuple[str, int]] = {}
+
+
+def inherited(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (default: ours): :data:`INHERITED` and ``LC_*``."""
+    environ = os.environ if environ is None else environ
+    return {key: value for key, value in environ.items()
+            if key in INHERITED or key.startswith(INHERITED_PREFIXES)}
+
+
 def start(command: Sequence[str], env: dict[str, str], log_path: Path, tag: str) -> int:
-    """Start ``command`` detached (own session), output to ``log_path``; return its pid."""
+    """Start ``command`` detached (own session), output to ``log_path``; return its pid.
+
+    The one place every process we start gets its environment: the allow-listed part of ours
+    (:func:`inherited`), then ``env`` (what we set: library path, ``SAGEMAKER_*``...), then
+    the deployment tag. Pass only what you set in ``env``, never a copy of ``os.environ``.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**inherited(), **env, TAG_ENV: tag}
     with open(log_path, "ab") as log:
+        offset = log.tell()
         proc = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env={**env, TAG_ENV: tag}, start_new_session=True, close_fds=True)
+            env=environment, start_new_session=True, close_fds=True)
+    _LOG_STARTS[proc.pid] = (str(log_path), offset)
     return proc.pid
 
 
@@ -107,34 +138,179 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadError:
+    """A model the server cannot load, as its log or its repository index says."""
+
+    model: str
+    version: str
+    reason: str
+    #: the shared library the Python backend stub could not load, when that is the cause
+    library: str = ""
+
+    def line(self, what: str) -> str:
+        if self.library:
+            return (f"{what} cannot serve {self.model!r}: the Python backend stub cannot start "
+                    f"({self.reason})")
+        version = f" version {self.version}" if self.version else ""
+        return f"{what} cannot serve: failed to load {self.model!r}{version}: {self.reason}"
+
+    def hint(self, log: str) -> str:
+        if self.library:
+            return (f"the stub needs {self.library} on its library path: for the managed "
+                    "runtime run 'deployer server install --force' (it finds the libpython of "
+                    f"the Python it uses), or install that library; full log: {log}")
+        return f"the model is UNAVAILABLE: fix it and deploy again; full log: {log}"
+
+
+_LOADING = re.compile(r"loading: (\S+?):(\d+)")
+_FAILED = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
+_NO_LIBRARY = re.compile(r"triton_python_backend_stub: error while loading shared libraries: "
+                         r"([^:\s]+): ([^\"\\]*)")
+
+
+def _first_line(reason: str) -> str:
+    return reason.split("\\n")[0].split("\n")[0].strip().rstrip('"').strip()
+
+
+def load_error(lines: Sequence[str]) -> LoadError | None:
+    """The first sign in Triton log ``lines`` that a model cannot load: a ``failed to load``
+    error (``initialize`` raised, a backend missing...) or a Python backend stub that cannot
+    start because a shared library is missing (Triton itself would wait for it)."""
+    loading = ("", "")
+    for line in lines:
+        found = _LOADING.search(line)
+        if found:
+            loading = (found.group(1), found.group(2))
+        found = _NO_LIBRARY.search(line)
+        if found:
+            return LoadError(loading[0] or "?", loading[1],
+                             f"{found.group(1)}: {found.group(2).strip()}",
+                             library=found.group(1))
+        found = _FAILED.search(line)
+        if found and line[:1] == "E":
+            return LoadError(found.group(1), found.group(2), _first_line(found.group(3)))
+    return None
+
+
+def index_error(url: str) -> LoadError | None:
+    """A model that ``POST {url}/v2/repository/index`` says is UNAVAILABLE with a reason
+    (other than ``unloaded``); None while none is, or while the HTTP endpoint is not up."""
+    request = urllib.request.Request(url + "/v2/repository/index", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            index = json.loads(answer.read() or b"[]")
+    except (OSError, ValueError):
+        return None
+    for model in index if isinstance(index, list) else ():
+        reason = _first_line(str(model.get("reason") or ""))
+        if model.get("state") == "UNAVAILABLE" and reason and reason != "unloaded":
+            return LoadError(str(model.get("name")), str(model.get("version") or ""), reason)
+    return None
+
+
+def answers(url: str) -> bool:
+    """Whether GET ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def watch_start(ready: Callable[[], bool], exited: Callable[[], str | None],
+                new_lines: Callable[[], list[str]], *, timeout: float,
+                progress: Callable[[str], None], what: str, log: Callable[[], str],
+                index_url: str | None = None) -> float:
+    """Wait until ``ready()``; return the seconds it took. Fail (DeployFailed, exit 3) at once
+    when a model cannot load — its load error in the log (``new_lines()``: the log lines
+    written since the last call) or UNAVAILABLE with a reason in the repository index at
+    ``index_url`` — or when ``exited()`` says the process ended (its description, e.g. "exit
+    code 1"), else after ``timeout`` seconds. ``log()`` keeps the full log and says where.
+
+    The one start-up watch for every server we start: local, docker and the twins.
+    """
+    started = time.monotonic()
+    last_note = last_index = started
+    seen: list[str] = []
+
+    def fail(error: LoadError | None, message: Callable[[str], str] = str,
+             hint: str = "full log: ") -> DeployFailed:
+        where = log()
+        headline, excerpt = failure_in("\n".join(seen[-400:]))
+        if error:
+            return DeployFailed(error.line(what), hint=error.hint(where), details=excerpt)
+        return DeployFailed(message(headline or "(no log output)"), hint=hint + where,
+                            details=excerpt)
+
+    while True:
+        if ready():
+            return time.monotonic() - started
+        seen.extend(new_lines())
+        del seen[:-2000]
+        error = load_error(seen)
+        if error:
+            raise fail(error)
+        ended = exited()
+        if ended is not None:
+            seen.extend(new_lines())
+            raise fail(load_error(seen), lambda headline: f"{what} exited before it was ready"
+                       + (f" ({ended})" if ended else "") + f": {headline}")
+        now = time.monotonic()
+        if index_url and now - last_index >= 0.5:
+            last_index = now
+            error = index_error(index_url)
+            if error:
+                raise fail(error)
+        elapsed = now - started
+        if elapsed > timeout:
+            raise fail(None, lambda headline: f"{what} not ready after {timeout:.0f}s (last: "
+                       f"{headline})", "raise -o startup_timeout=SECONDS, or read the full log: ")
+        if now - last_note >= 5:
+            progress(f"  waiting for {what} to be ready ({elapsed:.0f}s)")
+            last_note = now
+        time.sleep(0.1)
+
+
+class LogLines:
+    """The complete lines a log file gained since the last call, from where our process
+    started writing it (a log is appended to: older runs' errors are not this run's)."""
+
+    def __init__(self, path: Path | str, offset: int = 0):
+        self.path, self.offset = str(path), offset
+
+    def __call__(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode("utf-8", "replace").splitlines()
+
+
 def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
                progress: Callable[[str], None], what: str = "tritonserver",
-               ready_path: str = "/v2/health/ready") -> float:
-    """Poll ``url + ready_path`` until 200; fail at once if the process exits. Return seconds."""
-    started = time.monotonic()
-    last_note = started
-    while True:
-        try:
-            with urllib.request.urlopen(url + ready_path, timeout=2) as answer:
-                if answer.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+               ready_path: str = "/v2/health/ready", index_url: str | None = "") -> float:
+    """Wait for process ``pid`` (started by :func:`start`) to answer ``url + ready_path``;
+    fail at once if it exits or a model cannot load (see :func:`watch_start`). ``index_url``
+    is Triton's HTTP endpoint for the repository index (default: ``url`` when the ready path
+    is Triton's; None: no index). Return seconds."""
+    if index_url == "":
+        index_url = url if ready_path.startswith("/v2/") else None
+    path, offset = _LOG_STARTS.pop(pid, (str(log_path), 0))
+
+    def exited() -> str | None:
         _reap(pid)
-        if not _alive(pid):
-            headline, excerpt = failure(log_path)
-            raise DeployFailed(f"{what} exited before it was ready: {headline}",
-                               hint=f"full log: {log_path}", details=excerpt)
-        elapsed = time.monotonic() - started
-        if elapsed > timeout:
-            headline, excerpt = failure(log_path)
-            raise DeployFailed(f"{what} not ready after {timeout:.0f}s (last: {headline})",
-                               hint="raise -o startup_timeout=SECONDS, or read the full log: "
-                                    + str(log_path), details=excerpt)
-        if time.monotonic() - last_note >= 5:
-            progress(f"  waiting for {what} to be ready ({elapsed:.0f}s)")
-            last_note = time.monotonic()
-        time.sleep(0.05)
+        return None if _alive(pid) else ""
+
+    return watch_start(lambda: answers(url + ready_path), exited,
+                       LogLines(log_path, offset if path == str(log_path) else 0),
+                       timeout=timeout, progress=progress, what=what,
+                       log=lambda: str(log_path), index_url=index_url)
 
 
 def all_tagged() -> dict[str, list[int]]:

@@ -183,7 +183,7 @@ def test_container_that_exits_at_start(cli, tmp_path):
                  "-o", f"image={IMAGE}")
     assert result.code == 3, result
     line = one_line_error(result)
-    assert "tritonserver exited before it was ready (container triton-deployer-dk-broken" in line
+    assert "tritonserver in container triton-deployer-dk-broken cannot serve: " in line
     # the model's error, not the GPU-less noise Triton logs first
     assert "failed to load 'add_sub' version 1: Internal: RuntimeError: weights file is " \
            "corrupt" in line

@@ -81,7 +81,7 @@ def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
     command = [sys.executable, "-m", gateway.__name__, "--host", host, "--port", "0",
                "--key-file", str(key_file), "--routes", str(routes_file),
                "--port-file", str(port_file)]
-    pid = proc.start(command, dict(os.environ), log_path, tag)
+    pid = proc.start(command, {}, log_path, tag)   # the allow-listed environment only
     deadline = time.monotonic() + timeout
     while not port_file.exists():
         proc._reap(pid)

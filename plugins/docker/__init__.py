@@ -231,49 +231,50 @@ class DockerTarget(Target):
         return engine.engine_error(f"cannot create container {cname}", exc)
 
     def _wait_ready(self, container, url: str, context, resource) -> float:
-        import urllib.error
-        import urllib.request
-
+        """``deployer.server.watch_start`` on the container: ready, exited, or a model that
+        cannot load (its log, the repository index) stops the wait at once."""
         import docker.errors
 
-        started = time.monotonic()
-        last_note = last_check = started
-        timeout = self.settings.startup_timeout
+        from deployer.server import answers, watch_start
+
         cname = container.name
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as answer:
-                    if answer.status == 200:
-                        return time.monotonic() - started
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+        read = {"text": "", "checked": 0.0, "read": 0.0, "ended": False}
+
+        def exited() -> str | None:
             now = time.monotonic()
-            if now - last_check >= 0.25:
-                last_check = now
-                try:
-                    container.reload()
-                except docker.errors.NotFound:
-                    raise DeployFailed(f"container {cname} vanished while starting",
-                                       hint="something removed it; deploy again") from None
-                if container.status in ("exited", "dead"):
-                    code = container.attrs.get("State", {}).get("ExitCode")
-                    headline, excerpt, log = self._failure(container, context, resource)
-                    raise DeployFailed(
-                        f"tritonserver exited before it was ready (container {cname}, exit "
-                        f"code {code}): {headline}",
-                        hint=f"full log: {log}", details=excerpt)
-            elapsed = now - started
-            if elapsed > timeout:
-                headline, excerpt, log = self._failure(container, context, resource)
-                raise DeployFailed(
-                    f"tritonserver in {cname} not ready after {timeout:.0f}s (last: {headline})",
-                    hint=f"raise -o startup_timeout=SECONDS, or read the full log: {log}",
-                    details=excerpt)
-            if now - last_note >= 5:
-                self.progress(f"  waiting for tritonserver in {cname} to be ready "
-                              f"({elapsed:.0f}s)")
-                last_note = now
-            time.sleep(0.05)
+            if now - read["checked"] < 0.25:
+                return None
+            read["checked"] = now
+            try:
+                container.reload()
+            except docker.errors.NotFound:
+                raise DeployFailed(f"container {cname} vanished while starting",
+                                   hint="something removed it; deploy again") from None
+            if container.status in ("exited", "dead"):
+                read["ended"] = True
+                code = container.attrs.get("State", {}).get("ExitCode")
+                return f"exit code {code}"
+            return None
+
+        def new_lines() -> list[str]:
+            if time.monotonic() - read["read"] < 0.25 and not read["ended"]:
+                return []
+            read["read"] = time.monotonic()
+            try:
+                text = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            except docker.errors.APIError:
+                return []
+            end = text.rfind("\n") + 1
+            fresh, read["text"] = text[len(read["text"]):end], text[:end]
+            return fresh.splitlines()
+
+        return watch_start(lambda: answers(url + "/v2/health/ready"), exited, new_lines,
+                           timeout=self.settings.startup_timeout, progress=self.progress,
+                           what=f"tritonserver in container {cname}", index_url=url,
+                           log=lambda: self._save_log(container, context, resource))
+
+    def _save_log(self, container, context, resource) -> str:
+        return self._failure(container, context, resource)[2]
 
     def _failure(self, container, context, resource) -> tuple[str, str, str]:
         """Save the container's log next to the record; the error that tells, and an excerpt."""

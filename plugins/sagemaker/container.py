@@ -89,14 +89,18 @@ def command(server, args: list[str], sagemaker_port: int, http_port: int) -> lis
 
 def start(server, args: list[str], environment: dict[str, str], log_path: Path, tag: str,
           timeout: float, progress) -> dict[str, int]:
-    """Start the server like the container; wait for ``/ping``. Returns pid and ports."""
+    """Start the server like the container; wait for ``/ping``, failing at once when a model
+    cannot load. Its environment: the allow-listed part of ours, the runtime's paths and
+    ``environment`` (the container's ``SAGEMAKER_*``), never the deployer's credentials.
+    Returns pid and ports."""
     from deployer import server as proc
 
     sagemaker_port, http_port = proc.free_ports(2)
     pid = proc.start(command(server, args, sagemaker_port, http_port),
                      server.process_env(environment), log_path, tag)
     proc.wait_ready(f"http://127.0.0.1:{sagemaker_port}", pid, log_path, timeout, progress,
-                    what="tritonserver (SageMaker frontend)", ready_path="/ping")
+                    what="tritonserver (SageMaker frontend)", ready_path="/ping",
+                    index_url=f"http://127.0.0.1:{http_port}")
     return {"pid": pid, "sagemaker_port": sagemaker_port, "http_port": http_port}
 
 
