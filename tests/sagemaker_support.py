@@ -11,6 +11,7 @@ endpoint moto no longer has.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -19,10 +20,57 @@ import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from deployer import runtime
 from deployer import server as proc
 from deployer_plugins.sagemaker import artefacts, container
+
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """moto's server on 127.0.0.1 (import this fixture into the test module)."""
+    pytest.importorskip("moto.server", reason="moto[server] is needed for the SageMaker tests")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@contextlib.contextmanager
+def aws_environment(url: str, runtime_url: str | None = None,
+                    **extra: str) -> Iterator[dict[str, str]]:
+    """Fake credentials and region, SageMaker, S3 and CloudWatch Logs at ``url`` (moto, or a
+    proxy in front of it), InvokeEndpoint at ``runtime_url``, ``extra`` variables, and a fresh
+    bucket: yields ``{"bucket", "role"}``. A MonkeyPatch of its own: the contract suite calls
+    ``monkeypatch.undo()`` mid-test."""
+    import boto3
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN",
+                    "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+            patch.delenv(key, raising=False)
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true",
+               "AWS_ENDPOINT_URL_SAGEMAKER": url, "AWS_ENDPOINT_URL_S3": url,
+               # CloudWatch Logs: botocore derives the name from the service id
+               "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": url, **extra}
+        if runtime_url:
+            env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = runtime_url
+        for key, value in env.items():
+            patch.setenv(key, value)
+        bucket = f"tdeploy-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield {"bucket": bucket, "role": ROLE}
 
 
 def _split(uri: str) -> tuple[str, str]:

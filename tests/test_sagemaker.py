@@ -24,25 +24,14 @@ from deployer.client import EndpointError
 from deployer.repository import Repository
 from deployer.testing import TargetContract
 
-from sagemaker_support import RuntimeEmulator, leftovers
+from sagemaker_support import ROLE, RuntimeEmulator, aws_environment, leftovers
+from sagemaker_support import moto_url  # noqa: F401 - a fixture
 
 pytest.importorskip("moto.server", reason="moto[server] is needed for the SageMaker tests")
 
 ROOT = Path(__file__).parent
 ADD_SUB = ROOT / "repos" / "add_sub"
 MULTI = ROOT / "repos" / "multi"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-
-
-@pytest.fixture(scope="session")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -54,27 +43,9 @@ def emulator(moto_url, tritonserver):
 
 @pytest.fixture
 def aws(moto_url, emulator):
-    """Fake credentials and region, every AWS endpoint local, and a fresh bucket.
-
-    A MonkeyPatch of its own: the contract suite calls ``monkeypatch.undo()`` mid-test."""
-    import boto3
-
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN",
-                    "AWS_ENDPOINT_URL"):
-            patch.delenv(key, raising=False)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-               "AWS_EC2_METADATA_DISABLED": "true",
-               "AWS_ENDPOINT_URL_SAGEMAKER": moto_url, "AWS_ENDPOINT_URL_S3": moto_url,
-               # CloudWatch Logs: botocore derives the name from the service id
-               "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": moto_url,
-               "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": emulator.url}
-        for key, value in env.items():
-            patch.setenv(key, value)
-        bucket = f"tdeploy-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield {"bucket": bucket, "role": ROLE}
+    """Fake credentials and region, every AWS endpoint local, and a fresh bucket."""
+    with aws_environment(moto_url, emulator.url) as env:
+        yield env
 
 
 @pytest.fixture

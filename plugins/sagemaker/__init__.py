@@ -106,8 +106,37 @@ class SageMakerTarget(Target):
     def _session_region(self):
         from . import aws, rules
 
-        session = aws.session(self.settings.region)
-        return session, rules.cloud(self.settings, session)
+        with aws.failures(UsageError, self._facts(self.settings.region)):  # e.g. ProfileNotFound
+            session = aws.session(self.settings.region)
+            return session, rules.cloud(self.settings, session)
+
+    def _facts(self, region):
+        from . import aws
+
+        return aws.Facts(region=region, bucket=self.settings.bucket, role=self.settings.role,
+                         instance_type=self.settings.instance_type)
+
+    def _preflight(self, session, region, endpoint: str, *, taken: bool) -> None:
+        """Checks before anything is created (exit 2): the endpoint name is free (``taken``:
+        the endpoint must exist, for an update) and the bucket exists, in ``region``."""
+        from . import aws
+
+        sm = session.client("sagemaker")
+        with aws.failures(UsageError, self._facts(region)):
+            try:
+                sm.describe_endpoint(EndpointName=endpoint)
+                exists = True
+            except Exception as exc:  # noqa: BLE001 - not found, or left to the funnel
+                if not aws.not_found(exc):
+                    raise
+                exists = False
+            if exists and not taken:
+                raise AlreadyDeployed(f"SageMaker endpoint {endpoint} already exists in "
+                                      f"{region}", hint="pass another --name, or delete it first")
+            if taken and not exists:
+                raise UsageError(f"endpoint {endpoint} no longer exists in {region}",
+                                 hint="run 'deployer teardown NAME' and deploy again")
+            aws.check_bucket(session.client("s3"), self.settings.bucket, region)
 
     def validate(self, repository) -> None:
         from . import rules
@@ -208,7 +237,7 @@ class SageMakerTarget(Target):
         from . import aws, rules
 
         return [{"Key": aws.TAG_KEY, "Value": deployment.id},
-                {"Key": "triton-deployer:name", "Value": deployment.name},
+                {"Key": aws.NAME_TAG, "Value": deployment.name},
                 *rules.tags(self.settings)]
 
     def _model_and_config(self, repository, session, region, names, context) -> dict:
@@ -253,24 +282,26 @@ class SageMakerTarget(Target):
                 "Delay": delay, "MaxAttempts": (self.settings.startup_timeout + 1800) // delay})
 
     def deploy(self, repository, context) -> None:
-        from botocore.exceptions import WaiterError
-
+        """Checks (exit 2, nothing created), then upload → model → endpoint config → endpoint;
+        any AWS error after the checks is DeployFailed (exit 3) with the one line."""
         from . import aws, rules
 
         session, region = self._session_region()
         deployment = context.deployment
         names = self._names(deployment.name, deployment.id)
         image = rules.image(self.settings, region)
+        self._preflight(session, region, names["endpoint"], taken=False)
+        with aws.failures(DeployFailed, self._facts(region), then=(
+                f"'deployer teardown {deployment.name}' removes what was created")):
+            self._create(repository, context, session, region, names, image)
+
+    def _create(self, repository, context, session, region, names, image) -> None:
+        from botocore.exceptions import WaiterError
+
+        from . import aws
+
+        deployment = context.deployment
         sm = session.client("sagemaker")
-        try:
-            sm.describe_endpoint(EndpointName=names["endpoint"])
-            raise AlreadyDeployed(f"SageMaker endpoint {names['endpoint']} already exists in "
-                                  f"{region}", hint="pass another --name, or delete it first")
-        except AlreadyDeployed:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if not aws.not_found(exc):
-                raise
         context.set_endpoint(endpoint=names["endpoint"], region=region, mode=self.settings.mode,
                              image=image)
         context.set_endpoint(**self._model_and_config(repository, session, region, names,
@@ -288,13 +319,24 @@ class SageMakerTarget(Target):
             self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
             try:
                 self._wait_in_service(sm, names["endpoint"])
-            except WaiterError:
-                raise DeployFailed(
-                    f"endpoint {names['endpoint']} did not come up: "
-                    + aws.failure(sm, session.client("logs"), names["endpoint"]),
-                    hint=f"run 'deployer teardown {deployment.name}' to remove what was "
-                         "created") from None
+            except WaiterError as exc:
+                raise self._not_in_service(sm, session, names["endpoint"], exc,
+                                           deployment.name) from None
         context.created(resource)
+
+    def _not_in_service(self, sm, session, endpoint: str, exc, name: str) -> DeployFailed:
+        """The waiter gave up: the endpoint's status and FailureReason (or the AWS error that
+        stopped the waiter) in the line, its last CloudWatch lines as details."""
+        from . import aws
+
+        reason, tail = aws.failure_parts(sm, session.client("logs"), endpoint)
+        if (getattr(exc, "last_response", None) or {}).get("Error"):
+            reason = f"{aws.waiter_reason(exc)} ({reason})"
+        return DeployFailed(
+            f"endpoint {endpoint} did not come up: {reason}",
+            hint=f"run 'deployer teardown {name}' to remove what was created",
+            details=(f"last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}" if tail
+                     else None))
 
     def update(self, repository, context) -> None:
         """Blue/green: upload → a new model and endpoint config (``-rN``) → ``update_endpoint``
@@ -303,9 +345,8 @@ class SageMakerTarget(Target):
         SageMaker keeps the previous fleet serving until the new one passes its health checks
         and rolls back if it does not: on any failure the previous resources are left alone
         (the new ones stay recorded; teardown removes them). The mode may change (single ↔
-        multi): the endpoint record follows only once the new config serves."""
-        from botocore.exceptions import ClientError, WaiterError
-
+        multi): the endpoint record follows only once the new config serves. Any AWS error
+        is DeployFailed with the one line (the bucket check before any create: exit 2)."""
         from . import aws
 
         session, region = self._session_region()
@@ -316,6 +357,18 @@ class SageMakerTarget(Target):
             raise UsageError(f"endpoint {endpoint} is in {recorded}: an update cannot move it to "
                              f"{region}", hint=f"pass -o region={recorded}, or tear it down "
                                                "and deploy again")
+        facts = self._facts(region)
+        with aws.failures(DeployFailed, facts, then=(
+                f"fix the cause and run the update again ('deployer teardown "
+                f"{deployment.name}' removes everything)")):
+            self._update(repository, context, session, region, endpoint, facts)
+
+    def _update(self, repository, context, session, region, endpoint, facts) -> None:
+        from botocore.exceptions import ClientError, WaiterError
+
+        from . import aws
+
+        deployment = context.deployment
         teardown = f"run 'deployer teardown {deployment.name}' and deploy again"
         sm = session.client("sagemaker")
         try:
@@ -324,8 +377,9 @@ class SageMakerTarget(Target):
             if aws.not_found(exc):
                 raise DeployFailed(f"endpoint {endpoint} no longer exists in {region}",
                                    hint=teardown) from None
-            raise DeployFailed(f"cannot describe endpoint {endpoint}: {aws.error_text(exc)}",
-                               hint="check the credentials and region, then retry") from None
+            raise
+        with aws.failures(UsageError, facts):
+            aws.check_bucket(session.client("s3"), self.settings.bucket, region)
         current = described.get("EndpointConfigName", "?")
         if described.get("EndpointStatus") != "InService":
             raise DeployFailed(
@@ -345,10 +399,10 @@ class SageMakerTarget(Target):
         try:
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=new_config)
         except ClientError as exc:
-            raise DeployFailed(f"update_endpoint {endpoint} → {new_config} refused: "
-                               f"{aws.error_text(exc)}; {current} still serves",
-                               hint=f"fix the cause and run the update again ('deployer "
-                                    f"teardown {deployment.name}' removes everything)") from None
+            line, hint = aws.explain(exc, facts)
+            raise DeployFailed(f"{line}; {current} still serves", hint="; ".join(filter(None, (
+                hint, f"fix the cause and run the update again ('deployer teardown "
+                      f"{deployment.name}' removes everything)")))) from None
         if not self.settings.wait:
             self.progress(f"  not waiting (-o wait=false): {current} and its model stay until "
                           "the next update or teardown")
@@ -394,7 +448,9 @@ class SageMakerTarget(Target):
         from .invoke import SageMakerClient
 
         endpoint = deployment.endpoint
-        return SageMakerClient(aws.session(endpoint["region"]), endpoint["endpoint"],
+        with aws.failures(DeployFailed, self._facts(endpoint["region"])):
+            session = aws.session(endpoint["region"])
+        return SageMakerClient(session, endpoint["endpoint"],
                                Repository.load(deployment.repository),
                                endpoint.get("mode") == "multi", self.progress)
 
@@ -402,52 +458,114 @@ class SageMakerTarget(Target):
         return resource.data.get("region") or deployment.endpoint.get("region") or \
             self.settings.region
 
+    def _sm_call(self, sm, verb: str, kind: str):
+        """(bound method, name parameter) of ``delete``/``describe`` for a SageMaker kind."""
+        noun = {"endpoint": "endpoint", "endpoint-config": "endpoint_config",
+                "model": "model"}[kind]
+        key = {"endpoint": "EndpointName", "endpoint-config": "EndpointConfigName",
+               "model": "ModelName"}[kind]
+        return getattr(sm, f"{verb}_{noun}"), key
+
     def delete(self, resource, deployment) -> bool:
+        """Any AWS error is TeardownIncomplete with the one line; the core records it against
+        this resource and goes on with the others."""
         from . import aws
 
-        session = aws.session(self._region(resource, deployment))
+        region = self._region(resource, deployment)
+        with aws.failures(TeardownIncomplete, self._facts(region)):
+            return self._delete(aws.session(region), resource)
+
+    def _delete(self, session, resource) -> bool:
+        from botocore.exceptions import ClientError, WaiterError
+
+        from . import aws
+
         if resource.kind == "s3-artifacts":
-            return aws.delete_keys(session.client("s3"), resource.data["bucket"],
-                                   resource.data.get("keys", [])) > 0
+            try:
+                return aws.delete_keys(session.client("s3"), resource.data["bucket"],
+                                       resource.data.get("keys", [])) > 0
+            except ClientError as exc:
+                if aws.not_found(exc):  # the bucket itself is gone
+                    return False
+                raise
         sm = session.client("sagemaker")
-        call, key = {"endpoint": (sm.delete_endpoint, "EndpointName"),
-                     "endpoint-config": (sm.delete_endpoint_config, "EndpointConfigName"),
-                     "model": (sm.delete_model, "ModelName")}[resource.kind]
+        call, key = self._sm_call(sm, "delete", resource.kind)
         try:
             call(**{key: resource.id})
-        except Exception as exc:  # noqa: BLE001
+        except ClientError as exc:
             if aws.not_found(exc):
                 return False
-            raise TeardownIncomplete(f"cannot delete {resource.kind} {resource.id}: {exc}") \
-                from None
+            raise
         if resource.kind == "endpoint":
             self.progress(f"  waiting for endpoint {resource.id} to be deleted")
             try:
                 sm.get_waiter("endpoint_deleted").wait(
                     EndpointName=resource.id, WaiterConfig={"Delay": 15, "MaxAttempts": 80})
-            except Exception as exc:  # noqa: BLE001
-                raise TeardownIncomplete(f"endpoint {resource.id} not deleted: {exc}") from None
+            except WaiterError as exc:
+                raise TeardownIncomplete(
+                    f"endpoint {resource.id} is not deleted yet: {aws.waiter_reason(exc)}",
+                    hint="it may still be Deleting; run the teardown again in a few minutes") \
+                    from None
         return True
 
     def exists(self, resource, deployment) -> bool:
+        from botocore.exceptions import ClientError
+
         from . import aws
 
-        session = aws.session(self._region(resource, deployment))
-        if resource.kind == "s3-artifacts":
-            return aws.any_key(session.client("s3"), resource.data["bucket"],
-                               resource.data.get("keys", []))
-        sm = session.client("sagemaker")
-        call, key = {"endpoint": (sm.describe_endpoint, "EndpointName"),
-                     "endpoint-config": (sm.describe_endpoint_config, "EndpointConfigName"),
-                     "model": (sm.describe_model, "ModelName")}[resource.kind]
-        try:
-            call(**{key: resource.id})
-        except Exception as exc:  # noqa: BLE001
-            if aws.not_found(exc):
-                return False
-            raise TeardownIncomplete(f"cannot check {resource.kind} {resource.id}: {exc}") \
-                from None
-        return True
+        region = self._region(resource, deployment)
+        with aws.failures(TeardownIncomplete, self._facts(region)):
+            session = aws.session(region)
+            if resource.kind == "s3-artifacts":
+                try:
+                    return aws.any_key(session.client("s3"), resource.data["bucket"],
+                                       resource.data.get("keys", []))
+                except ClientError as exc:
+                    if aws.not_found(exc):
+                        return False
+                    raise
+            call, key = self._sm_call(session.client("sagemaker"), "describe", resource.kind)
+            try:
+                call(**{key: resource.id})
+            except ClientError as exc:
+                if aws.not_found(exc):
+                    return False
+                raise
+            return True
+
+    def recover(self, name, deployment_id):
+        """The models, endpoint configs and endpoint tagged with the deployment's id (or its
+        name when the id is lost), oldest first, in the configured region. Listings are
+        narrowed by our naming (the endpoint is ``name``, the others carry the id's first 8
+        characters, or the name) and every match is confirmed by its tag. The S3 objects stay:
+        they carry no tag and, being content addressed, may serve other deployments."""
+        from deployer.state import Resource
+
+        from . import aws
+
+        with aws.failures(TeardownIncomplete, self._facts(self.settings.region)):
+            session = aws.session(self.settings.region)
+            region = session.region_name
+            if not region:
+                raise TeardownIncomplete(f"no AWS region to look for {name}'s resources in",
+                                         hint="pass -o region=REGION, or set AWS_REGION")
+            sm = session.client("sagemaker")
+            tag = (aws.TAG_KEY, deployment_id) if deployment_id else (aws.NAME_TAG, name)
+            found = []
+            for kind, listing, field in (("model", "list_models", "Model"),
+                                         ("endpoint-config", "list_endpoint_configs",
+                                          "EndpointConfig"),
+                                         ("endpoint", "list_endpoints", "Endpoint")):
+                needle = name if kind == "endpoint" else (
+                    deployment_id[:8] if deployment_id else name[:48])
+                items = [item for page in sm.get_paginator(listing).paginate(NameContains=needle)
+                         for item in page[f"{field}s"]
+                         if needle in item[f"{field}Name"]
+                         and aws.tagged(sm, item[f"{field}Arn"], *tag)]
+                found += [Resource(kind, item[f"{field}Name"], status="created",
+                                   data={"region": region, "arn": item[f"{field}Arn"]})
+                          for item in sorted(items, key=lambda i: i["CreationTime"])]
+        return found
 
     def instances(self, deployment):
         return [(self.settings.instance_type, self.settings.instance_count)]
@@ -610,6 +728,18 @@ class SageMakerTwin(Rehearsal, SageMakerTarget):
         root = Path(resource.id)
         return (root / "opt-ml-model").exists() or (root / "opt-ml-models").exists() or (
             root.exists() and not self.settings.keep_artifacts)
+
+    def recover(self, name, deployment_id):
+        """The servers tagged with the deployment's id (an update's carry ``<id>-rN``); never
+        the cloud's resources, which the twin does not create."""
+        from deployer.server import all_tagged
+        from deployer.state import Resource
+
+        if not deployment_id:
+            return []
+        return [Resource("process", " ".join(map(str, pids)), "created", {"tag": tag})
+                for tag, pids in sorted(all_tagged().items())
+                if tag == deployment_id or tag.startswith(deployment_id + "-")]
 
     def logs(self, deployment, lines=100) -> str:
         from deployer.server import recorded_log

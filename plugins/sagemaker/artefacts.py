@@ -12,6 +12,7 @@ size and content hash, so an unchanged repository maps to objects that already e
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -208,9 +209,12 @@ def upload_tar_gz(artefact: Artefact, s3, bucket: str, key: str, transfer_config
     try:
         s3.upload_fileobj(pipe.reader, bucket, key, Config=transfer_config,
                           ExtraArgs={"ContentType": "application/gzip"})
-    finally:
-        size = pipe.finish()
-    return size
+    except BaseException:
+        # the upload's error is the cause; the packer then only sees its pipe closed
+        with contextlib.suppress(Exception):
+            pipe.finish()
+        raise
+    return pipe.finish()
 
 
 def unpack(archive: Path, destination: Path) -> None:

@@ -1,12 +1,211 @@
-"""The AWS control plane calls the target makes (boto3, imported here only)."""
+"""The AWS control plane calls the target makes (boto3, imported here only), and the funnel
+every failed call ends in: one line with the operation, AWS's error code and message, and a hint
+for the codes a real account returns first."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
+import re
+from typing import Iterator
 
 TAG_KEY = "triton-deployer:deployment-id"
+NAME_TAG = "triton-deployer:name"
 NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "ResourceNotFound",
                    "ResourceNotFoundException", "NoSuchBucket"}
+THROTTLING_CODES = {"ThrottlingException", "Throttling", "ThrottledException",
+                    "TooManyRequestsException", "RequestLimitExceeded", "SlowDown",
+                    "RequestThrottled", "RequestThrottledException"}
+#: S3 answers a request for a bucket of another region with one of these (and the region)
+REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed",
+                "IllegalLocationConstraintException"}
+CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
+                    "UnrecognizedClientException", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch", "InvalidToken"}
+#: HeadBucket's answers carry no body: botocore's code is the HTTP status; name it as S3 would
+HEAD_CODES = {"404": ("NoSuchBucket", "The specified bucket does not exist"),
+              "403": ("AccessDenied", "Forbidden"),
+              "301": ("PermanentRedirect", "the bucket is in another region"),
+              "400": ("BadRequest", "Bad Request")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the hints name: the settings of the deploy or teardown whose call failed."""
+
+    region: str | None = None
+    bucket: str | None = None
+    role: str | None = None
+    instance_type: str | None = None
+
+
+def is_cloud_error(exc: BaseException) -> bool:
+    """A botocore or boto3 exception (a ClientError, a transport error, S3UploadFailedError)."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, (BotoCoreError, ClientError, Boto3Error))
+
+
+def _client_error(exc: BaseException | None):
+    """The ClientError behind ``exc``: boto3 raises S3UploadFailedError inside its handler."""
+    from botocore.exceptions import ClientError
+
+    while exc is not None:
+        if isinstance(exc, ClientError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def bucket_region(response: dict) -> str | None:
+    """The region S3 says a bucket is in: the ``x-amz-bucket-region`` header, the error's
+    ``Region``, or the regional ``Endpoint`` of a PermanentRedirect."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    error = response.get("Error", {})
+    if headers.get("x-amz-bucket-region"):
+        return headers["x-amz-bucket-region"]
+    if error.get("Region"):
+        return error["Region"]
+    match = re.search(r"\.s3[.-]([a-z]{2}(?:-[a-z]+)+-\d)\.amazonaws\.com",
+                      str(error.get("Endpoint", "")))
+    return match.group(1) if match else None
+
+
+def explain(exc: BaseException, facts: Facts) -> tuple[str, str | None]:
+    """``(line, hint)`` for a failed AWS call: the operation, AWS's code and message, and what
+    to do for the codes a real account returns first."""
+    from botocore.exceptions import (ConnectionError, EndpointConnectionError, NoCredentialsError,
+                                     NoRegionError, ReadTimeoutError)
+
+    error = _client_error(exc)
+    if error is None:
+        text = _one_line(str(exc))
+        if isinstance(exc, NoCredentialsError):
+            return f"AWS: {text}", ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                                    "AWS_PROFILE, or run 'aws configure' / 'aws sso login'")
+        if isinstance(exc, (EndpointConnectionError, ConnectionError, ReadTimeoutError)):
+            return f"cannot reach AWS: {text}", (
+                f"check the network and the region ({facts.region}), and any HTTPS_PROXY or "
+                "AWS_ENDPOINT_URL* setting; then retry")
+        if isinstance(exc, NoRegionError):
+            return f"AWS: {text}", "pass -o region=us-east-1, or set AWS_REGION"
+        return f"AWS: {type(exc).__name__}: {text}", None
+    operation = getattr(error, "operation_name", None) or "an AWS call"
+    response = error.response
+    code = str(response.get("Error", {}).get("Code") or "")
+    message = _one_line(response.get("Error", {}).get("Message") or "")
+    if operation == "HeadBucket" and code in HEAD_CODES:
+        code, message = HEAD_CODES[code]
+    line = f"{operation} failed: {code}: {message}" if code else f"{operation} failed: {message}"
+    return line, _hint(code, message, response, facts)
+
+
+def _hint(code: str, message: str, response: dict, facts: Facts) -> str | None:
+    region, bucket, role = facts.region or "REGION", facts.bucket or "BUCKET", facts.role
+    if code == "ResourceLimitExceeded":
+        quoted = re.search(r"service limit '([^']+)'", message)
+        quota = quoted.group(1) if quoted else f"{facts.instance_type} for endpoint usage"
+        return (f"raise the quota '{quota}' in the Service Quotas console (AWS services → "
+                f"Amazon SageMaker, region {region}); new accounts start at 0 for GPU "
+                "instances. Or pass -o instance_type= a type you have quota for")
+    if code in ("AccessDeniedException", "AccessDenied"):
+        if "iam:PassRole" in message:
+            caller = re.search(r"User: (\S+) is not authorized", message)
+            who = f"the caller {caller.group(1)}" if caller else "the caller"
+            on = re.search(r"on resource: (\S+)", message)
+            target = on.group(1).rstrip(".") if on else (role or "the execution role")
+            return (f"{who} needs iam:PassRole on {target} (an IAM policy statement: Action "
+                    f"iam:PassRole, Resource {target}), or pass -o role= a role it may pass")
+        action = re.search(r"perform: (\S+)", message)
+        if action:
+            return f"grant the caller {action.group(1)} (in its IAM policy)"
+        return "check the caller's IAM permissions (aws sts get-caller-identity says who it is)"
+    if code == "NoSuchBucket":
+        return (f"create it: aws s3 mb s3://{bucket} --region {region}, or pass -o bucket= an "
+                "existing bucket")
+    if code in REGION_CODES:
+        where = bucket_region(response)
+        if where:
+            return (f"bucket {bucket} is in {where}: pass -o region={where}, or use a bucket in "
+                    f"{region}")
+        return (f"bucket {bucket} is in another region (aws s3api get-bucket-location --bucket "
+                f"{bucket}): pass -o region= that region")
+    if code in THROTTLING_CODES:
+        attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) + 1
+        return (f"AWS still throttled after {attempts} attempt(s): retry in a minute, or let "
+                "botocore retry longer (AWS_MAX_ATTEMPTS=10 AWS_RETRY_MODE=adaptive)")
+    if code == "ValidationException":
+        if "model data" in message:
+            return (f"SageMaker reads the artefacts as the execution role {role}: the object "
+                    f"must exist, in a bucket in {region}, and the role needs s3:GetObject on "
+                    "it (and kms:Decrypt if the bucket is encrypted with a KMS key)")
+        if "in-progress" in message or "in progress" in message:
+            return ("the endpoint is still being created or updated: wait until it is InService "
+                    "or Failed (aws sagemaker wait endpoint-in-service --endpoint-name NAME)")
+        if "assume" in message.lower() and "role" in message.lower():
+            return (f"the trust policy of {role} must let sagemaker.amazonaws.com call "
+                    "sts:AssumeRole")
+    if code in CREDENTIAL_CODES:
+        return "refresh the AWS credentials ('aws sso login', or new access keys) and retry"
+    return None
+
+
+def unreachable(exc: BaseException) -> bool:
+    """AWS could not be reached at all (no HTTP answer)."""
+    from botocore.exceptions import ConnectionError, EndpointConnectionError, ReadTimeoutError
+
+    return isinstance(exc, (EndpointConnectionError, ConnectionError, ReadTimeoutError))
+
+
+@contextlib.contextmanager
+def failures(error, facts: Facts, *, then: str | None = None) -> Iterator[None]:
+    """Turn any botocore/boto3 exception raised inside into ``error`` (a DeployerError class)
+    with the one line of :func:`explain`; ``then`` is appended to the hint (what to run next).
+    Before anything is created (``error`` is a UsageError) an unreachable AWS is exit 5."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_cloud_error(exc):
+            raise
+        from deployer.errors import Unavailable, UsageError
+
+        line, hint = explain(exc, facts)
+        cls = Unavailable if issubclass(error, UsageError) and unreachable(exc) else error
+        raise cls(line, hint="; ".join(h for h in (hint, then) if h) or None) from None
+
+
+def check_bucket(s3, bucket: str, region: str) -> None:
+    """The bucket exists, we may list it, and it is in ``region`` (SageMaker reads model data
+    only from a bucket in the endpoint's region). HeadBucket answers with the bucket's region
+    whatever the caller's permissions; errors are left to :func:`failures`."""
+    from botocore.exceptions import ClientError
+
+    from deployer.errors import ValidationError
+
+    answered = ""
+    try:
+        answer = s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        where = bucket_region(exc.response)
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if where and where != region and code in REGION_CODES | {"400", "403"}:
+            answer = exc.response
+            answered = f" (HeadBucket answered {HEAD_CODES.get(code, (code,))[0]})"
+        else:
+            raise
+    where = answer.get("BucketRegion") or bucket_region(answer)
+    if where and where != region:
+        raise ValidationError(
+            f"S3 bucket {bucket} is in {where}, not {region}{answered}: SageMaker reads model "
+            "data only from a bucket in the endpoint's region",
+            hint=f"pass -o region={where}, or a bucket in {region}: aws s3 mb s3://NAME "
+                 f"--region {region}")
 
 
 def session(region: str | None = None):
@@ -19,7 +218,8 @@ def not_found(exc) -> bool:
     error = getattr(exc, "response", {}).get("Error", {})
     code, message = str(error.get("Code", "")), str(error.get("Message", ""))
     return code in NOT_FOUND_CODES or (code == "ValidationException" and (
-        "Could not find" in message or "does not exist" in message))
+        "Could not find" in message or "does not exist" in message)
+        and "model data" not in message)
 
 
 def transfer_config():
@@ -114,9 +314,21 @@ def failure(sm, logs, endpoint: str, lines: int = 20) -> str:
                      if tail else f"; no log lines in /aws/sagemaker/Endpoints/{endpoint}")
 
 
-def error_text(exc) -> str:
-    """One line for a botocore ClientError (code and message), else the exception."""
-    error = getattr(exc, "response", {}).get("Error", {})
+def waiter_reason(exc) -> str:
+    """Why a botocore waiter stopped: AWS's error when its last answer was one."""
+    error = (getattr(exc, "last_response", None) or {}).get("Error", {})
     if error.get("Code"):
-        return f"{error['Code']}: {error.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
+        return _one_line(f"{error['Code']}: {error.get('Message', '')}")
+    return _one_line(str(exc))
+
+
+def tagged(sm, arn: str, key: str, value: str) -> bool:
+    """Whether a SageMaker resource carries tag ``key`` = ``value``."""
+    token = None
+    while True:
+        page = sm.list_tags(ResourceArn=arn, **({"NextToken": token} if token else {}))
+        if any(t["Key"] == key and t["Value"] == value for t in page.get("Tags", [])):
+            return True
+        token = page.get("NextToken")
+        if not token:
+            return False

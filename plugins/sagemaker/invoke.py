@@ -119,6 +119,8 @@ class SageMakerClient(_InvokeClient):
     def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from . import aws
+
         kwargs = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type}
         if self.multi:
             kwargs["TargetModel"] = f"{model}.tar.gz"
@@ -130,7 +132,6 @@ class SageMakerClient(_InvokeClient):
                 return decode(answer["Body"].read(), answer.get("ContentType"))
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "error")
-                message = exc.response.get("Error", {}).get("Message", str(exc))
                 if code == "ModelNotReadyException" and time.monotonic() < deadline:
                     self.progress(f"  {kwargs.get('TargetModel', model)} is loading; retrying "
                                   f"in {delay:.1f}s")
@@ -138,10 +139,17 @@ class SageMakerClient(_InvokeClient):
                     delay = min(delay * 2, 10.0)
                     continue
                 original = exc.response.get("OriginalMessage")
-                raise EndpointError(f"inference on {model}: {code}: {original or message}",
-                                    kind=code) from None
+                if original:  # the container's own answer (ModelError)
+                    raise EndpointError(f"inference on {model}: {code}: {original}",
+                                        kind=code) from None
+                line, hint = aws.explain(exc, aws.Facts())
+                raise EndpointError(f"inference on {model}: {line}"
+                                    + (f" ({hint})" if hint else ""), kind=code) from None
             except BotoCoreError as exc:
-                raise EndpointError(f"inference on {model}: {exc}", kind="connection") from None
+                line, hint = aws.explain(exc, aws.Facts())
+                raise EndpointError(f"inference on {model}: {line}"
+                                    + (f" ({hint})" if hint else ""), kind="connection") \
+                    from None
 
 
 class TwinClient(_InvokeClient):
