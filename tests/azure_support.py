@@ -1,23 +1,34 @@
-"""A fake Azure ML control plane for the azure target's tests: an in-memory workspace behind
-the same ``Seam`` interface as the real one, whose data plane is real.
+"""A fake Azure ML control plane for the azure target's tests: an in-memory workspace behind the
+seam's primitives (``deployer_plugins.azure.seam.Seam``), whose data plane is real.
 
-Install it with ``monkeypatch.setattr(seam, "factory", fake.factory)``. Endpoints get a real
-rehearsal gateway (bearer key, ``azureml-model-deployment`` routing) and deployments a real
-tritonserver serving the registered folder; the scoring URI points at the gateway. It answers as
-the service does: not found, conflicts (a name taken elsewhere in the region, a deployment that
-still has traffic), provisioning states, and a Failed deployment with both containers' logs.
+Hand it in through the Python API: ``seam.factory = fake.factory`` (the CLI runs in-process in
+tests). It answers as azure-ai-ml does: real entities (``ManagedOnlineEndpoint``,
+``ManagedOnlineDeployment``, ``Model``, ``EndpointAuthKeys``/``EndpointAuthToken``), real
+``LROPoller``s, and azure-core's real exceptions carrying Azure's JSON error body on a real
+``azure.core.rest`` response (``azure_error``), so the seam's mapping runs as on Azure.
+
+Endpoints get a real rehearsal gateway (bearer key, ``azureml-model-deployment`` routing) and
+deployments a real tritonserver serving the registered folder; the scoring URI points at the
+gateway. Not found, conflicts (a name taken elsewhere in the region, a deployment that still has
+traffic), provisioning states, and a Failed deployment with both containers' logs are modelled.
 An ``aml_token``/``aad_token`` endpoint hands out a new token per ``credential`` call, valid
-``token_lifetime`` seconds: its gateway answers 401 to it after that (``token_fetches`` counts).
-An update of an existing deployment (``create_or_update_deployment`` with its name) is a rolling
-update: the new server starts beside the old one, takes over its route once ready, and if it
-fails the old one keeps serving and the deployment keeps its state.
-Every call is in ``calls`` as ``(method, name)``.
+``token_lifetime`` seconds on ``wall`` (the clock a test may hand the client too); the gateway
+accepts it until ``revoke_tokens`` (``token_fetches`` counts, ``tokens_issued`` keeps when). An update of an existing
+deployment is a rolling update: the new server starts beside the old one, takes over its route
+once ready, and if it fails the old one keeps serving (the provisioning state says Failed).
+
+Faults: ``fail(method, error)`` makes the next call of a seam method raise ``error`` (an
+``azure_error``, say) or, for ``OperationFailure``, lets its long-running operation fail with
+that code; ``stuck`` names operations that never finish (their poller's ``wait`` moves the fake
+``clock`` on instead of sleeping). Every call is in ``calls`` as ``(method, name)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
+import json
 import os
 import secrets
 import shutil
@@ -31,9 +42,140 @@ from deployer_plugins.azure import gateway, seam, spec, twin
 #: seconds a replaced or deleted deployment's tritonserver gets after SIGTERM before SIGKILL:
 #: its graceful exit takes seconds, and nothing of ours observes it
 STOP_GRACE = 1.0
+ARM = ("https://management.azure.com/subscriptions/00000000-0000-0000-0000-000000000000/"
+       "resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws")
 
 STORAGE_LOG = ("Downloading model {model} from the workspace datastore\n"
                "Model download complete: {path}\n")
+STUCK_LOG = ("I1130 09:00:01 server.cc: Waiting for the model repository to load\n"
+             "I1130 09:00:02 model_lifecycle.cc: loading: add_sub:1 (stuck-marker)\n")
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 409: "Conflict", 429: "Too Many Requests"}
+
+
+# -- Azure's answers, as azure-core builds them ------------------------------------------------
+def _response(status: int, body: dict, method: str = "GET", url: str = ARM):
+    """A real azure.core.rest response, as the requests transport makes it, with a JSON body."""
+    import requests
+    from azure.core.rest import HttpRequest
+    from azure.core.rest._requests_basic import RestRequestsTransportResponse
+
+    raw = requests.Response()
+    raw.status_code, raw.reason = status, REASONS.get(status, "")
+    raw.headers["Content-Type"] = "application/json; charset=utf-8"
+    raw.raw = io.BytesIO(json.dumps(body).encode())
+    response = RestRequestsTransportResponse(request=HttpRequest(method, url),
+                                             internal_response=raw)
+    response.read()
+    return response
+
+
+def azure_error(status: int, code: str, message: str, method: str = "GET", url: str = ARM):
+    """What azure-ai-ml's generated operations raise for Azure's error answer: their error_map
+    (401, 404, 409, 304) through azure-core's ``map_error``, else HttpResponseError in ARM's
+    format (403 AuthorizationFailed, 429 TooManyRequests after the retries, 400 ...)."""
+    from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
+                                       ResourceExistsError, ResourceNotFoundError,
+                                       ResourceNotModifiedError, map_error)
+    from azure.mgmt.core.exceptions import ARMErrorFormat
+
+    response = _response(status, {"error": {"code": code, "message": message}}, method, url)
+    try:
+        map_error(status_code=status, response=response,
+                  error_map={401: ClientAuthenticationError, 404: ResourceNotFoundError,
+                             409: ResourceExistsError, 304: ResourceNotModifiedError})
+    except HttpResponseError as exc:
+        return exc
+    return HttpResponseError(response=response, error_format=ARMErrorFormat)
+
+
+def not_found(kind: str, name: str):
+    return azure_error(404, "ResourceNotFound", f"The Resource 'Microsoft.MachineLearningServices/"
+                       f"workspaces/ws/{kind}/{name}' under resource group 'rg' was not found.")
+
+
+def credential_error():
+    """What a credential chain raises when nothing is set up here (no AZURE_* variables, no
+    Azure CLI): the real azure-identity exception."""
+    from azure.identity import AzureCliCredential, ChainedTokenCredential, EnvironmentCredential
+
+    try:
+        ChainedTokenCredential(EnvironmentCredential(), AzureCliCredential()).get_token(
+            "https://management.azure.com/.default")
+    except Exception as exc:  # noqa: BLE001 - the test wants exactly what it raises
+        return exc
+    raise AssertionError("a credential worked on this machine")
+
+
+@dataclasses.dataclass
+class OperationFailure:
+    """A long-running operation Azure accepted that then failed with ``code``: raised as
+    azure-core's ARM polling does, an HttpResponseError on the failed status body."""
+
+    code: str
+    message: str
+
+    def error(self):
+        from azure.core.exceptions import HttpResponseError
+        from azure.core.polling.base_polling import OperationFailed
+
+        body = {"status": "Failed", "error": {"code": self.code, "message": self.message}}
+        return HttpResponseError(response=_response(200, body),
+                                 error=OperationFailed("Operation failed or canceled"))
+
+
+def _polling():
+    from azure.core.polling import PollingMethod
+
+    class Over(PollingMethod):
+        """An operation already over (``result``), or failing in the poll thread (``error``)."""
+
+        def __init__(self, result=None, error=None):
+            self._result, self._error = result, error
+
+        def initialize(self, client, initial_response, deserialization_callback):
+            pass
+
+        def run(self):
+            if self._error is not None:
+                raise self._error
+
+        def status(self):
+            return "Failed" if self._error is not None else "Succeeded"
+
+        def finished(self):
+            return self._error is None
+
+        def resource(self):
+            return self._result
+
+        def get_continuation_token(self):
+            return ""
+
+    return Over
+
+
+def poller(result=None, error=None):
+    from azure.core.polling import LROPoller
+
+    return LROPoller(None, None, lambda r: r, _polling()(result, error))
+
+
+def stuck_poller(fake: FakeAzure):
+    """A poller that never finishes; waiting on it moves the fake clock, not real time."""
+    from azure.core.polling import LROPoller
+
+    class Stuck(LROPoller):
+        def wait(self, timeout=None):
+            fake.skew += timeout or 0.0
+
+        def done(self):
+            return False
+
+        def status(self):
+            return "InProgress"
+
+    return Stuck(None, None, lambda r: r, _polling()())
 
 
 @dataclasses.dataclass
@@ -45,6 +187,7 @@ class _Endpoint:
     gateway_tag: str
     scoring_uri: str
     deployments: dict = dataclasses.field(default_factory=dict)  # name -> _Deployment
+    state: str = "Succeeded"
 
     @property
     def key_file(self) -> Path:
@@ -62,6 +205,8 @@ class _Deployment:
     tag: str
     log: Path
     model: str
+    reference: str = ""
+    tags: dict = dataclasses.field(default_factory=dict)
 
 
 class FakeAzure(seam.Seam):
@@ -73,47 +218,97 @@ class FakeAzure(seam.Seam):
         self.taken = set(taken)
         #: hand out a key the gateway refuses (keys regenerated behind our back)
         self.stale_key = False
-        #: raise AuthError on every call (no credential)
+        #: every call fails as a credential chain with nothing set up does
         self.no_credential = False
+        #: the workspace read answers 404
+        self.workspace_missing = False
+        self.region = "westeurope"
         self.calls: list[tuple[str, str]] = []
+        #: seam method -> what its next calls raise (exceptions) or how its operation ends
+        self.faults: dict[str, list] = {}
+        #: seam methods whose next long-running operation never finishes (once each)
+        self.stuck: set[str] = set()
+        #: seconds the fake clock is ahead of the monotonic clock
+        self.skew = 0.0
+        #: seconds since the epoch, the clock token expiries are given on
+        self.wall = time.time
         #: seconds a token of an aml_token/aad_token endpoint is valid for
         self.token_lifetime = 2.0
         self.token_fetches = 0
+        #: (reading of ``wall`` when issued, expiry) of every token handed out
+        self.tokens_issued: list[tuple[float, float]] = []
         self._ids = itertools.count(1)
 
     def factory(self, settings, progress):
-        self.progress = progress
         return self
 
-    def _call(self, method: str, name: str) -> None:
+    def clock(self) -> float:
+        return time.monotonic() + self.skew
+
+    def fail(self, method: str, error, times: int = 1) -> None:
+        self.faults.setdefault(method, []).extend([error] * times)
+
+    def _call(self, method: str, name: str):
         self.calls.append((method, name))
         if self.no_credential:
-            raise seam.AuthError(f"{method} {name}: DefaultAzureCredential failed to retrieve "
-                                 "a token from the included credentials")
+            raise credential_error()
+        queued = self.faults.get(method)
+        if queued:
+            fault = queued.pop(0)
+            if isinstance(fault, BaseException):
+                raise fault
+            return fault
+        return None
+
+    def _stuck(self, method: str) -> bool:
+        if method in self.stuck:
+            self.stuck.discard(method)
+            return True
+        return False
 
     def stop_all(self) -> None:
         for endpoint in list(self.endpoints.values()):
             self._remove(endpoint)
 
-    # -- endpoints --------------------------------------------------------------------------
-    def get_endpoint(self, name):
-        self._call("get_endpoint", name)
-        endpoint = self.endpoints.get(name)
-        if endpoint is None:
-            return None
-        routes = twin.read_routes(endpoint.routes)
-        return seam.EndpointInfo(name, "Succeeded", endpoint.scoring_uri,
-                                 dict(routes.get("traffic", {})), dict(endpoint.tags))
+    # -- workspace ---------------------------------------------------------------------------
+    def _workspace(self):
+        self._call("get_workspace", "ws")
+        if self.workspace_missing:
+            raise azure_error(404, "ResourceNotFound", "The Resource 'Microsoft.Machine"
+                              "LearningServices/workspaces/ws' under resource group 'rg' was "
+                              "not found. For more details please go to "
+                              "https://aka.ms/ARMResourceNotFoundFix")
+        return self.region
 
-    def create_or_update_endpoint(self, entity):
+    # -- endpoints ---------------------------------------------------------------------------
+    def _entity(self, endpoint: _Endpoint):
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+        routes = twin.read_routes(endpoint.routes)
+        return ManagedOnlineEndpoint(name=endpoint.name, auth_mode=endpoint.auth_mode,
+                                     tags=dict(endpoint.tags),
+                                     traffic=dict(routes.get("traffic", {})),
+                                     scoring_uri=endpoint.scoring_uri,
+                                     provisioning_state=endpoint.state)
+
+    def _endpoint(self, name):
+        self._call("get_endpoint", name)
+        return self._entity(self._get(name))
+
+    def _get(self, name) -> _Endpoint:
+        if name not in self.endpoints:
+            raise not_found("onlineEndpoints", name)
+        return self.endpoints[name]
+
+    def _begin_endpoint(self, entity):
         from azure.ai.ml.entities import ManagedOnlineEndpoint
 
         assert isinstance(entity, ManagedOnlineEndpoint)
-        entity._to_rest_online_endpoint("fakeregion")  # the SDK's own serialisation
-        self._call("create_or_update_endpoint", entity.name)
+        entity._to_rest_online_endpoint(self.region)  # the SDK's own serialisation
+        failure = self._call("create_or_update_endpoint", entity.name)
         if entity.name in self.taken:
-            raise seam.ConflictError(f"creating endpoint {entity.name}: the name is already "
-                                     "used in this region", "EndpointNameNotAvailable")
+            raise azure_error(409, "EndpointNameNotAvailable", f"The endpoint name "
+                              f"{entity.name} is already used in this region", "PUT")
         if entity.name in self.endpoints:
             endpoint = self.endpoints[entity.name]
             endpoint.tags, endpoint.auth_mode = dict(entity.tags or {}), entity.auth_mode
@@ -124,18 +319,25 @@ class FakeAzure(seam.Seam):
             tag = f"fake-azure-{folder.name}-{(entity.tags or {}).get(spec.ID_TAG, 'x')}"
             _, url = twin.start_gateway(folder, tag, folder / "key", folder / "routes.json",
                                         lambda _: None)
-            self.endpoints[entity.name] = _Endpoint(
+            endpoint = self.endpoints[entity.name] = _Endpoint(
                 entity.name, entity.auth_mode, dict(entity.tags or {}), folder, tag,
                 url + "/score")
-        return self.get_endpoint(entity.name)
+        endpoint.state = "Succeeded"
+        if failure is not None:
+            endpoint.state = "Failed"
+            return poller(error=failure.error())
+        if self._stuck("create_or_update_endpoint"):
+            endpoint.state = "Creating"
+            return stuck_poller(self)
+        return poller(self._entity(endpoint))
 
-    def delete_endpoint(self, name):
-        self._call("delete_endpoint", name)
-        endpoint = self.endpoints.get(name)
-        if endpoint is None:
-            return False
+    def _begin_delete_endpoint(self, name):
+        failure = self._call("delete_endpoint", name)
+        endpoint = self._get(name)
+        if failure is not None:
+            return poller(error=failure.error())
         self._remove(endpoint)
-        return True
+        return poller()
 
     def _remove(self, endpoint: _Endpoint) -> None:
         for deployment in endpoint.deployments.values():
@@ -144,140 +346,232 @@ class FakeAzure(seam.Seam):
         shutil.rmtree(endpoint.folder, ignore_errors=True)
         self.endpoints.pop(endpoint.name, None)
 
-    def set_traffic(self, endpoint_name, traffic):
-        self._call("set_traffic", endpoint_name)
-        endpoint = self._endpoint(endpoint_name)
+    def _begin_traffic(self, name, traffic):
+        failure = self._call("set_traffic", name)
+        endpoint = self._get(name)
         unknown = [d for d in traffic if d not in endpoint.deployments]
         if unknown or sum(traffic.values()) > 100 or any(v < 0 for v in traffic.values()):
-            raise seam.SeamError(f"setting traffic on {endpoint_name}: invalid traffic "
-                                 f"{traffic}", "BadArgument")
+            raise azure_error(400, "BadArgument", f"Invalid traffic {traffic}: deployments "
+                              "must exist and their shares sum to 100 or 0", "PUT")
+        if failure is not None:
+            return poller(error=failure.error())
         routes = twin.read_routes(endpoint.routes)
         routes["traffic"] = dict(traffic)
         twin.write_routes(endpoint.routes, routes)
-        return self.get_endpoint(endpoint_name)
+        endpoint.state = "Succeeded"
+        if self._stuck("set_traffic"):
+            endpoint.state = "Updating"
+            return stuck_poller(self)
+        return poller(self._entity(endpoint))
 
-    def credential(self, endpoint_name, auth_mode):
-        self._call("credential", endpoint_name)
-        endpoint = self._endpoint(endpoint_name)
+    def _endpoints(self):
+        self._call("list_endpoints", "*")
+        return [self._entity(e) for e in self.endpoints.values()]
+
+    # -- keys and tokens ---------------------------------------------------------------------
+    def _keys(self, name):
+        from azure.ai.ml.entities import EndpointAadToken, EndpointAuthKeys, EndpointAuthToken
+        from azure.core.credentials import AccessToken
+
+        self._call("credential", name)
+        endpoint = self._get(name)
         if endpoint.auth_mode in ("aml_token", "aad_token"):
-            return self._token(endpoint)
+            secret, expiry = self._token(endpoint)
+            if endpoint.auth_mode == "aad_token":
+                return EndpointAadToken(AccessToken(secret, int(expiry)))
+            return EndpointAuthToken(access_token=secret, expiry_time_utc=expiry)
         key = twin.read_key(endpoint.key_file)
-        return seam.Credential("stale-" + key if self.stale_key else key)
+        return EndpointAuthKeys(primary_key=("stale-" + key) if self.stale_key else key,
+                                secondary_key=None)
 
-    def _token(self, endpoint: _Endpoint) -> seam.Credential:
-        """A new token, added to the gateway's key file beside the ones still valid."""
+    def _token(self, endpoint: _Endpoint) -> tuple[str, float]:
+        """A new token valid ``token_lifetime`` on ``wall``; the gateway's key file gets it
+        beside the others, until ``revoke_tokens`` (or an hour: tests run on ``wall``)."""
         self.token_fetches += 1
-        now, token = time.time(), secrets.token_urlsafe(32)
-        expiry = now + self.token_lifetime
-        valid = [f"{s} {e!r}" for s, e in gateway.parse_keys(endpoint.key_file.read_text())
-                 if e is not None and e > now]
+        token = secrets.token_urlsafe(32)
+        issued = self.wall()
+        expiry = issued + self.token_lifetime
+        self.tokens_issued.append((issued, expiry))
+        now = time.time()
+        self._write_keys(endpoint, [(s, e) for s, e in self._keys_of(endpoint)
+                                    if e is None or e > now] + [(token, now + 3600.0)])
+        return ("stale-" + token) if self.stale_key else token, expiry
+
+    def revoke_tokens(self, name: str) -> None:
+        """Every token of endpoint ``name`` is refused from now on (as once expired)."""
+        endpoint = self.endpoints[name]
+        self._write_keys(endpoint, [(s, e) for s, e in self._keys_of(endpoint) if e is None])
+
+    @staticmethod
+    def _keys_of(endpoint: _Endpoint) -> list:
+        return list(gateway.parse_keys(endpoint.key_file.read_text()))
+
+    @staticmethod
+    def _write_keys(endpoint: _Endpoint, keys: list) -> None:
         tmp = endpoint.key_file.with_name("key.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write("\n".join(valid + [f"{token} {expiry!r}"]) + "\n")
+            handle.write("\n".join(s if e is None else f"{s} {e!r}" for s, e in keys) + "\n")
         os.replace(tmp, endpoint.key_file)
-        return seam.Credential("stale-" + token if self.stale_key else token, expiry)
 
-    def _endpoint(self, name) -> _Endpoint:
-        if name not in self.endpoints:
-            raise seam.NotFoundError(f"endpoint {name}: not found", "ResourceNotFound")
-        return self.endpoints[name]
+    # -- models ------------------------------------------------------------------------------
+    def _model_entity(self, name: str, version: str):
+        from azure.ai.ml.entities import Model
 
-    # -- models -----------------------------------------------------------------------------
-    def register_model(self, model):
+        found = self.models[(name, version)]
+        return Model(name=name, version=version, type="triton_model", tags=dict(found["tags"]),
+                     stage="Archived" if found["archived"] else "Development")
+
+    def _register(self, model):
         from azure.ai.ml.entities import Model
 
         assert isinstance(model, Model) and model.type == "triton_model", model
         self._call("register_model", model.name)
         if not Path(model.path).is_dir():
-            raise seam.SeamError(f"registering model {model.name}: path {model.path} is not a "
-                                 "folder", "UserError")
+            raise azure_error(400, "UserError", f"path {model.path} is not a folder", "PUT")
         version = model.version or str(1 + max(
             [int(v) for (n, v) in self.models if n == model.name and v.isdigit()] or [0]))
         existing = self.models.get((model.name, version))
         if existing and existing["path"] != str(model.path):
-            raise seam.ConflictError(f"model {model.name}:{version} already exists with "
-                                     "different content", "Conflict")
+            raise azure_error(409, "Conflict", f"model {model.name}:{version} already exists "
+                              "with different content", "PUT")
         self.models[(model.name, version)] = {"path": str(model.path), "archived": False,
                                               "tags": dict(model.tags or {})}
-        return model.name, version
+        return self._model_entity(model.name, version)
 
-    def model_active(self, name, version):
+    def _model(self, name, version):
         self._call("model_active", f"{name}:{version}")
-        found = self.models.get((name, version))
-        return bool(found and not found["archived"])
+        if (name, version) not in self.models:
+            raise not_found("models", f"{name}/versions/{version}")
+        return self._model_entity(name, version)
 
-    def archive_model(self, name, version):
+    def _archive(self, name, version):
         self._call("archive_model", f"{name}:{version}")
-        found = self.models.get((name, version))
-        if not found or found["archived"]:
-            return False
-        found["archived"] = True
-        return True
+        self.models[(name, version)]["archived"] = True
 
-    # -- deployments ------------------------------------------------------------------------
-    def create_or_update_deployment(self, entity):
+    def _versions(self, name):
+        self._call("list_models", name)
+        return [self._model_entity(n, v) for (n, v), m in self.models.items()
+                if n == name and not m["archived"]]
+
+    # -- deployments -------------------------------------------------------------------------
+    def _deployment_entity(self, endpoint: _Endpoint, deployment: _Deployment):
+        from azure.ai.ml.entities import ManagedOnlineDeployment
+
+        return ManagedOnlineDeployment(name=deployment.name, endpoint_name=endpoint.name,
+                                       model=deployment.reference, tags=dict(deployment.tags),
+                                       provisioning_state=deployment.state)
+
+    def _begin_deployment(self, entity):
         from azure.ai.ml.entities import ManagedOnlineDeployment
 
         assert isinstance(entity, ManagedOnlineDeployment)
-        entity._to_rest_object(location="fakeregion")
-        self._call("create_or_update_deployment", f"{entity.endpoint_name}/{entity.name}")
-        endpoint = self._endpoint(entity.endpoint_name)
+        entity._to_rest_object(location=self.region)
+        failure = self._call("create_or_update_deployment",
+                             f"{entity.endpoint_name}/{entity.name}")
+        endpoint = self._get(entity.endpoint_name)
         _, name, version = str(entity.model).split(":")
         model = self.models.get((name, version))
         if model is None:
-            raise seam.NotFoundError(f"model {entity.model}: not found", "ResourceNotFound")
+            raise not_found("models", f"{name}/versions/{version}")
         old = endpoint.deployments.get(entity.name)
         attempt = next(self._ids)
         tag = f"{endpoint.gateway_tag}-{entity.name}-{attempt}"
         log = endpoint.folder / f"{entity.name}-{attempt}-inference-server.log"
         deployment = _Deployment(entity.name, "Updating" if old else "Creating", tag, log,
-                                 model["path"])
+                                 model["path"], str(entity.model), dict(entity.tags or {}))
         if not old:
             endpoint.deployments[entity.name] = deployment
+        if failure is not None:  # Azure accepted it, then it failed (OutOfQuota, ...)
+            (old or deployment).state = "Failed"
+            return poller(error=failure.error())
+        if self._stuck("create_or_update_deployment"):
+            log.write_text(STUCK_LOG)
+            (old or deployment).log = log
+            return stuck_poller(self)
         try:
             _, url = twin.start_triton(Path(model["path"]), endpoint.folder, tag, lambda _: None,
                                        timeout=60, log_name=log.name)
         except DeployFailed:
             proc.stop(tag, STOP_GRACE)  # one that never became ready
-            if old:  # rolling update: the old instances keep serving, the state is kept
+            if old:  # rolling update: the old instances keep serving; the state says Failed
                 old.log, old.model = log, model["path"]  # get_logs shows the failed attempt
-            else:
-                deployment.state = "Failed"
-            raise seam.ProvisioningFailed(
-                "ResourceNotReady: User container has crashed or terminated", "Failed",
-                "ResourceNotReady") from None
+            (old or deployment).state = "Failed"
+            return poller(error=OperationFailure(
+                "ResourceNotReady", "User container has crashed or terminated").error())
         deployment.state = "Succeeded"
         endpoint.deployments[entity.name] = deployment
         twin.update_routes(endpoint.routes, entity.name, url=url)
         if old:
             proc.stop(old.tag, STOP_GRACE)
-        return "Succeeded"
+        return poller(self._deployment_entity(endpoint, deployment))
 
-    def get_deployment_state(self, endpoint_name, name):
+    def _deployment(self, endpoint_name, name):
         self._call("get_deployment_state", f"{endpoint_name}/{name}")
-        endpoint = self.endpoints.get(endpoint_name)
-        deployment = endpoint and endpoint.deployments.get(name)
-        return deployment.state if deployment else None
+        endpoint = self._get(endpoint_name)
+        if name not in endpoint.deployments:
+            raise not_found("onlineEndpoints", f"{endpoint_name}/deployments/{name}")
+        return self._deployment_entity(endpoint, endpoint.deployments[name])
 
-    def delete_deployment(self, endpoint_name, name):
-        self._call("delete_deployment", f"{endpoint_name}/{name}")
-        endpoint = self.endpoints.get(endpoint_name)
-        if endpoint is None or name not in endpoint.deployments:
-            return False
+    def _deployments(self, endpoint_name):
+        self._call("list_deployments", endpoint_name)
+        endpoint = self._get(endpoint_name)
+        return [self._deployment_entity(endpoint, d) for d in endpoint.deployments.values()]
+
+    def _begin_delete_deployment(self, endpoint_name, name):
+        failure = self._call("delete_deployment", f"{endpoint_name}/{name}")
+        endpoint = self._get(endpoint_name)
+        if name not in endpoint.deployments:
+            raise not_found("onlineEndpoints", f"{endpoint_name}/deployments/{name}")
         if twin.read_routes(endpoint.routes).get("traffic", {}).get(name):
-            raise seam.ConflictError(f"deleting deployment {endpoint_name}/{name}: it still "
-                                     "receives traffic; set it to 0 first", "BadArgument")
+            raise azure_error(400, "BadArgument", f"Deployment {name} still receives traffic; "
+                              "set it to 0 first", "DELETE")
+        if failure is not None:
+            return poller(error=failure.error())
         proc.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
         twin.update_routes(endpoint.routes, name, remove=True)
-        return True
+        return poller()
 
-    def logs(self, endpoint_name, name, lines, container_type):
+    def _logs(self, endpoint_name, name, lines, container_type):
         self._call(f"logs:{container_type}", f"{endpoint_name}/{name}")
-        endpoint = self._endpoint(endpoint_name)
+        endpoint = self._get(endpoint_name)
         deployment = endpoint.deployments.get(name)
         if deployment is None:
-            raise seam.NotFoundError(f"deployment {endpoint_name}/{name}: not found")
+            raise not_found("onlineEndpoints", f"{endpoint_name}/deployments/{name}")
         if container_type == "storage-initializer":
             return STORAGE_LOG.format(model=deployment.model, path=deployment.model)
         return proc.tail(deployment.log, lines)
+
+
+# -- fixtures for the azure test modules (import them: ``from azure_support import fake``) ------
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A FakeAzure handed to the seam through the Python API, stopped afterwards."""
+    # set by hand, not with monkeypatch: the contract suite calls monkeypatch.undo() mid-test
+    world = FakeAzure(tmp_path / "azure")
+    saved, seam.factory = seam.factory, world.factory
+    try:
+        yield world
+    finally:
+        seam.factory = saved
+        world.stop_all()
+
+
+@pytest.fixture
+def run_cli(tmp_path, capfd):
+    """Run the CLI in-process; return (exit code, stdout, stderr). Keeps every output."""
+    from deployer import cli
+
+    outputs: list[str] = []
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--state-dir", str(tmp_path / "state"), *args])
+        out, err = capfd.readouterr()
+        outputs.extend([out, err])
+        return code, out, err
+
+    run.outputs = outputs
+    return run

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer import hookimpl
-from deployer.errors import (DeployerError, DeployFailed, Unavailable, UsageError,
-                             ValidationError)
+from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
+                             UsageError, ValidationError)
 from deployer.target import Option, PlannedResource, Rehearsal, Target
 
 from . import spec
@@ -61,6 +61,9 @@ OPTIONS = (
            "(default: update the deployment in place)"),
     Option("new_deployment", str, None, "deploy --update with blue_green: the new deployment's "
            "name (default: blue <-> green, else NAME-green)"),
+    Option("startup_timeout", float, 1800.0, "seconds each long-running Azure operation "
+           "(endpoint, deployment, traffic, delete) may take; past it the deploy stops (exit 3) "
+           "with the provisioning state and the container logs. A state line every 30 s"),
 )
 
 
@@ -70,6 +73,11 @@ def toggled(name: str) -> str:
         if name.endswith(this):
             return name[:-len(this)] + other
     return f"{name}-green"
+
+
+def _hints(exc, then: str) -> str:
+    """The seam error's own hint (quota, deadline), then what to do about the deployment."""
+    return f"{exc.hint}; {then}" if getattr(exc, "hint", None) else then
 
 
 def _live(record, kind: str, **match) -> list:
@@ -89,13 +97,11 @@ class _Names:
                                   hint="pass -o model_name= with letters, digits, -, _ or .")
 
 
-#: a token is fetched again this close to its expiry (seconds; a quarter of its lifetime
-#: when that is shorter)
 class AzureTarget(Target):
     name = "azure"
     description = "Azure ML managed online endpoint with a no-code Triton deployment"
     options = OPTIONS
-    requires = ("azure.ai.ml",)
+    requires = ("azure.ai.ml", "azure.identity")
     install_hint = "pip install 'triton-deployer[azure]'"
     twin = "azure-twin"
     runs_here = False
@@ -114,6 +120,9 @@ class AzureTarget(Target):
         spec.check_name("deployment", self.settings.deployment, "deployment")
         if self.settings.new_deployment:
             spec.check_name("deployment", self.settings.new_deployment, "new_deployment")
+        if not self.settings.startup_timeout > 0:
+            raise ValidationError(f"startup_timeout must be positive (seconds), got "
+                                  f"{self.settings.startup_timeout}")
 
     def _documents(self, repository, name: str, deployment_id: str | None = None,
                    endpoint: str | None = None, deployment: str | None = None):
@@ -167,34 +176,45 @@ class AzureTarget(Target):
     def _seam(self):
         from . import seam
 
-        if getattr(self, "_connected", None) is not None:
-            return self._connected
-        try:
+        if getattr(self, "_connected", None) is None:
             self._connected = seam.connect(self.settings, self.progress)
-            return self._connected
-        except seam.AuthError as exc:
-            raise Unavailable(str(exc), hint=seam.AUTH_HINT) from None
-        except seam.SeamError as exc:
-            raise UsageError(str(exc), hint="pass -o subscription=ID -o resource_group=RG "
-                             "-o workspace=NAME, or -o workspace_config=PATH") from None
+        return self._connected
 
     @contextlib.contextmanager
-    def _calls(self, name: str, hint: str | None = None):
-        """Turn seam failures into one-line deployer errors."""
+    def _calls(self, name: str, stage: str = "create", hint: str | None = None):
+        """Seam failures as one-line deployer errors, by stage: ``check`` (nothing created
+        yet: exit 2 for credentials, roles and a missing workspace, else 3), ``create`` (3;
+        the record keeps what was created), ``read`` (test, logs: 2, else 5), ``teardown``
+        (TeardownIncomplete, 4)."""
         from . import seam
 
         try:
             yield
-        except seam.AuthError as exc:
-            raise Unavailable(str(exc), hint=seam.AUTH_HINT) from None
-        except seam.ProvisioningFailed:
-            raise
         except seam.SeamError as exc:
-            message = str(exc) if not exc.code or exc.code in str(exc) else f"{exc} ({exc.code})"
-            hint = hint or f"run 'deployer teardown {name}' to remove what was created"
-            if isinstance(exc, seam.ConflictError):
-                hint = "choose another name (e.g. -o endpoint=NAME), then " + hint
-            raise DeployFailed(message, hint=hint) from None
+            raise self._error(exc, name, stage, hint) from None
+
+    @staticmethod
+    def _error(exc, name: str, stage: str, hint: str | None) -> DeployerError:
+        from . import seam
+
+        message = " ".join(str(exc).split())
+        if exc.code and exc.code not in message:
+            message += f" ({exc.code})"
+        hints = [exc.hint] if exc.hint else []
+        access = isinstance(exc, (seam.AuthError, seam.WorkspaceMissing))
+        if stage == "teardown":
+            return TeardownIncomplete(message, hint="; ".join(
+                hints + [f"then run 'deployer teardown {name}' again"]))
+        if stage == "check":
+            return (UsageError if access else DeployFailed)(
+                message, hint="; ".join(hints + ["nothing was created"]))
+        if stage == "read":
+            return (UsageError if access else Unavailable)(message, hint="; ".join(hints) or
+                                                           None)
+        if isinstance(exc, seam.ConflictError):
+            hints.append("choose another name (e.g. -o endpoint=NAME)")
+        return DeployFailed(message, hint="; ".join(
+            hints + [hint or f"run 'deployer teardown {name}' to remove what was created"]))
 
     def deploy(self, repository, context) -> None:
         from . import seam as seam_module
@@ -202,13 +222,16 @@ class AzureTarget(Target):
         record = context.deployment
         names, endpoint_doc, deployment_doc = self._documents(repository, record.name, record.id)
         endpoint_e, model_e, deployment_e = self._check_entities(endpoint_doc, deployment_doc)
-        seam = self._seam()
         ep, dep = names.endpoint, names.deployment
-        with self._calls(record.name):
+        with self._calls(record.name, "check"):  # reads only: credentials, roles, workspace
+            seam = self._seam()
+            seam.check_workspace()
             existing = seam.get_endpoint(ep)
-            if existing is not None and existing.tags.get(spec.ID_TAG) != record.id:
-                raise UsageError(f"endpoint {ep} already exists and this deployment did not "
-                                 "create it", hint="pass -o endpoint=ANOTHER-NAME")
+        if existing is not None and existing.tags.get(spec.ID_TAG) != record.id:
+            raise UsageError(f"endpoint {ep} already exists and this deployment did not "
+                             "create it", hint="pass -o endpoint=ANOTHER-NAME")
+        teardown = f"run 'deployer teardown {record.name}' to remove what was created"
+        with self._calls(record.name):
             self.progress(f"  creating endpoint {ep} (a few minutes)")
             resource = context.record("endpoint", ep, auth_mode=self.settings.auth_mode)
             info = seam.create_or_update_endpoint(endpoint_e)
@@ -233,8 +256,7 @@ class AzureTarget(Target):
             except seam_module.ProvisioningFailed as exc:
                 message, details = self._failure(seam, ep, dep, exc)
                 raise DeployFailed(message, details=details,
-                                   hint=f"run 'deployer teardown {record.name}' to remove what "
-                                        "was created") from None
+                                   hint=_hints(exc, teardown)) from None
             context.created(resource, provisioning_state=state)
 
             resource = context.record("traffic", f"{ep}/{dep}", endpoint=ep, deployment=dep,
@@ -246,8 +268,11 @@ class AzureTarget(Target):
         """(one line with the provisioning state, the containers' log lines as details)."""
         from .seam import LOG_CONTAINERS
 
+        from .seam import DeadlineExceeded
+
         first = " ".join(str(exc).split())
-        message = f"deployment {ep}/{dep} failed, provisioning state {exc.state}: {first}"
+        outcome = "did not finish in time" if isinstance(exc, DeadlineExceeded) else "failed"
+        message = f"deployment {ep}/{dep} {outcome}, provisioning state {exc.state}: {first}"
         parts: list[str] = []
         for container in LOG_CONTAINERS:
             text = seam.logs(ep, dep, 4 * LOG_LINES, container).strip()
@@ -301,18 +326,22 @@ class AzureTarget(Target):
         record = context.deployment
         ep, old, new, names, model_e, deployment_e = self._update_plan(repository, record)
         keeps = f"{ep}/{old} still serves the previous version"
-        seam = self._seam()
-        with self._calls(record.name, hint=keeps):
+        with self._calls(record.name, "check"):
+            seam = self._seam()
+            seam.check_workspace()
             info = seam.get_endpoint(ep)
-            if info is None or info.tags.get(spec.ID_TAG) != record.id:
-                raise DeployFailed(f"endpoint {ep} is gone or no longer this deployment's",
-                                   hint=f"run 'deployer teardown {record.name}' and deploy again")
-            if seam.get_deployment_state(ep, old) is None:
-                raise DeployFailed(f"deployment {ep}/{old} is gone",
-                                   hint=f"run 'deployer teardown {record.name}' and deploy again")
-            if new != old and seam.get_deployment_state(ep, new) is not None:
-                raise UsageError(f"deployment {ep}/{new} already exists on the endpoint",
-                                 hint="pass another -o new_deployment=NAME")
+            gone = seam.get_deployment_state(ep, old) is None
+            taken = new != old and seam.get_deployment_state(ep, new) is not None
+        if info is None or info.tags.get(spec.ID_TAG) != record.id:
+            raise DeployFailed(f"endpoint {ep} is gone or no longer this deployment's",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        if gone:
+            raise DeployFailed(f"deployment {ep}/{old} is gone",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        if taken:
+            raise UsageError(f"deployment {ep}/{new} already exists on the endpoint",
+                             hint="pass another -o new_deployment=NAME")
+        with self._calls(record.name, hint=keeps):
             old_models = _live(record, "model")
 
             self.progress(f"  registering model {names.model} (uploads the repository)")
@@ -331,7 +360,7 @@ class AzureTarget(Target):
                     message, details = self._failure(seam, ep, old, exc)
                     self._abandon([model], context)
                     raise DeployFailed(f"update of {message}", details=details,
-                                       hint=keeps) from None
+                                       hint=_hints(exc, keeps)) from None
                 for resource in _live(record, "deployment", deployment=old):
                     context.update(resource, model=f"{model_name}:{version}",
                                    provisioning_state=state)
@@ -348,7 +377,7 @@ class AzureTarget(Target):
                 message, details = self._failure(seam, ep, new, exc)
                 self._abandon([created, model], context)
                 raise DeployFailed(f"{message}; it was removed", details=details,
-                                   hint=keeps) from None
+                                   hint=_hints(exc, keeps)) from None
             context.created(created, provisioning_state=state)
             self._move_traffic(repository, context, ep, old, new, [created, model], keeps,
                                old_models, lambda traffic: seam.set_traffic(ep, traffic),
@@ -379,11 +408,9 @@ class AzureTarget(Target):
 
     def _secret(self, deployment):
         """A function fetching the seam's Credential (a key, or a fresh token)."""
-        seam = self._seam()
-
         def fetch():
-            with self._calls(deployment.name):
-                return seam.credential(deployment.endpoint["endpoint"],
+            with self._calls(deployment.name, "read"):
+                return self._seam().credential(deployment.endpoint["endpoint"],
                                        deployment.endpoint.get("auth_mode", "key"))
         return fetch
 
@@ -449,9 +476,9 @@ class AzureTarget(Target):
         return client
 
     def delete(self, resource, deployment) -> bool:
-        seam = self._seam()
         data = resource.data
-        with self._calls(deployment.name):
+        with self._calls(deployment.name, "teardown"):
+            seam = self._seam()
             if resource.kind == "endpoint":
                 return seam.delete_endpoint(resource.id)
             if resource.kind == "model":
@@ -468,9 +495,9 @@ class AzureTarget(Target):
         raise UsageError(f"unknown resource kind {resource.kind!r}")
 
     def exists(self, resource, deployment) -> bool:
-        seam = self._seam()
         data = resource.data
-        with self._calls(deployment.name):
+        with self._calls(deployment.name, "teardown"):
+            seam = self._seam()
             if resource.kind == "endpoint":
                 return seam.get_endpoint(resource.id) is not None
             if resource.kind == "model":
@@ -483,6 +510,48 @@ class AzureTarget(Target):
                 return bool(info and info.traffic.get(data["deployment"]))
         return False
 
+    def recover(self, name, deployment_id):
+        """The endpoints tagged with the deployment's id (or, without one, its name), each
+        followed by its deployments (the model each serves first, its traffic after), and the
+        tagged versions of model ``model_name`` (default: the name) that nothing serves."""
+        from deployer.state import Resource
+
+        tags = {spec.ID_TAG: deployment_id} if deployment_id else {spec.NAME_TAG: name}
+        found: list = []
+        models: set = set()
+
+        def model(model_name, version):
+            if (model_name, version) not in models:
+                models.add((model_name, version))
+                found.append(Resource("model", f"{model_name}:{version}", "created",
+                                      {"name": model_name, "version": version}))
+
+        with self._calls(name, "teardown"):
+            seam = self._seam()
+            for endpoint in seam.find_endpoints(tags):
+                ep = endpoint.name
+                found.append(Resource("endpoint", ep, "created", {
+                    "auth_mode": endpoint.auth_mode, "scoring_uri": endpoint.scoring_uri}))
+                for deployment in seam.list_deployments(ep):
+                    if deployment.model:
+                        model(*deployment.model)
+                    data = {"endpoint": ep, "deployment": deployment.name}
+                    found.append(Resource("deployment", f"{ep}/{deployment.name}", "created",
+                                          dict(data)))
+                    if endpoint.traffic.get(deployment.name):
+                        found.append(Resource("traffic", f"{ep}/{deployment.name}", "created",
+                                              {**data,
+                                               "percent": endpoint.traffic[deployment.name]}))
+            model_name = self.settings.model_name or name
+            for version in seam.model_versions(model_name, tags):
+                if (model_name, version) not in models:
+                    # registered, never served: right after the endpoint, as deploy records it
+                    models.add((model_name, version))
+                    at = 1 if found and found[0].kind == "endpoint" else 0
+                    found.insert(at, Resource("model", f"{model_name}:{version}", "created",
+                                             {"name": model_name, "version": version}))
+        return found
+
     def instances(self, deployment):
         return [(self.settings.instance_type, self.settings.instance_count)]
 
@@ -492,8 +561,8 @@ class AzureTarget(Target):
         endpoint = deployment.endpoint
         if not endpoint.get("endpoint"):
             return ""
-        seam = self._seam()
-        with self._calls(deployment.name):
+        with self._calls(deployment.name, "read"):
+            seam = self._seam()
             return "\n".join(f"--- {c} ---\n" + seam.logs(endpoint["endpoint"],
                                                           endpoint["deployment"], lines, c)
                              for c in LOG_CONTAINERS)
@@ -506,7 +575,7 @@ class AzureTwin(Rehearsal, AzureTarget):
     name = "azure-twin"
     description = ("rehearsal of azure on this machine: embedded tritonserver behind a "
                    "bearer-key gateway that routes on azureml-model-deployment")
-    options = OPTIONS + (
+    options = tuple(o for o in OPTIONS if o.name != "startup_timeout") + (
         Option("server", str, None, "path of a tritonserver (default: $DEPLOYER_TRITONSERVER, "
                "PATH, then the managed runtime)"),
         Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),

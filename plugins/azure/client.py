@@ -14,7 +14,11 @@ from deployer.errors import DeployerError, Unavailable
 
 from .spec import DEPLOYMENT_HEADER
 
+#: a token is fetched again this close to its expiry (seconds; a quarter of its lifetime when
+#: that is shorter)
 REFRESH_MARGIN = 300.0
+#: seconds since the epoch, the clock token expiries are read on (tests hand in their own)
+CLOCK: Callable[[], float] = time.time
 
 
 class _Auth:
@@ -22,8 +26,9 @@ class _Auth:
     again before a request within REFRESH_MARGIN of its expiry, and on demand after a 401; a
     key never is. Thread-safe (the load sender's threads share it); held in memory only."""
 
-    def __init__(self, fetch: Callable[[], Any]):
+    def __init__(self, fetch: Callable[[], Any], clock: Callable[[], float] | None = None):
         self._fetch, self._lock = fetch, threading.Lock()
+        self._clock = clock or CLOCK
         self.fetches = self.generation = 0
         self._use(fetch())  # a failure here is the deployer error the seam call raised
 
@@ -38,13 +43,13 @@ class _Auth:
         self._header = f"Bearer {credential.secret}"
         self._expires = credential.expires_on
         if credential.is_token:
-            lifetime = max(0.0, credential.expires_on - time.time())
+            lifetime = max(0.0, credential.expires_on - self._clock())
             self._refresh_at = credential.expires_on - min(REFRESH_MARGIN, lifetime / 4)
         self.fetches += 1
         self.generation += 1
 
     def header(self) -> str:
-        if self._expires is not None and time.time() >= self._refresh_at:
+        if self._expires is not None and self._clock() >= self._refresh_at:
             self.renew(self.generation)
         return self._header
 
@@ -62,8 +67,9 @@ class AzureClient(KServeClient):
     """KServe v2 on the scoring URI; tokens are refreshed (see _Auth); a 401 says what to
     check."""
 
-    def __init__(self, url: str, fetch: Callable[[], Any], deployment: str, endpoint: str):
-        self.auth = _Auth(fetch)
+    def __init__(self, url: str, fetch: Callable[[], Any], deployment: str, endpoint: str,
+                 clock: Callable[[], float] | None = None):
+        self.auth = _Auth(fetch, clock)
         super().__init__(url, lambda: {"Authorization": self.auth.header(),
                                        DEPLOYMENT_HEADER: deployment})
         self._refused = (f"endpoint {endpoint} refused the credentials (HTTP 401): the key or "

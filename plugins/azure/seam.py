@@ -1,8 +1,13 @@
 """The one place that calls Azure ML's ``MLClient``. Everything else talks to a ``Seam``.
 
-Tests replace the control plane by setting :data:`factory` (a callable ``(settings, progress)
--> Seam``), or by naming one in ``$DEPLOYER_AZURE_SEAM`` (``module:callable``), never by patching
-the SDK. Answers are plain values; failures are the exceptions below, whatever the SDK raised.
+A ``Seam`` has two faces. The target calls its public methods, which answer plain values and
+fail with the exceptions below, each one line with Azure's error code, its message and a hint.
+Beneath them are the primitives (``_endpoint``, ``_begin_deployment``, ...) that a backend
+implements as azure-ai-ml does: they return SDK entities and ``LROPoller``s and raise
+azure-core's exceptions. :class:`MLSeam` implements them with one ``MLClient``; tests implement
+them with an in-memory workspace and set :data:`factory`. So the error mapping, the deadlines of
+long-running operations and the stdout shield below are the same for both.
+
 The SDK prints ``.`` on stdout while it polls: every call runs with stdout sent to stderr.
 """
 
@@ -10,22 +15,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import os
+import re
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
-SEAM_ENV = "DEPLOYER_AZURE_SEAM"
 LOG_CONTAINERS = ("inference-server", "storage-initializer")
+#: a long-running operation's state is reported this often (seconds)
+STATE_EVERY = 30.0
+#: default deadline of one long-running operation (seconds); the target passes its
+#: ``startup_timeout``
+DEADLINE = 1800.0
+
+AUTH_HINT = ("run 'az login' (az login --tenant TENANT for another tenant), or set "
+             "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service principal")
+WORKSPACE_HINT = ("check -o subscription, -o resource_group and -o workspace (or the "
+                  "workspace_config file): 'az ml workspace show -w WORKSPACE -g GROUP "
+                  "--subscription ID' must find it")
+THROTTLE_HINT = ("Azure throttled the calls even after the SDK's retries: wait a few minutes "
+                 "and run it again")
+#: 404 codes that mean the workspace (or what holds it) is missing, not the resource asked for
+WORKSPACE_CODES = ("WorkspaceNotFound", "ParentResourceNotFound", "ResourceGroupNotFound",
+                   "SubscriptionNotFound", "InvalidSubscriptionId")
 
 
 class SeamError(Exception):
-    """A control-plane call failed; ``code`` is Azure's error code when known."""
+    """A control-plane call failed: ``code`` is Azure's error code when known, ``hint`` what to
+    do about it."""
 
-    def __init__(self, message: str, code: str = ""):
+    def __init__(self, message: str, code: str = "", hint: Optional[str] = None):
         super().__init__(message)
         self.code = code
+        self.hint = hint
 
 
 class NotFoundError(SeamError):
@@ -37,15 +59,31 @@ class ConflictError(SeamError):
 
 
 class AuthError(SeamError):
-    """No usable Azure credential."""
+    """No usable Azure credential, or Azure refused it (401)."""
+
+
+class ForbiddenError(AuthError):
+    """The identity is known but lacks a role (403 ``AuthorizationFailed``)."""
+
+
+class WorkspaceMissing(SeamError):
+    """The subscription, resource group or workspace does not exist (or is not visible)."""
+
+
+class ThrottledError(SeamError):
+    """429 ``TooManyRequests`` after the SDK's own retries."""
 
 
 class ProvisioningFailed(SeamError):
     """A create finished in a state other than Succeeded; ``state`` is that state."""
 
-    def __init__(self, message: str, state: str, code: str = ""):
-        super().__init__(message, code)
+    def __init__(self, message: str, state: str, code: str = "", hint: Optional[str] = None):
+        super().__init__(message, code, hint)
         self.state = state
+
+
+class DeadlineExceeded(ProvisioningFailed):
+    """A long-running operation was still going at its deadline (it goes on in Azure)."""
 
 
 @dataclasses.dataclass
@@ -54,6 +92,16 @@ class EndpointInfo:
     provisioning_state: str
     scoring_uri: str
     traffic: dict[str, int]
+    tags: dict[str, str]
+    auth_mode: str = "key"
+
+
+@dataclasses.dataclass
+class DeploymentInfo:
+    name: str
+    provisioning_state: str
+    #: the registered model it serves, (name, version), when known
+    model: Optional[tuple[str, str]]
     tags: dict[str, str]
 
 
@@ -70,68 +118,332 @@ class Credential:
         return self.expires_on is not None
 
 
+_MODEL_REF = re.compile(r"(?:^azureml:(?P<n1>[^:/]+):(?P<v1>[^:/]+)$)|"
+                        r"(?:/models/(?P<n2>[^/]+)/versions/(?P<v2>[^/]+)$)")
+
+
+def model_reference(reference: Any) -> Optional[tuple[str, str]]:
+    """(name, version) of ``azureml:NAME:VERSION`` or a model version's ARM id."""
+    found = _MODEL_REF.search(str(reference or ""))
+    if not found:
+        return None
+    return (found["n1"] or found["n2"], found["v1"] or found["v2"])
+
+
 class Seam:
-    """What the Azure target needs from the control plane. Entities are azure-ai-ml objects."""
+    """What the Azure target needs from the control plane. Entities are azure-ai-ml objects.
+
+    Public methods are the contract; a backend implements the ``_`` primitives below them."""
+
+    #: seconds one long-running operation may take; ``connect`` sets it from the options
+    deadline: float = DEADLINE
+    #: the workspace's region, known after ``check_workspace``
+    location: str = ""
+
+    def progress(self, line: str) -> None:
+        pass
+
+    def clock(self) -> float:
+        """Monotonic seconds; the deadlines and state lines are measured on it."""
+        return time.monotonic()
+
+    # -- the contract ------------------------------------------------------------------------
+    def check_workspace(self) -> str:
+        """Read the workspace (the first call of a deploy, before anything is created): a
+        missing workspace, no credential or no role fails here. Returns its region."""
+        with sdk_call("reading the Azure ML workspace"):
+            try:
+                self.location = str(self._workspace() or "")
+            except Exception as exc:  # noqa: BLE001 - a 404 here is the workspace itself
+                if _status(exc) == 404:
+                    raise WorkspaceMissing(f"the Azure ML workspace was not found: "
+                                           f"{_message(exc)}", _code(exc),
+                                           WORKSPACE_HINT) from None
+                raise
+        return self.location
 
     def get_endpoint(self, name: str) -> Optional[EndpointInfo]:
-        raise NotImplementedError
+        try:
+            with sdk_call(f"endpoint {name}"):
+                return _endpoint_info(self._endpoint(name))
+        except NotFoundError:
+            return None
 
     def create_or_update_endpoint(self, endpoint) -> EndpointInfo:
-        raise NotImplementedError
+        what = f"creating endpoint {endpoint.name}"
+        with sdk_call(what):
+            poller = self._begin_endpoint(endpoint)
+        info = _endpoint_info(self._finish(poller, what, lambda: self._endpoint_state(
+            endpoint.name)))
+        if info.provisioning_state.lower() not in ("succeeded", ""):
+            raise ProvisioningFailed(f"endpoint {endpoint.name} is {info.provisioning_state}",
+                                     info.provisioning_state)
+        return info
 
     def register_model(self, model) -> tuple[str, str]:
         """Register (upload) a model; return its (name, version)."""
-        raise NotImplementedError
+        with sdk_call(f"registering model {model.name}"):
+            registered = self._register(model)
+        return registered.name, str(registered.version)
 
     def model_active(self, name: str, version: str) -> bool:
-        raise NotImplementedError
+        try:
+            with sdk_call(f"model {name}:{version}"):
+                model = self._model(name, version)
+        except NotFoundError:
+            return False
+        return str(getattr(model, "stage", "") or "").lower() != "archived"
 
     def archive_model(self, name: str, version: str) -> bool:
-        raise NotImplementedError
+        if not self.model_active(name, version):
+            return False
+        with sdk_call(f"archiving model {name}:{version}"):
+            self._archive(name, version)
+        return True
 
     def create_or_update_deployment(self, deployment) -> str:
-        """Create and wait; return the provisioning state or raise ProvisioningFailed."""
-        raise NotImplementedError
+        """Create (or update) and wait; return the provisioning state, or raise
+        ProvisioningFailed (DeadlineExceeded when still going at the deadline)."""
+        ep, name = deployment.endpoint_name, deployment.name
+        what = f"{'creating' if self.get_deployment_state(ep, name) is None else 'updating'} " \
+               f"deployment {ep}/{name}"
+        with sdk_call(what):
+            poller = self._begin_deployment(deployment)
+        try:
+            result = self._finish(poller, what, lambda: self._deployment_state(ep, name))
+        except DeadlineExceeded:
+            raise
+        except SeamError as exc:  # the operation itself failed (OutOfQuota, ResourceNotReady)
+            state = self.get_deployment_state(ep, name) or "Failed"
+            hint = exc.hint
+            if exc.code == "OutOfQuota":
+                hint = quota_hint(deployment.instance_type, self.location)
+            raise ProvisioningFailed(str(exc), state, exc.code, hint) from None
+        state = str(getattr(result, "provisioning_state", "") or "")
+        if state.lower() != "succeeded":
+            raise ProvisioningFailed(f"{what}: provisioning state {state}", state)
+        return state
 
     def get_deployment_state(self, endpoint: str, name: str) -> Optional[str]:
-        raise NotImplementedError
+        try:
+            with sdk_call(f"deployment {endpoint}/{name}"):
+                return str(self._deployment(endpoint, name).provisioning_state)
+        except NotFoundError:
+            return None
 
     def delete_deployment(self, endpoint: str, name: str) -> bool:
-        raise NotImplementedError
+        what = f"deleting deployment {endpoint}/{name}"
+        try:
+            with sdk_call(what):
+                poller = self._begin_delete_deployment(endpoint, name)
+            self._finish(poller, what, lambda: self._deployment_state(endpoint, name))
+        except NotFoundError:
+            return False
+        return True
 
     def set_traffic(self, endpoint: str, traffic: dict[str, int]) -> EndpointInfo:
-        raise NotImplementedError
+        what = f"setting traffic on {endpoint}"
+        with sdk_call(what):
+            poller = self._begin_traffic(endpoint, dict(traffic))
+        return _endpoint_info(self._finish(poller, what, lambda: self._endpoint_state(endpoint)))
 
     def credential(self, endpoint: str, auth_mode: str) -> Credential:
         """The key, or a fresh token and its expiry (``aml_token``, ``aad_token``), the
         scoring URI wants after ``Bearer``. Never log it."""
-        raise NotImplementedError
+        # get_keys answers by the endpoint's auth mode: EndpointAuthKeys (primary_key),
+        # EndpointAuthToken (aml_token: access_token, expiry_time_utc from the service) or
+        # EndpointAadToken (aad_token: the credential's get_token(scope) .token, .expires_on)
+        with sdk_call(f"credentials of endpoint {endpoint}"):
+            answer = self._keys(endpoint)
+        key = getattr(answer, "primary_key", None)
+        if key:
+            return Credential(key)
+        token = getattr(answer, "access_token", None)
+        if not token:
+            raise AuthError(f"endpoint {endpoint} handed out no key or token", hint=AUTH_HINT)
+        expiry = getattr(answer, "expiry_time_utc", None)
+        return Credential(token, float(expiry) if expiry else float("inf"))
 
     def logs(self, endpoint: str, deployment: str, lines: int, container_type: str) -> str:
-        raise NotImplementedError
+        try:
+            with sdk_call(f"logs of {endpoint}/{deployment}"):
+                return self._logs(endpoint, deployment, lines, container_type) or ""
+        except SeamError as exc:
+            return f"(no {container_type} logs: {exc})"
 
     def delete_endpoint(self, name: str) -> bool:
+        what = f"deleting endpoint {name}"
+        try:
+            with sdk_call(what):
+                poller = self._begin_delete_endpoint(name)
+            self._finish(poller, what, lambda: self._endpoint_state(name))
+        except NotFoundError:
+            return False
+        return True
+
+    def find_endpoints(self, tags: dict[str, str]) -> list[EndpointInfo]:
+        """The workspace's endpoints whose tags include ``tags``."""
+        with sdk_call("listing endpoints"):
+            found = [_endpoint_info(e) for e in self._endpoints()]
+        return [e for e in found if all(e.tags.get(k) == v for k, v in tags.items())]
+
+    def list_deployments(self, endpoint: str) -> list[DeploymentInfo]:
+        with sdk_call(f"listing deployments of {endpoint}"):
+            return [DeploymentInfo(d.name, str(d.provisioning_state or ""),
+                                   model_reference(d.model), dict(d.tags or {}))
+                    for d in self._deployments(endpoint)]
+
+    def model_versions(self, name: str, tags: dict[str, str]) -> list[str]:
+        """Active versions of model ``name`` whose tags include ``tags``, oldest first."""
+        try:
+            with sdk_call(f"listing versions of model {name}"):
+                models = list(self._versions(name))
+        except NotFoundError:
+            return []
+        found = [str(m.version) for m in models
+                 if str(getattr(m, "stage", "") or "").lower() != "archived"
+                 and all((m.tags or {}).get(k) == v for k, v in tags.items())]
+        return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+
+    # -- waiting on a long-running operation ------------------------------------------------
+    def _finish(self, poller, what: str, state: Callable[[], str]):
+        """The poller's result; a state line every STATE_EVERY seconds; DeadlineExceeded,
+        with the current provisioning state, once ``deadline`` has passed."""
+        started = self.clock()
+        deadline, next_line = started + self.deadline, started + STATE_EVERY
+        with sdk_call(what):
+            while True:
+                poller.wait(max(0.0, min(next_line, deadline) - self.clock()))
+                if poller.done():
+                    return poller.result()
+                now = self.clock()
+                if now < next_line and now < deadline:
+                    continue
+                current = self._current(state, poller)
+                elapsed = _duration(now - started)
+                if now >= next_line:
+                    self.progress(f"  {what}: {current}, {elapsed} elapsed")
+                    next_line += STATE_EVERY
+                if now >= deadline:
+                    _abandon(poller)
+                    raise DeadlineExceeded(
+                        f"{what}: still {current} after {elapsed}, past its deadline "
+                        f"(startup_timeout={self.deadline:g}s); it goes on in Azure", current,
+                        "DeadlineExceeded",
+                        "raise -o startup_timeout=SECONDS if it only needs longer")
+
+    def _current(self, state: Callable[[], str], poller) -> str:
+        try:
+            with sdk_call("state"):
+                return str(state() or "") or str(poller.status())
+        except SeamError:
+            return str(poller.status())
+
+    def _endpoint_state(self, name: str) -> str:
+        return str(self._endpoint(name).provisioning_state or "")
+
+    def _deployment_state(self, endpoint: str, name: str) -> str:
+        return str(self._deployment(endpoint, name).provisioning_state or "")
+
+    # -- primitives: a backend implements these as azure-ai-ml does ----------------------------
+    def _workspace(self) -> str:
+        """The workspace's location."""
         raise NotImplementedError
+
+    def _endpoint(self, name: str):
+        raise NotImplementedError
+
+    def _begin_endpoint(self, endpoint):
+        raise NotImplementedError
+
+    def _register(self, model):
+        raise NotImplementedError
+
+    def _model(self, name: str, version: str):
+        raise NotImplementedError
+
+    def _archive(self, name: str, version: str) -> None:
+        raise NotImplementedError
+
+    def _begin_deployment(self, deployment):
+        raise NotImplementedError
+
+    def _deployment(self, endpoint: str, name: str):
+        raise NotImplementedError
+
+    def _begin_delete_deployment(self, endpoint: str, name: str):
+        raise NotImplementedError
+
+    def _begin_traffic(self, endpoint: str, traffic: dict[str, int]):
+        raise NotImplementedError
+
+    def _keys(self, endpoint: str):
+        raise NotImplementedError
+
+    def _logs(self, endpoint: str, deployment: str, lines: int, container_type: str) -> str:
+        raise NotImplementedError
+
+    def _begin_delete_endpoint(self, name: str):
+        raise NotImplementedError
+
+    def _endpoints(self) -> list:
+        raise NotImplementedError
+
+    def _deployments(self, endpoint: str) -> list:
+        raise NotImplementedError
+
+    def _versions(self, name: str) -> list:
+        raise NotImplementedError
+
+
+def _endpoint_info(endpoint) -> EndpointInfo:
+    return EndpointInfo(name=endpoint.name,
+                        provisioning_state=str(endpoint.provisioning_state or ""),
+                        scoring_uri=endpoint.scoring_uri or "",
+                        traffic=dict(endpoint.traffic or {}), tags=dict(endpoint.tags or {}),
+                        auth_mode=str(getattr(endpoint, "auth_mode", None) or "key"))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _abandon(poller) -> None:
+    """Stop polling an operation given up on (it goes on in Azure): its thread would go on
+    printing the SDK's dots on stdout."""
+    method = poller.polling_method() if hasattr(poller, "polling_method") else None
+    if method is not None and hasattr(method, "update_status"):
+        def stop():
+            raise _Abandoned("given up at the deadline")
+        method.update_status = stop
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def _default_factory(settings, progress: Callable[[str], None]) -> Seam:
     return MLSeam.connect(settings, progress)
 
 
-#: ``(settings, progress) -> Seam``; tests set it (see the module docstring)
+#: ``(settings, progress) -> Seam``: the real one; tests set it to their fake (in-process,
+#: through the Python API)
 factory: Callable[[Any, Callable[[str], None]], Seam] = _default_factory
 
 
 def connect(settings, progress: Callable[[str], None]) -> Seam:
-    named = os.environ.get(SEAM_ENV)
-    if named:
-        module, _, attr = named.partition(":")
-        return getattr(importlib.import_module(module), attr or "factory")(settings, progress)
-    return factory(settings, progress)
+    import logging
 
-
-AUTH_HINT = ("run 'az login', or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET "
-             "for a service principal")
+    # azure-identity logs each failed credential as a multi-line warning: our error says it
+    # in one line
+    azure_log = logging.getLogger("azure")
+    if not any(isinstance(h, logging.NullHandler) for h in azure_log.handlers):
+        azure_log.addHandler(logging.NullHandler())
+    seam = factory(settings, progress)
+    seam.progress = progress
+    seam.deadline = float(getattr(settings, "startup_timeout", None) or DEADLINE)
+    return seam
 
 
 _shield = threading.Lock()
@@ -161,45 +473,111 @@ def stdout_to_stderr() -> Iterator[None]:
 
 @contextlib.contextmanager
 def sdk_call(what: str) -> Iterator[None]:
-    """Run an SDK call with its stdout on stderr and its exceptions turned into ours."""
-    from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
-                                       ResourceExistsError, ResourceNotFoundError)
-
+    """Run SDK calls with their stdout on stderr and their exceptions turned into ours."""
     try:
         with stdout_to_stderr():
             yield
-    except ResourceNotFoundError as exc:
-        raise NotFoundError(f"{what}: not found", _code(exc)) from None
-    except ResourceExistsError as exc:
-        raise ConflictError(f"{what}: {_message(exc)}", _code(exc)) from None
-    except ClientAuthenticationError as exc:
-        raise AuthError(f"{what}: Azure authentication failed ({_first_line(exc)})") from None
-    except HttpResponseError as exc:
-        if exc.status_code == 404:
-            raise NotFoundError(f"{what}: not found", _code(exc)) from None
-        if exc.status_code == 409:
-            raise ConflictError(f"{what}: {_message(exc)}", _code(exc)) from None
-        if exc.status_code in (401, 403):
-            raise AuthError(f"{what}: {_message(exc)}", _code(exc)) from None
-        raise SeamError(f"{what}: {_message(exc)}", _code(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - credential errors have no common base
-        if type(exc).__module__.startswith("azure."):
-            raise SeamError(f"{what}: {_first_line(exc)}") from None
+    except SeamError:
         raise
+    except Exception as exc:  # noqa: BLE001 - credential errors have no common base
+        if not type(exc).__module__.startswith("azure."):
+            raise
+        raise translate(exc, what) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+def translate(exc: Exception, what: str) -> SeamError:
+    """The SeamError for an azure-core (or azure-identity, azure-ai-ml) exception, read as the
+    SDK raises it: ``status_code`` and ``error.code``/``error.message`` from Azure's JSON body
+    ``{"error": {"code", "message"}}``, or a long-running operation's failed status body."""
+    from azure.core.exceptions import (ClientAuthenticationError, ResourceExistsError,
+                                       ResourceNotFoundError)
+
+    status, code, message = _status(exc), _code(exc), _message(exc)
+    line = f"{what}: {message}"
+    if isinstance(exc, ClientAuthenticationError) and exc.response is None:
+        return AuthError(f"{what}: {credential_failure(exc)}", hint=AUTH_HINT)
+    if status == 401 or isinstance(exc, ClientAuthenticationError):
+        return AuthError(f"{line} (Azure refused the credential)", code, AUTH_HINT)
+    if status == 403:
+        return ForbiddenError(line, code, role_hint(str(getattr(getattr(exc, "error", None),
+                                                                "message", "") or exc)))
+    if code in WORKSPACE_CODES:
+        return WorkspaceMissing(line, code, WORKSPACE_HINT)
+    if status == 404 or isinstance(exc, ResourceNotFoundError):
+        return NotFoundError(f"{what}: not found", code)
+    if status == 409 or isinstance(exc, ResourceExistsError):
+        return ConflictError(line, code)
+    if status == 429 or code in ("TooManyRequests", "TooManyRequestsReceived"):
+        return ThrottledError(line, code or "TooManyRequests", THROTTLE_HINT)
+    return SeamError(line, code)
+
+
+def _status(exc) -> Optional[int]:
+    return getattr(exc, "status_code", None)
 
 
 def _code(exc) -> str:
-    error = getattr(exc, "error", None)
-    return getattr(error, "code", None) or ""
+    return str(getattr(getattr(exc, "error", None), "code", None) or "")
+
+
+def _first_line(text: str) -> str:
+    return " ".join((text.strip().splitlines() or [""])[0].split())[:400]
 
 
 def _message(exc) -> str:
-    code = _code(exc)
-    return f"{code}: {_first_line(exc)}" if code else _first_line(exc)
+    """``CODE: message`` from Azure's error body, else the exception's first line."""
+    error = getattr(exc, "error", None)
+    code, text = _code(exc), str(getattr(error, "message", None) or "")
+    text = _first_line(text) if text else _first_line(str(exc)) or type(exc).__name__
+    return f"{code}: {text}" if code and not text.startswith(code) else text
+
+
+_ATTEMPT = re.compile(r"^\s*(\w+Credential): (.*)$")
+_UNAVAILABLE = re.compile(r"(?i)unavailable|not (?:fully )?configured|not found|not installed|"
+                          r"could not be found|requires the|no accounts")
+
+
+def credential_failure(exc: Exception) -> str:
+    """Which credential failed: DefaultAzureCredential lists each one it tried."""
+    attempts = [(m[1], _first_line(m[2].split(". ")[0])) for m in
+                map(_ATTEMPT.match, str(exc).splitlines()) if m]
+    if not attempts:
+        return f"Azure authentication failed: {_first_line(str(exc))}"
+    failed = [(name, why) for name, why in attempts if not _UNAVAILABLE.search(why)]
+    if failed:
+        return "Azure authentication failed: " + "; ".join(f"{n}: {w}" for n, w in failed)
+    tried = ", ".join(name for name, _ in attempts)
+    return f"no Azure credential is set up (tried {tried})"
+
+
+_SCOPE = re.compile(r"over scope '([^']+)'")
+_ACTION = re.compile(r"perform action '([^']+)'")
+
+
+def role_hint(message: str) -> str:
+    """Which role to grant on which scope, from an ``AuthorizationFailed`` message."""
+    scope = (_SCOPE.search(message) or [None, ""])[1]
+    action = (_ACTION.search(message) or [None, ""])[1]
+    lacks = f"the identity lacks permission {action}" if action else "the identity lacks a role"
+    if "/providers/Microsoft.Storage/" in scope:
+        return (f"{lacks}: grant it 'Storage Blob Data Contributor' on the workspace's "
+                f"storage account {scope.split('/blobServices')[0]}")
+    workspace = re.match(r"(.*?/workspaces/[^/]+)", scope)
+    where = workspace[1] if workspace else (scope or "the workspace")
+    return (f"{lacks}: grant it the 'AzureML Data Scientist' role (or Contributor) on the "
+            f"workspace {where} (az role assignment create --role 'AzureML Data Scientist' "
+            f"--assignee ID --scope {where if workspace else 'WORKSPACE-ID'}), then run "
+            "'az login' again")
+
+
+def quota_hint(instance_type: str, location: str) -> str:
+    from .spec import quota_family
+
+    family = quota_family(instance_type)
+    what = f"the '{family}' quota" if family else f"the vCPU quota of {instance_type}'s VM family"
+    where = f"in {location}" if location else "in the workspace's region"
+    return (f"raise {what} for Azure ML managed online endpoints {where} (studio: Quota; or "
+            "az ml compute list-usage), or pick another -o instance_type")
 
 
 class MLSeam(Seam):
@@ -225,112 +603,53 @@ class MLSeam(Seam):
                                   settings.workspace)
         return cls(client, progress)
 
-    @staticmethod
-    def _info(endpoint) -> EndpointInfo:
-        return EndpointInfo(name=endpoint.name,
-                            provisioning_state=str(endpoint.provisioning_state or ""),
-                            scoring_uri=endpoint.scoring_uri or "",
-                            traffic=dict(endpoint.traffic or {}), tags=dict(endpoint.tags or {}))
+    def _workspace(self):
+        return self.ml.workspaces.get(self.ml.workspace_name).location
 
-    def get_endpoint(self, name):
-        try:
-            with sdk_call(f"endpoint {name}"):
-                return self._info(self.ml.online_endpoints.get(name))
-        except NotFoundError:
-            return None
+    def _endpoint(self, name):
+        return self.ml.online_endpoints.get(name)
 
-    def create_or_update_endpoint(self, endpoint):
-        with sdk_call(f"creating endpoint {endpoint.name}"):
-            result = self.ml.online_endpoints.begin_create_or_update(endpoint).result()
-        info = self._info(result)
-        if info.provisioning_state.lower() not in ("succeeded", ""):
-            raise ProvisioningFailed(f"endpoint {endpoint.name} is {info.provisioning_state}",
-                                     info.provisioning_state)
-        return info
+    def _begin_endpoint(self, endpoint):
+        return self.ml.online_endpoints.begin_create_or_update(endpoint)
 
-    def register_model(self, model):
-        with sdk_call(f"registering model {model.name}"):
-            registered = self.ml.models.create_or_update(model)
-        return registered.name, str(registered.version)
+    def _register(self, model):
+        return self.ml.models.create_or_update(model)
 
-    def model_active(self, name, version):
-        try:
-            with sdk_call(f"model {name}:{version}"):
-                model = self.ml.models.get(name, version=version)
-        except NotFoundError:
-            return False
-        stage = str(getattr(model, "stage", "") or "")
-        return stage.lower() != "archived"
+    def _model(self, name, version):
+        return self.ml.models.get(name, version=version)
 
-    def archive_model(self, name, version):
-        if not self.model_active(name, version):
-            return False
-        with sdk_call(f"archiving model {name}:{version}"):
-            self.ml.models.archive(name, version=version)
-        return True
+    def _archive(self, name, version):
+        self.ml.models.archive(name, version=version)
 
-    def create_or_update_deployment(self, deployment):
-        what = f"creating deployment {deployment.endpoint_name}/{deployment.name}"
-        try:
-            with sdk_call(what):
-                result = self.ml.online_deployments.begin_create_or_update(deployment).result()
-        except SeamError as exc:
-            state = self.get_deployment_state(deployment.endpoint_name, deployment.name)
-            raise ProvisioningFailed(str(exc), state or "Failed", exc.code) from None
-        state = str(result.provisioning_state or "")
-        if state.lower() != "succeeded":
-            raise ProvisioningFailed(f"{what}: provisioning state {state}", state)
-        return state
+    def _begin_deployment(self, deployment):
+        return self.ml.online_deployments.begin_create_or_update(deployment)
 
-    def get_deployment_state(self, endpoint, name):
-        try:
-            with sdk_call(f"deployment {endpoint}/{name}"):
-                return str(self.ml.online_deployments.get(name, endpoint).provisioning_state)
-        except NotFoundError:
-            return None
+    def _deployment(self, endpoint, name):
+        return self.ml.online_deployments.get(name, endpoint)
 
-    def delete_deployment(self, endpoint, name):
-        try:
-            with sdk_call(f"deleting deployment {endpoint}/{name}"):
-                self.ml.online_deployments.begin_delete(name, endpoint).result()
-        except NotFoundError:
-            return False
-        return True
+    def _begin_delete_deployment(self, endpoint, name):
+        return self.ml.online_deployments.begin_delete(name, endpoint)
 
-    def set_traffic(self, endpoint, traffic):
-        with sdk_call(f"endpoint {endpoint}"):
-            current = self.ml.online_endpoints.get(endpoint)
-        current.traffic = dict(traffic)
-        with sdk_call(f"setting traffic on {endpoint}"):
-            return self._info(self.ml.online_endpoints.begin_create_or_update(current).result())
+    def _begin_traffic(self, endpoint, traffic):
+        current = self.ml.online_endpoints.get(endpoint)
+        current.traffic = traffic
+        return self.ml.online_endpoints.begin_create_or_update(current)
 
-    def credential(self, endpoint, auth_mode):
-        # get_keys answers by the endpoint's auth mode: EndpointAuthKeys (primary_key),
-        # EndpointAuthToken (aml_token: access_token, expiry_time_utc from the service) or
-        # EndpointAadToken (aad_token: the credential's get_token(scope) .token, .expires_on)
-        with sdk_call(f"credentials of endpoint {endpoint}"):
-            answer = self.ml.online_endpoints.get_keys(endpoint)
-        key = getattr(answer, "primary_key", None)
-        if key:
-            return Credential(key)
-        token = getattr(answer, "access_token", None)
-        if not token:
-            raise AuthError(f"endpoint {endpoint} handed out no key or token")
-        expiry = getattr(answer, "expiry_time_utc", None)
-        return Credential(token, float(expiry) if expiry else float("inf"))
+    def _keys(self, endpoint):
+        return self.ml.online_endpoints.get_keys(endpoint)
 
-    def logs(self, endpoint, deployment, lines, container_type):
-        try:
-            with sdk_call(f"logs of {endpoint}/{deployment}"):
-                return self.ml.online_deployments.get_logs(
-                    deployment, endpoint, lines, container_type=container_type) or ""
-        except SeamError as exc:
-            return f"(no {container_type} logs: {exc})"
+    def _logs(self, endpoint, deployment, lines, container_type):
+        return self.ml.online_deployments.get_logs(deployment, endpoint, lines,
+                                                   container_type=container_type)
 
-    def delete_endpoint(self, name):
-        try:
-            with sdk_call(f"deleting endpoint {name}"):
-                self.ml.online_endpoints.begin_delete(name).result()
-        except NotFoundError:
-            return False
-        return True
+    def _begin_delete_endpoint(self, name):
+        return self.ml.online_endpoints.begin_delete(name)
+
+    def _endpoints(self):
+        return list(self.ml.online_endpoints.list())
+
+    def _deployments(self, endpoint):
+        return list(self.ml.online_deployments.list(endpoint))
+
+    def _versions(self, name):
+        return list(self.ml.models.list(name=name))

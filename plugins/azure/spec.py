@@ -95,6 +95,26 @@ def instance_type(value: str) -> str:
     return known
 
 
+#: the quota (VM family) an instance type counts against, as Azure ML's Quota page names it;
+#: sizes missing here get a generic hint
+QUOTA_FAMILIES = (
+    (r"Standard_DS\d+_v2", "Standard DSv2 Family vCPUs"),
+    (r"Standard_D\d+a_v4", "Standard DAv4 Family vCPUs"),
+    (r"Standard_D\d+as_v4", "Standard DASv4 Family vCPUs"),
+    (r"Standard_F\d+s_v2", "Standard FSv2 Family vCPUs"),
+    (r"Standard_E\d+s_v3", "Standard ESv3 Family vCPUs"),
+    (r"Standard_NC\d+as_T4_v3", "Standard NCASv3_T4 Family vCPUs"),
+    (r"Standard_NC\d+s_v3", "Standard NCSv3 Family vCPUs"),
+    (r"Standard_NC\d+ads_A100_v4", "Standard NCADS_A100_v4 Family vCPUs"),
+)
+
+
+def quota_family(value: str) -> str | None:
+    name = _KNOWN.get(str(value or "").lower(), value)
+    return next((family for pattern, family in QUOTA_FAMILIES
+                 if re.fullmatch(pattern, str(name or ""))), None)
+
+
 def check_repository(repository) -> None:
     """No-code Triton rules on top of the core's generic ones."""
     if not repository.models:
