@@ -10,6 +10,8 @@ are heavy: this module imports them only when a lookup is made.
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from types import ModuleType
 
 from deployer.errors import Unavailable
@@ -24,6 +26,13 @@ INSTALL = ("pip install 'triton-deployer[sagemaker]' (sagemaker-core 2.x), or th
 def _find(name: str) -> ModuleType | None:
     """``<package>.<name>`` from the first package that has it; None when none does. A module
     that is there but fails to import (a broken install) is one line, exit 5."""
+    # On import the SDK v2 gives its config logger a handler on stdout (which carries --json)
+    # unless "sagemaker" has one, and warns (warning and log) that v2 is deprecated: about
+    # its defaults files and its users' code, nothing we use. Our errors stay one line.
+    sdk_log = logging.getLogger("sagemaker")
+    if not sdk_log.handlers:
+        sdk_log.addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", message="You are using the SageMaker Python SDK v2")
     for package in PACKAGES:
         module = f"{package}.{name}"
         try:
