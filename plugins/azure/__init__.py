@@ -589,9 +589,7 @@ class AzureTwin(Rehearsal, AzureTarget):
                                     "with -o server=PATH")
 
     def _check_entities(self, endpoint_doc, deployment_doc):
-        import importlib.util
-
-        if importlib.util.find_spec("azure.ai.ml") is None:  # the rehearsal runs without it
+        if AzureTarget.unavailable_reason():  # the rehearsal runs without the SDK
             return None, None, None
         return super()._check_entities(endpoint_doc, deployment_doc)
 
