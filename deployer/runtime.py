@@ -497,8 +497,8 @@ def _create(root: Path, interpreter: Interpreter, wanted: list[str], force: bool
         shutil.rmtree(root)
     started = time.monotonic()
     progress(f"creating the embedded Triton runtime in {root} with {interpreter.describe()} "
-             "(first use: downloads nvidia-pytriton, ~150 MB, and numpy wheels; seconds from "
-             "a package cache, a minute or more on a slow network)")
+             "(first use: installs nvidia-pytriton, a 55 MB wheel, and numpy; about 20 s, "
+             "more on a slow network)")
     # Built in place (venv scripts embed their folder); the marker, written last, is what
     # makes it usable, so an interrupted build is found incomplete and rebuilt.
     _run([interpreter.path, "-m", "venv", str(root)], progress, "creating the venv")
