@@ -9,12 +9,13 @@ tests). It answers as azure-ai-ml does: real entities (``ManagedOnlineEndpoint``
 
 Endpoints get a real rehearsal gateway (bearer key, ``azureml-model-deployment`` routing) and
 deployments a real tritonserver serving the registered folder; the scoring URI points at the
-gateway. Not found, conflicts (a name taken elsewhere in the region, a deployment that still has
-traffic), provisioning states, and a Failed deployment with both containers' logs are modelled.
+gateway. Not found, conflicts (a name taken elsewhere in the region, a deployment that still
+has traffic), provisioning states, and a Failed deployment with both containers' logs are
+modelled.
 An ``aml_token``/``aad_token`` endpoint hands out a new token per ``credential`` call, valid
 ``token_lifetime`` seconds on ``wall`` (the clock a test may hand the client too); the gateway
-accepts it until ``revoke_tokens`` (``token_fetches`` counts, ``tokens_issued`` keeps when). An update of an existing
-deployment is a rolling update: the new server starts beside the old one, takes over its route
+accepts it until ``revoke_tokens`` (``token_fetches`` counts, ``tokens_issued`` keeps when).
+An update of an existing deployment is a rolling update: the new server starts beside the old one, takes over its route
 once ready, and if it fails the old one keeps serving (the provisioning state says Failed).
 
 Faults: ``fail(method, error)`` makes the next call of a seam method raise ``error`` (an

@@ -170,11 +170,9 @@ class Seam:
             return None
 
     def create_or_update_endpoint(self, endpoint) -> EndpointInfo:
-        what = f"creating endpoint {endpoint.name}"
-        with sdk_call(what):
-            poller = self._begin_endpoint(endpoint)
-        info = _endpoint_info(self._finish(poller, what, lambda: self._endpoint_state(
-            endpoint.name)))
+        info = _endpoint_info(self._operation(
+            f"creating endpoint {endpoint.name}", lambda: self._begin_endpoint(endpoint),
+            lambda: self._endpoint_state(endpoint.name)))
         if info.provisioning_state.lower() not in ("succeeded", ""):
             raise ProvisioningFailed(f"endpoint {endpoint.name} is {info.provisioning_state}",
                                      info.provisioning_state)
@@ -207,18 +205,19 @@ class Seam:
         ep, name = deployment.endpoint_name, deployment.name
         what = f"{'creating' if self.get_deployment_state(ep, name) is None else 'updating'} " \
                f"deployment {ep}/{name}"
-        with sdk_call(what):
-            poller = self._begin_deployment(deployment)
-        try:
-            result = self._finish(poller, what, lambda: self._deployment_state(ep, name))
-        except DeadlineExceeded:
-            raise
-        except SeamError as exc:  # the operation itself failed (OutOfQuota, ResourceNotReady)
-            state = self.get_deployment_state(ep, name) or "Failed"
-            hint = exc.hint
-            if exc.code == "OutOfQuota":
-                hint = quota_hint(deployment.instance_type, self.location)
-            raise ProvisioningFailed(str(exc), state, exc.code, hint) from None
+        with stdout_to_stderr():  # the poll thread prints from its start
+            with sdk_call(what):  # refused before it began (403, 404, 409): as it is
+                poller = self._begin_deployment(deployment)
+            try:
+                result = self._finish(poller, what, lambda: self._deployment_state(ep, name))
+            except DeadlineExceeded:
+                raise
+            except SeamError as exc:  # the operation itself failed (OutOfQuota, ...)
+                state = self.get_deployment_state(ep, name) or "Failed"
+                hint = exc.hint
+                if exc.code == "OutOfQuota":
+                    hint = quota_hint(deployment.instance_type, self.location)
+                raise ProvisioningFailed(str(exc), state, exc.code, hint) from None
         state = str(getattr(result, "provisioning_state", "") or "")
         if state.lower() != "succeeded":
             raise ProvisioningFailed(f"{what}: provisioning state {state}", state)
@@ -232,20 +231,18 @@ class Seam:
             return None
 
     def delete_deployment(self, endpoint: str, name: str) -> bool:
-        what = f"deleting deployment {endpoint}/{name}"
         try:
-            with sdk_call(what):
-                poller = self._begin_delete_deployment(endpoint, name)
-            self._finish(poller, what, lambda: self._deployment_state(endpoint, name))
+            self._operation(f"deleting deployment {endpoint}/{name}",
+                            lambda: self._begin_delete_deployment(endpoint, name),
+                            lambda: self._deployment_state(endpoint, name))
         except NotFoundError:
             return False
         return True
 
     def set_traffic(self, endpoint: str, traffic: dict[str, int]) -> EndpointInfo:
-        what = f"setting traffic on {endpoint}"
-        with sdk_call(what):
-            poller = self._begin_traffic(endpoint, dict(traffic))
-        return _endpoint_info(self._finish(poller, what, lambda: self._endpoint_state(endpoint)))
+        return _endpoint_info(self._operation(
+            f"setting traffic on {endpoint}", lambda: self._begin_traffic(endpoint, dict(traffic)),
+            lambda: self._endpoint_state(endpoint)))
 
     def credential(self, endpoint: str, auth_mode: str) -> Credential:
         """The key, or a fresh token and its expiry (``aml_token``, ``aad_token``), the
@@ -272,11 +269,9 @@ class Seam:
             return f"(no {container_type} logs: {exc})"
 
     def delete_endpoint(self, name: str) -> bool:
-        what = f"deleting endpoint {name}"
         try:
-            with sdk_call(what):
-                poller = self._begin_delete_endpoint(name)
-            self._finish(poller, what, lambda: self._endpoint_state(name))
+            self._operation(f"deleting endpoint {name}", lambda: self._begin_delete_endpoint(name),
+                            lambda: self._endpoint_state(name))
         except NotFoundError:
             return False
         return True
@@ -306,6 +301,14 @@ class Seam:
         return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
     # -- waiting on a long-running operation ------------------------------------------------
+    def _operation(self, what: str, begin: Callable[[], Any], state: Callable[[], str]):
+        """Begin a long-running operation and wait for its result (see _finish); stdout stays
+        shielded from the moment its poll thread starts."""
+        with stdout_to_stderr():
+            with sdk_call(what):
+                poller = begin()
+            return self._finish(poller, what, state)
+
     def _finish(self, poller, what: str, state: Callable[[], str]):
         """The poller's result; a state line every STATE_EVERY seconds; DeadlineExceeded,
         with the current provisioning state, once ``deadline`` has passed."""
