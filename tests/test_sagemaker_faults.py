@@ -169,7 +169,9 @@ def test_cloud_errors_during_deploy_are_one_line_and_torn_down(cli, aws, proxy, 
     assert result.code == 3, result
     line = one_line_error(result)
     assert all(text in line for text in wanted), line
-    assert "deployer teardown sm-fault" in line
+    # only the listing comes before the first resource is recorded
+    assert ("nothing was created" if fault == "wrong-signing-region"
+            else "'deployer teardown sm-fault' removes what was created") in line
     if fault == "Throttling":
         assert proxy.seen["SageMaker.CreateEndpointConfig"] == ATTEMPTS, proxy.seen
 
@@ -218,6 +220,39 @@ def test_a_failing_delete_is_reported_per_resource_and_a_second_teardown_finishe
     assert result.code == 0, result
     assert ours(aws["bucket"]) == {}
     assert cli("status", "sm-td").code == 2
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_aws_out_of_reach_is_one_line(cli, aws, monkeypatch):
+    """botocore's transport errors (no HTTP answer at all): before anything is created exit 5
+    with no record; in teardown every resource fails with the line and the record stays, and
+    a teardown once AWS answers again finishes."""
+    assert deploy(cli, aws, "sm-net").code == 0
+    with monkeypatch.context() as patch:
+        closed = _closed_port_url()
+        for service in ("SAGEMAKER", "S3"):
+            patch.setenv(f"AWS_ENDPOINT_URL_{service}", closed)
+        result = deploy(cli, aws, "sm-net-2")
+        assert result.code == 5, result
+        line = one_line_error(result)
+        assert "cannot reach AWS: Could not connect to the endpoint URL" in line
+        assert "check the network" in line
+        assert cli("status", "sm-net-2").code == 2
+        result = cli("teardown", "sm-net")
+        assert result.code == 4, result
+        one_line_error(result)
+        failed = [row for row in result.err.splitlines() if row.startswith("  | ")]
+        assert len(failed) == 4 and all("cannot reach AWS" in row for row in failed), failed
+    assert set(ours(aws["bucket"])) == {"endpoints", "configs", "models", "objects"}
+    assert cli("teardown", "sm-net").code == 0
+    assert ours(aws["bucket"]) == {}
 
 
 # -- recover: what a deployment created, found by its tags --------------------------------------

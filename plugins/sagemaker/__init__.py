@@ -291,8 +291,9 @@ class SageMakerTarget(Target):
         names = self._names(deployment.name, deployment.id)
         image = rules.image(self.settings, region)
         self._preflight(session, region, names["endpoint"], taken=False)
-        with aws.failures(DeployFailed, self._facts(region), then=(
-                f"'deployer teardown {deployment.name}' removes what was created")):
+        with aws.failures(DeployFailed, self._facts(region), then=lambda: (
+                f"'deployer teardown {deployment.name}' removes what was created"
+                if deployment.resources else "nothing was created")):
             self._create(repository, context, session, region, names, image)
 
     def _create(self, repository, context, session, region, names, image) -> None:
@@ -448,11 +449,10 @@ class SageMakerTarget(Target):
         from .invoke import SageMakerClient
 
         endpoint = deployment.endpoint
+        repository = Repository.load(deployment.repository)
         with aws.failures(DeployFailed, self._facts(endpoint["region"])):
-            session = aws.session(endpoint["region"])
-        return SageMakerClient(session, endpoint["endpoint"],
-                               Repository.load(deployment.repository),
-                               endpoint.get("mode") == "multi", self.progress)
+            return SageMakerClient(aws.session(endpoint["region"]), endpoint["endpoint"],
+                                   repository, endpoint.get("mode") == "multi", self.progress)
 
     def _region(self, resource, deployment) -> str | None:
         return resource.data.get("region") or deployment.endpoint.get("region") or \

@@ -164,10 +164,11 @@ def unreachable(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def failures(error, facts: Facts, *, then: str | None = None) -> Iterator[None]:
+def failures(error, facts: Facts, *, then=None) -> Iterator[None]:
     """Turn any botocore/boto3 exception raised inside into ``error`` (a DeployerError class)
-    with the one line of :func:`explain`; ``then`` is appended to the hint (what to run next).
-    Before anything is created (``error`` is a UsageError) an unreachable AWS is exit 5."""
+    with the one line of :func:`explain`; ``then`` (text, or a function returning it when the
+    error happens) is appended to the hint: what to run next. Before anything is created
+    (``error`` is a UsageError) an unreachable AWS is exit 5."""
     try:
         yield
     except Exception as exc:
@@ -177,6 +178,7 @@ def failures(error, facts: Facts, *, then: str | None = None) -> Iterator[None]:
 
         line, hint = explain(exc, facts)
         cls = Unavailable if issubclass(error, UsageError) and unreachable(exc) else error
+        then = then() if callable(then) else then
         raise cls(line, hint="; ".join(h for h in (hint, then) if h) or None) from None
 
 
@@ -292,7 +294,7 @@ def log_tail(logs, endpoint: str, lines: int = 20) -> str:
     except Exception as exc:  # noqa: BLE001 - logs are a help, never the failure
         if not_found(exc):
             return ""
-        return f"(CloudWatch logs unavailable: {exc})"
+        return f"(CloudWatch logs unavailable: {explain(exc, Facts())[0]})"
     return "\n".join(collected[-lines:])
 
 
@@ -303,7 +305,7 @@ def failure_parts(sm, logs, endpoint: str, lines: int = 20) -> tuple[str, str]:
         reason = (f"status {described.get('EndpointStatus')}: "
                   f"{described.get('FailureReason') or 'no FailureReason given'}")
     except Exception as exc:  # noqa: BLE001
-        reason = f"cannot describe the endpoint: {exc}"
+        reason = f"cannot describe the endpoint: {explain(exc, Facts())[0]}"
     return reason, log_tail(logs, endpoint, lines)
 
 
