@@ -159,12 +159,14 @@ def describe(python: str | None = None) -> Interpreter:
              {"out": out}, namespace)
         probe = json.loads(out[0])
         return _interpreter(probe, probe["base_executable"])
+    said = "not found"
     try:
         done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,
                               timeout=30, check=False)
+        said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
         probe = json.loads(done.stdout)
     except (OSError, subprocess.SubprocessError, ValueError):
-        raise UsageError(f"{python} is not a Python interpreter that runs",
+        raise UsageError(f"{python} is not a Python interpreter that runs ({said})",
                          hint="pass the path of a python3 executable") from None
     base = probe["base_executable"]
     return _interpreter(probe, base if base and os.path.isfile(base) else probe["executable"])
