@@ -294,8 +294,9 @@ def _builtin_targets() -> set[str]:
                                   "sagemaker-beside-sdk-v2"])
 def test_every_install_the_readme_names(installs, name, tmp_path):
     """``deployer targets`` lists every built-in target (an unusable one with what to install);
-    an unusable target is one line, exit 5; the quickstart passes on local; ``plan -t
-    sagemaker`` works wherever boto3 and an image map are installed."""
+    an unusable target is one line, exit 5; the quickstart passes on local (and the twins
+    rehearse, with and without the SDKs); ``plan -t sagemaker`` works wherever boto3 and an
+    image map are installed, and with boto3 alone once given ``-o image=URI``."""
     install = installs.get(name)
     spec = install.spec
     state = tmp_path / "state"
@@ -321,6 +322,11 @@ def test_every_install_the_readme_names(installs, name, tmp_path):
             assert f"pip install 'triton-deployer[{target}]'" in line, line
 
     quickstart_passes(install, state)
+    if name in ("base", "all"):  # the twins rehearse with and without the clouds' SDKs
+        for cloud in ("sagemaker", "azure"):
+            done = deployer(install, "rehearse", "examples/add_sub/models", "-t", cloud,
+                            state=state, timeout=600)
+            assert done.returncode == 0 and "rehearse PASSED" in done.stdout + done.stderr, done
 
     if spec.image_map:
         found = versions(install, "sagemaker-core", "sagemaker", "boto3")
