@@ -116,26 +116,22 @@ class SageMakerTarget(Target):
         return aws.Facts(region=region, bucket=self.settings.bucket, role=self.settings.role,
                          instance_type=self.settings.instance_type)
 
-    def _preflight(self, session, region, endpoint: str, *, taken: bool) -> None:
-        """Checks before anything is created (exit 2): the endpoint name is free (``taken``:
-        the endpoint must exist, for an update) and the bucket exists, in ``region``."""
+    def _preflight(self, session, region, endpoint: str) -> None:
+        """Checks before anything is created (exit 2): the endpoint name is free, and the
+        bucket exists, in ``region``."""
+        from botocore.exceptions import ClientError
+
         from . import aws
 
-        sm = session.client("sagemaker")
         with aws.failures(UsageError, self._facts(region)):
             try:
-                sm.describe_endpoint(EndpointName=endpoint)
-                exists = True
-            except Exception as exc:  # noqa: BLE001 - not found, or left to the funnel
+                session.client("sagemaker").describe_endpoint(EndpointName=endpoint)
+            except ClientError as exc:
                 if not aws.not_found(exc):
                     raise
-                exists = False
-            if exists and not taken:
+            else:
                 raise AlreadyDeployed(f"SageMaker endpoint {endpoint} already exists in "
                                       f"{region}", hint="pass another --name, or delete it first")
-            if taken and not exists:
-                raise UsageError(f"endpoint {endpoint} no longer exists in {region}",
-                                 hint="run 'deployer teardown NAME' and deploy again")
             aws.check_bucket(session.client("s3"), self.settings.bucket, region)
 
     def validate(self, repository) -> None:
@@ -290,7 +286,7 @@ class SageMakerTarget(Target):
         deployment = context.deployment
         names = self._names(deployment.name, deployment.id)
         image = rules.image(self.settings, region)
-        self._preflight(session, region, names["endpoint"], taken=False)
+        self._preflight(session, region, names["endpoint"])
         with aws.failures(DeployFailed, self._facts(region), then=lambda: (
                 f"'deployer teardown {deployment.name}' removes what was created"
                 if deployment.resources else "nothing was created")):
