@@ -297,21 +297,37 @@ class Deployer:
 
     def _salvage(self, name: str, corrupt: CorruptRecord) -> tuple[Deployment, Target]:
         """A deployment to tear down from an unreadable record: what each target finds by the
-        deployment's tags (its id when any trace of it is left, else its name)."""
+        deployment's tags (its id when any trace of it is left, else its name). A target that
+        cannot look is skipped; if none found anything and one could not look, the record
+        stays (TeardownIncomplete), since what it owned may still exist there."""
         found = corrupt.salvaged
         self.progress(f"the record of {name} is unreadable ({corrupt.reason}); looking for "
                       f"what it created by its tags (id {found.get('id') or 'unknown'})")
         candidates = [found["target"]] if found.get("target") in self.registry.targets else [
             t for t, cls in self.registry.targets.items() if cls.unavailable_reason() is None]
+        blind: list[str] = []
         for target in candidates:
-            impl = self._target(target, found.get("options", {}) if target == found.get(
-                "target") else {})
-            resources = impl.recover(name, found.get("id"))
+            try:
+                impl = self._target(target, found.get("options", {}) if target == found.get(
+                    "target") else {})
+                resources = impl.recover(name, found.get("id"))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - another target may still find it
+                blind.append(f"{target}: {exc}")
+                self.progress(f"  cannot look on {target}: {exc}")
+                continue
             if resources:
                 deployment = Deployment(name=name, target=target, repository="", models=[],
                                         options={}, id=found.get("id") or "",
                                         resources=list(resources))
                 return deployment, impl
+        if blind:
+            raise TeardownIncomplete(
+                f"the record of {name} is corrupt and {len(blind)} target(s) could not be "
+                "searched for what it owned; the record stays",
+                hint=f"fix the cause and run 'deployer teardown {name}' again",
+                details="\n".join(blind))
         deployment = Deployment(name=name, target=found.get("target") or "?", repository="",
                                 models=[], options={}, id=found.get("id") or "")
         return deployment, _NothingToRemove()
