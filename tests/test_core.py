@@ -322,3 +322,27 @@ def test_targets_describes_options(cli):
     assert result.code == 0
     names = {o["name"] for o in result.json()["options"]}
     assert {"server", "http_port", "startup_timeout", "args"} <= names
+
+
+def test_a_corrupt_record_stays_when_a_target_cannot_look(tmp_path, world):
+    class Blind(FakeTarget):
+        name = "blind"
+
+        def recover(self, name, deployment_id):
+            raise RuntimeError("no credentials to list resources")
+
+    class Plugin:
+        @hookimpl
+        def deployer_register_targets(self):
+            return [FakeTarget, Blind]
+
+    core = Deployer(state_dir=tmp_path / "state", plugins=[Plugin()], entry_points=False,
+                    progress=lambda _: None)
+    core.deploy(REPOS / "add_sub", "fake", "gone", {"world": str(world.path)})
+    record = tmp_path / "state" / "deployments" / "gone.json"
+    record.write_text("{not json")
+    (tmp_path / "state" / "work" / "gone" / "deployment.json").unlink()  # no trace of the id
+    with pytest.raises(TeardownIncomplete) as raised:
+        core.teardown("gone")
+    assert "blind: no credentials to list resources" in raised.value.details
+    assert record.exists(), "what it owned may still exist: the record must stay"
