@@ -19,8 +19,7 @@ from deployer.errors import Unavailable
 FRAMEWORK = "sagemaker-tritonserver"
 #: where to look, first found wins: sagemaker-core 2.x, then the SageMaker Python SDK v2
 PACKAGES = ("sagemaker.core", "sagemaker")
-INSTALL = ("pip install 'triton-deployer[sagemaker]' (sagemaker-core 2.x), or the SageMaker "
-           "Python SDK v2 beside it (pip install 'sagemaker<3')")
+INSTALL = "pip install 'sagemaker-core>=2' (or the SageMaker Python SDK v2: 'sagemaker<3')"
 
 
 def _find(name: str) -> ModuleType | None:
@@ -54,8 +53,8 @@ def image_uris() -> ModuleType:
     module = _find("image_uris")
     if module is None:
         raise Unavailable(
-            "no SageMaker Triton image map is installed (sagemaker-core 2.x or the SageMaker "
-            "Python SDK v2 carries it; sagemaker-core 1.x does not)",
+            "no SageMaker Triton image map is installed (sagemaker-core 2.x and the SageMaker "
+            "Python SDK v2 carry one; sagemaker-core 1.x does not)",
             hint=f"pass -o image=URI, or {INSTALL}")
     return module
 
