@@ -59,10 +59,13 @@ def runtime_dir(version: str | None = None) -> Path:
 
 #: run by a candidate interpreter (any Python 3): what it is and where its libpython is said to be
 _PROBE = r"""
-import json, platform, sys, sysconfig
+import json, os, platform, sys, sysconfig
 from importlib.util import find_spec
 var = sysconfig.get_config_var
-base = getattr(sys, "_base_executable", "") or sys.executable
+base = os.path.realpath(sys.executable)  # a venv's python leads to the interpreter it was made from
+if sys.prefix != sys.base_prefix:
+    named = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    base = named if os.path.isfile(named) else base
 print(json.dumps({"version": list(sys.version_info[:3]), "implementation": sys.implementation.name,
                   "executable": sys.executable, "base_executable": base,
                   "libdir": var("LIBDIR") or "", "soname": var("INSTSONAME") or "",
