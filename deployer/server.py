@@ -104,11 +104,6 @@ HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize N
             "DCGM unable to start", "Unable to allocate pinned system memory")
 
 
-def failure(log_path: Path | str, lines: int = 12) -> tuple[str, str]:
-    """``failure_in`` the last lines of a log file."""
-    return failure_in(tail(log_path, 400), lines)
-
-
 def failure_in(text: str, lines: int = 12) -> tuple[str, str]:
     """The most telling error in a Triton log (a model that failed to load, by preference),
     and an excerpt of the error lines, without the status tables and GPU-less noise."""
