@@ -4,7 +4,8 @@
 boto3. ``sagemaker-twin`` builds the very same artefacts into a local folder, unpacks them as the
 container would and runs the embedded ``tritonserver`` with the flags and environment of
 SageMaker's Triton ``serve`` script; ``deployer rehearse REPO --target sagemaker`` runs it.
-boto3 and sagemaker-core are imported inside methods only: the CLI loads every plugin.
+boto3 and the image map (sagemaker-core 2.x or the SDK v2, see images.py) are imported inside
+methods only: the CLI loads every plugin.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class SageMakerTarget(Target):
                "ml.c5...) get the -cpu image"),
         Option("instance_count", int, 1, "initial instance count"),
         Option("image_version", str, None, "Triton image version, e.g. 24.09 (default: the "
-               "newest sagemaker-core lists for the region)"),
+               "newest the image map lists for the region)"),
         Option("image", str, None, "explicit container image URI (overrides image_version)"),
         Option("mode", str, "single", "single: one model.tar.gz, one default model; multi: one "
                "<model>.tar.gz per top-level model, invoked with TargetModel",
