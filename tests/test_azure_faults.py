@@ -232,3 +232,20 @@ def test_recover_by_tags_tears_down_a_corrupt_record(fake, run_cli, tmp_path, ke
     assert [(r["kind"], r["id"]) for r in json.loads(out)["removed"]] == created[::-1]
     assert f"(id {record['id'] if keep_id else 'unknown'})" in err, err
     assert fake.endpoints == {} and fake.models[("lost", "1")]["archived"]
+
+
+def test_blue_green_whose_old_deployment_cannot_be_deleted_still_succeeds(fake, run_cli):
+    assert run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "bgd",
+                   "-o", "endpoint=ep-bgd")[0] == 0
+    fake.fail("delete_deployment", azure_error(
+        429, "TooManyRequests", "The request is being throttled.", "DELETE"))
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "bgd",
+                             "--update", "-o", "blue_green=true", "--json")
+    assert code == 0, err  # green serves: the update succeeded
+    record = json.loads(out)
+    assert record["error"] is None and record["endpoint"]["deployment"] == "green"
+    assert "warning: could not remove the previous deployment ep-bgd/blue" in err
+    assert fake.get_endpoint("ep-bgd").traffic.get("green") == 100
+    assert ("deployment", "ep-bgd/blue", "created") in _recorded(run_cli, "bgd"), \
+        "what could not be removed stays recorded for teardown"
+    _torn_down(fake, run_cli, "bgd")

@@ -443,9 +443,16 @@ class AzureTarget(Target):
         return None
 
     def _retire(self, resources: list, context) -> None:
-        """Remove what the new version replaced (``delete``, then mark it deleted)."""
+        """Remove what the new version replaced (``delete``, then mark it deleted). The new
+        version already serves: what cannot be removed now is a warning and stays recorded,
+        so teardown removes it."""
         for resource in resources:
-            self.delete(resource, context.deployment)
+            try:
+                self.delete(resource, context.deployment)
+            except DeployerError as exc:
+                self.progress(f"  warning: could not remove the previous {resource.kind} "
+                              f"{resource.id}: {exc}; teardown will retry")
+                continue
             context.deleted(resource)
 
     def _abandon(self, resources: list, context) -> None:
