@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from azure_support import FakeAzure, fake, run_cli  # noqa: F401 (fixtures)
-from deployer import cli
 from deployer.api import Deployer
 from deployer.errors import ValidationError
 from deployer.testing import TargetContract
-from deployer_plugins.azure import seam, spec
+from deployer_plugins.azure import spec
 
 pytestmark = pytest.mark.server
 HERE = Path(__file__).parent

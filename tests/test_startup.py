@@ -21,6 +21,7 @@ from deployer.errors import UsageError
 from deployer.server import TAG_ENV, tagged
 
 from conftest import REPOS, crashing_repository, one_line_error
+from test_local import processes_with
 
 NEVER_WAIT = ("-o", "startup_timeout=3000")
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-secret-of-the-deployer",
@@ -34,17 +35,6 @@ IMAGE = "triton-deployer/tritonserver-cpu:24.10-py3"
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def processes_with(text: str) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 def managed(tritonserver) -> runtime.Server:

@@ -6,11 +6,10 @@ managed runtime (``deployer server info``) is created on first use.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from deployer import hookimpl
-from deployer.errors import TeardownIncomplete, ValidationError
+from deployer.errors import ValidationError
 from deployer.target import Option, PlannedResource, Target
 
 #: targets whose Triton image carries the backends the embedded server lacks

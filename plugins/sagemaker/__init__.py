@@ -296,8 +296,6 @@ class SageMakerTarget(Target):
     def _create(self, repository, context, session, region, names, image) -> None:
         from botocore.exceptions import WaiterError
 
-        from . import aws
-
         deployment = context.deployment
         sm = session.client("sagemaker")
         context.set_endpoint(endpoint=names["endpoint"], region=region, mode=self.settings.mode,
@@ -473,26 +471,18 @@ class SageMakerTarget(Target):
             return self._delete(aws.session(region), resource)
 
     def _delete(self, session, resource) -> bool:
-        from botocore.exceptions import ClientError, WaiterError
+        from botocore.exceptions import WaiterError
 
         from . import aws
 
-        if resource.kind == "s3-artifacts":
-            try:
-                return aws.delete_keys(session.client("s3"), resource.data["bucket"],
-                                       resource.data.get("keys", [])) > 0
-            except ClientError as exc:
-                if aws.not_found(exc):  # the bucket itself is gone
-                    return False
-                raise
+        if resource.kind == "s3-artifacts":  # a bucket that is itself gone holds nothing
+            return aws.unless_gone(lambda: aws.delete_keys(
+                session.client("s3"), resource.data["bucket"],
+                resource.data.get("keys", [])) > 0)
         sm = session.client("sagemaker")
         call, key = self._sm_call(sm, "delete", resource.kind)
-        try:
-            call(**{key: resource.id})
-        except ClientError as exc:
-            if aws.not_found(exc):
-                return False
-            raise
+        if not aws.unless_gone(lambda: call(**{key: resource.id}) or True):
+            return False
         if resource.kind == "endpoint":
             self.progress(f"  waiting for endpoint {resource.id} to be deleted")
             try:
@@ -506,29 +496,17 @@ class SageMakerTarget(Target):
         return True
 
     def exists(self, resource, deployment) -> bool:
-        from botocore.exceptions import ClientError
-
         from . import aws
 
         region = self._region(resource, deployment)
         with aws.failures(TeardownIncomplete, self._facts(region)):
             session = aws.session(region)
             if resource.kind == "s3-artifacts":
-                try:
-                    return aws.any_key(session.client("s3"), resource.data["bucket"],
-                                       resource.data.get("keys", []))
-                except ClientError as exc:
-                    if aws.not_found(exc):
-                        return False
-                    raise
+                return aws.unless_gone(lambda: aws.any_key(
+                    session.client("s3"), resource.data["bucket"],
+                    resource.data.get("keys", [])))
             call, key = self._sm_call(session.client("sagemaker"), "describe", resource.kind)
-            try:
-                call(**{key: resource.id})
-            except ClientError as exc:
-                if aws.not_found(exc):
-                    return False
-                raise
-            return True
+            return aws.unless_gone(lambda: call(**{key: resource.id}) or True)
 
     def recover(self, name, deployment_id):
         """The models, endpoint configs and endpoint tagged with the deployment's id (or its

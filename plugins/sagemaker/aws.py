@@ -224,6 +224,18 @@ def not_found(exc) -> bool:
         and "model data" not in message)
 
 
+def unless_gone(call):
+    """``call()``'s answer, or False when AWS says what it reads or deletes does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if not_found(exc):
+            return False
+        raise
+
+
 def transfer_config():
     from boto3.s3.transfer import TransferConfig
 
