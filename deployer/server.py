@@ -27,7 +27,9 @@ TAG_ENV = "DEPLOYER_DEPLOYMENT_ID"
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel says are free now (bound together so they differ)."""
+    """``count`` distinct ports on ``host`` the kernel says are free now (bound together, then
+    released: another process may still take one before the server binds it). Raises OSError
+    when ``host`` is not an address of this machine."""
     sockets = []
     try:
         for _ in range(count):
@@ -41,6 +43,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether TCP ``port`` on ``host`` cannot be bound now (something listens on it, or the
+    address is not ours). Never raises."""
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
@@ -74,7 +78,10 @@ def start(command: Sequence[str], env: dict[str, str], log_path: Path, tag: str)
 
     The one place every process we start gets its environment: the allow-listed part of ours
     (:func:`inherited`), then ``env`` (what we set: library path, ``SAGEMAKER_*``...), then
-    the deployment tag. Pass only what you set in ``env``, never a copy of ``os.environ``.
+    the deployment tag ``tag`` (:data:`TAG_ENV`), by which :func:`tagged` and :func:`stop`
+    find it and its children. Pass only what you set in ``env``, never a copy of
+    ``os.environ``. The log is appended to; :func:`wait_ready` reads it from here on. Raises
+    OSError (FileNotFoundError, PermissionError) when ``command`` cannot be run.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = {**inherited(), **env, TAG_ENV: tag}
@@ -88,6 +95,8 @@ def start(command: Sequence[str], env: dict[str, str], log_path: Path, tag: str)
 
 
 def tail(path: Path | str, lines: int = 20) -> str:
+    """The last ``lines`` lines of the text file ``path`` (read from its last 64 KiB, bytes
+    that are not UTF-8 replaced); "" when the file does not exist."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -131,6 +140,13 @@ def _alive(pid: int) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running: a zombie counts as ended, and one that is our child
+    (started by :func:`start`) is reaped first, so it does not linger as one. Never raises."""
+    _reap(pid)
+    return _alive(pid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +222,7 @@ def index_error(url: str) -> LoadError | None:
 
 
 def answers(url: str) -> bool:
-    """Whether GET ``url`` answers 200."""
+    """Whether GET ``url`` answers 200 within 2 seconds; never raises."""
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
             return answer.status == 200
@@ -293,7 +309,8 @@ def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
     """Wait for process ``pid`` (started by :func:`start`) to answer ``url + ready_path``;
     fail at once if it exits or a model cannot load (see :func:`watch_start`). ``index_url``
     is Triton's HTTP endpoint for the repository index (default: ``url`` when the ready path
-    is Triton's; None: no index). Return seconds."""
+    is Triton's; None: no index). Return seconds. Raises DeployFailed (exit 3) with the log's
+    failure headline, its error lines as details and the log's path as the hint."""
     if index_url == "":
         index_url = url if ready_path.startswith("/v2/") else None
     path, offset = _LOG_STARTS.pop(pid, (str(log_path), 0))
@@ -309,7 +326,8 @@ def wait_ready(url: str, pid: int, log_path: Path, timeout: float,
 
 
 def all_tagged() -> dict[str, list[int]]:
-    """Every live process that carries a deployment tag, by tag."""
+    """Every live process that carries a deployment tag (:data:`TAG_ENV`): ``{tag: [pid,
+    ...]}``. Processes of other users, whose environment we cannot read, are left out."""
     prefix = f"{TAG_ENV}=".encode()
     found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
