@@ -35,17 +35,20 @@ def _default(state_dir=None, progress=None):
     return Deployer(state_dir=state_dir, progress=progress)
 
 
-def validate(repository, target="local", options=None, *, state_dir=None, progress=None):
-    return _default(state_dir, progress).validate(repository, target, options)
+def validate(repository, target=None, options=None, *, config=None, state_dir=None,
+             progress=None):
+    return _default(state_dir, progress).validate(repository, target, options, config=config)
 
 
-def plan(repository, target="local", name=None, options=None, *, state_dir=None, progress=None):
-    return _default(state_dir, progress).plan(repository, target, name, options)
+def plan(repository, target=None, name=None, options=None, *, config=None, state_dir=None,
+         progress=None):
+    return _default(state_dir, progress).plan(repository, target, name, options, config=config)
 
 
-def deploy(repository, target="local", name=None, options=None, *, state_dir=None,
+def deploy(repository, target=None, name=None, options=None, *, config=None, state_dir=None,
            progress=None):
-    return _default(state_dir, progress).deploy(repository, target, name, options)
+    return _default(state_dir, progress).deploy(repository, target, name, options,
+                                                config=config)
 
 
 def test(name, options=None, *, state_dir=None, progress=None):
@@ -59,9 +62,10 @@ def teardown(name, *, state_dir=None, progress=None):
     return _default(state_dir, progress).teardown(name)
 
 
-def run(repository, target="local", name=None, options=None, test_options=None, *,
-        state_dir=None, progress=None):
-    return _default(state_dir, progress).run(repository, target, name, options, test_options)
+def run(repository, target=None, name=None, options=None, test_options=None, *,
+        config=None, state_dir=None, progress=None):
+    return _default(state_dir, progress).run(repository, target, name, options, test_options,
+                                             config=config)
 
 
 def list_deployments(*, state_dir=None):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from . import config as config_file
 from . import plugins as plugin_loader
 from .client import EndpointError
 from .errors import (DeployerError, DeployFailed, ExitCode, Interrupted, NotFound,
@@ -88,6 +89,16 @@ class Deployer:
     def _target(self, name: str, options: Mapping[str, Any] | None) -> Target:
         return self.registry.create(name, dict(options or {}), self.progress)
 
+    @staticmethod
+    def resolve(config: str | os.PathLike | config_file.Config | None, target: str | None = None,
+                name: str | None = None, options: Mapping[str, Any] | None = None,
+                default: str | None = DEFAULT_TARGET) -> tuple[str | None, str | None,
+                                                              dict[str, Any]]:
+        """The target, name and options a command taking ``config=`` uses: explicit values
+        over the config file's, the target defaulting to ``default``."""
+        target, name, options = config_file.resolve(config, target, name, options)
+        return target or default, name, options
+
     def _notify(self, hook: str, **kwargs: Any) -> None:
         try:
             getattr(self.registry.pm.hook, hook)(**kwargs)
@@ -100,19 +111,28 @@ class Deployer:
         return {k: v for k, v in target.settings.items() if k not in secret}
 
     # -- commands --------------------------------------------------------------------------
-    def validate(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
-                 options: Mapping[str, Any] | None = None):
-        """Load and check the repository, then the target's rules. Returns the Repository."""
+    def validate(self, repository: str | os.PathLike, target: str | None = None,
+                 options: Mapping[str, Any] | None = None, *,
+                 config: str | os.PathLike | config_file.Config | None = None):
+        """Load and check the repository, then the target's rules. Returns the Repository.
+
+        Every command that takes a target also takes ``config``: a config file (see
+        :mod:`deployer.config`) whose target, name and options the explicit arguments override.
+        The target defaults to ``local``."""
         from .repository import Repository
 
+        target, _, options = self.resolve(config, target, None, options)
         repo = Repository.load(repository)
         self._target(target, options).validate(repo)
         return repo
 
-    def plan(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
-             name: str | None = None, options: Mapping[str, Any] | None = None) -> Plan:
+    def plan(self, repository: str | os.PathLike, target: str | None = None,
+             name: str | None = None, options: Mapping[str, Any] | None = None, *,
+             config: str | os.PathLike | config_file.Config | None = None) -> Plan:
+        """What a deploy would create. Writes nothing anywhere (see :meth:`export`)."""
         from .repository import Repository
 
+        target, name, options = self.resolve(config, target, name, options)
         repo = Repository.load(repository)
         impl = self._target(target, options)
         impl.validate(repo)
@@ -120,9 +140,38 @@ class Deployer:
         return Plan(target=target, name=name, repository=str(repo.path),
                     models=impl.models_served(repo), resources=impl.plan(repo, name))
 
-    def deploy(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+    def export(self, repository: str | os.PathLike, directory: str | os.PathLike,
+               target: str | None = None, name: str | None = None,
+               options: Mapping[str, Any] | None = None, *,
+               config: str | os.PathLike | config_file.Config | None = None) -> list[Path]:
+        """Write the target's deployment documents for what ``plan`` shows into ``directory``
+        (see :meth:`Target.export`); returns the files written. UsageError (exit 2) when the
+        target has nothing to export, before anything is written."""
+        from .repository import Repository
+
+        target, name, options = self.resolve(config, target, name, options)
+        repo = Repository.load(repository)
+        impl = self._target(target, options)
+        if type(impl).export is Target.export:
+            raise UsageError(f"target {target} has nothing to export",
+                             hint="--export is for targets that write deployment documents "
+                                  "(e.g. azure)")
+        impl.validate(repo)
+        name = check_name(name or default_name(repo.path, target))
+        folder = Path(directory)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"cannot export to {directory}: it is a file",
+                             hint="pass a folder (it is created if missing)")
+        try:
+            return [Path(p) for p in impl.export(repo, name, folder)]
+        except OSError as exc:
+            raise UsageError(f"cannot export to {directory}: {exc.strerror or exc}",
+                             hint="pass a folder you can write") from None
+
+    def deploy(self, repository: str | os.PathLike, target: str | None = None,
                name: str | None = None, options: Mapping[str, Any] | None = None,
-               update: bool = False) -> Deployment:
+               update: bool = False, *,
+               config: str | os.PathLike | config_file.Config | None = None) -> Deployment:
         """Deploy and block until it answers. Raises DeployFailed (the record stays, so
         ``teardown(name)`` removes what was created) or a UsageError (nothing created).
 
@@ -130,6 +179,7 @@ class Deployer:
         ``update`` replaces what it serves (see :meth:`Target.update`)."""
         from .repository import Repository
 
+        target, name, options = self.resolve(config, target, name, options)
         repo = Repository.load(repository)
         name = check_name(name or default_name(repo.path, target))
         existing = self._for_update(name, target) if update else None
@@ -332,13 +382,15 @@ class Deployer:
                                 models=[], options={}, id=found.get("id") or "")
         return deployment, _NothingToRemove()
 
-    def run(self, repository: str | os.PathLike, target: str = DEFAULT_TARGET,
+    def run(self, repository: str | os.PathLike, target: str | None = None,
             name: str | None = None, options: Mapping[str, Any] | None = None,
-            test_options: TestOptions | None = None) -> RunReport:
+            test_options: TestOptions | None = None, *,
+            config: str | os.PathLike | config_file.Config | None = None) -> RunReport:
         """Deploy → test (if the deploy succeeded) → teardown (always). Never raises an
         expected error after the deploy started: the outcome is in the report's exit code."""
         from .repository import Repository
 
+        target, name, options = self.resolve(config, target, name, options)
         repo = Repository.load(repository)
         name = check_name(name or f"{default_name(repo.path, target)}-{secrets.token_hex(2)}")
         self.preflight(repo, target, options, test_options)
@@ -376,10 +428,16 @@ class Deployer:
                          test=test_report, teardown=teardown_report,
                          error=str(error) if error else None)
 
-    def rehearse(self, repository: str | os.PathLike, target: str,
+    def rehearse(self, repository: str | os.PathLike, target: str | None = None,
                  name: str | None = None, options: Mapping[str, Any] | None = None,
-                 test_options: TestOptions | None = None) -> RunReport:
-        """``run`` on the local twin of cloud target ``target``, with the same options."""
+                 test_options: TestOptions | None = None, *,
+                 config: str | os.PathLike | config_file.Config | None = None) -> RunReport:
+        """``run`` on the local twin of cloud target ``target``, with the same options. The
+        target is required (here or in ``config``): there is no default cloud."""
+        target, name, options = self.resolve(config, target, name, options, default=None)
+        if not target:
+            raise UsageError("rehearse needs --target (a cloud target such as sagemaker or "
+                             "azure)")
         twin = self.registry.get(target).twin
         if not twin:
             raise UsageError(f"target {target!r} has no rehearsal twin",

@@ -59,40 +59,16 @@ def target_options(fn: Callable) -> Callable:
     return fn
 
 
-def resolve_target(target: str | None, name: str | None, raw_options: tuple[str, ...],
-                   config_file: str | None) -> tuple[str, str | None, dict[str, Any]]:
-    config: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        try:
-            if path.suffix == ".json":
-                config = json.loads(text)
-            else:
-                try:
-                    import tomllib
-                except ModuleNotFoundError:  # Python 3.10
-                    import tomli as tomllib
-                config = tomllib.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"{config_file}: {exc}",
-                             hint="the config file is TOML (or JSON if it ends in .json)") \
-                from None
-        unknown = set(config) - {"target", "name", "options"}
-        if unknown:
-            raise UsageError(f"{config_file}: unknown key(s) {', '.join(sorted(unknown))}",
-                             hint="allowed: target, name, options")
-    options = dict(config.get("options") or {})
+def parse_options(raw_options: tuple[str, ...]) -> dict[str, str]:
+    """``-o KEY=VALUE`` pairs; the API merges them over ``--config`` (which it reads)."""
+    options: dict[str, str] = {}
     for item in raw_options:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"option {item!r} is not KEY=VALUE",
                              hint="e.g. -o http_port=8000")
         options[key.strip()] = value
-    return target or config.get("target") or "local", name or config.get("name"), options
+    return options
 
 
 def test_options(fn: Callable) -> Callable:
@@ -203,7 +179,8 @@ def targets(ctx: Context, name: str | None, as_json: bool) -> None:
 @pass_ctx
 def validate(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
     """Check a repository and a target's rules, with no side effects."""
-    target, _, options = resolve_target(target, name, raw_options, config_file)
+    target, _, options = ctx.deployer.resolve(config_file, target, None,
+                                              parse_options(raw_options))
     repo = ctx.deployer.validate(repository, target, options)
     data = {"valid": True, "repository": str(repo.path), "target": target,
             "models": {m.name: {"backend": m.backend, "versions": list(m.versions),
@@ -216,19 +193,27 @@ def validate(ctx: Context, repository, target, name, raw_options, config_file, a
 @cli.command()
 @click.argument("repository", type=click.Path())
 @target_options
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write the target's deployment documents into DIR (e.g. azure's "
+                   "endpoint.yml and deployment.yml); plan alone writes nothing.")
 @json_option
 @pass_ctx
-def plan(ctx: Context, repository, target, name, raw_options, config_file, as_json) -> None:
-    """Show what a deploy would create."""
+def plan(ctx: Context, repository, target, name, raw_options, config_file, export_dir,
+         as_json) -> None:
+    """Show what a deploy would create (with --export, write its documents)."""
     from .render import table
 
-    target, name, options = resolve_target(target, name, raw_options, config_file)
-    result = ctx.deployer.plan(repository, target, name, options).to_dict()
+    options = parse_options(raw_options)
+    result = ctx.deployer.plan(repository, target, name, options, config=config_file).to_dict()
+    if export_dir:
+        result["exported"] = [str(p) for p in ctx.deployer.export(
+            repository, export_dir, target, name, options, config=config_file)]
     emit(as_json, result, lambda: f"plan for {result['name']} on {result['target']} "
          f"({', '.join(result['models'])}):\n" + table(
              ["create", "name", "details"],
              [[r["kind"], r["name"], json.dumps(r["details"], default=str)]
-              for r in result["resources"]]))
+              for r in result["resources"]])
+         + "".join(f"\nwrote {p}" for p in result.get("exported", [])))
 
 
 @cli.command()
@@ -241,8 +226,8 @@ def plan(ctx: Context, repository, target, name, raw_options, config_file, as_js
 def deploy(ctx: Context, repository, target, name, raw_options, config_file, update,
            as_json) -> None:
     """Deploy a repository and wait until it answers."""
-    target, name, options = resolve_target(target, name, raw_options, config_file)
-    deployment = ctx.deployer.deploy(repository, target, name, options, update=update)
+    deployment = ctx.deployer.deploy(repository, target, name, parse_options(raw_options),
+                                     update=update, config=config_file)
     emit(as_json, deployment.to_dict(), lambda: (
         f"deployed {deployment.name} to {deployment.target} in {deployment.deploy_seconds:.1f}s"
         f": {deployment.endpoint.get('url', '')}\nnext: deployer test {deployment.name}"))
@@ -276,10 +261,10 @@ def _run_command(ctx: Context, method: str, repository, target, name, raw_option
                  as_json, junit_xml, kwargs) -> None:
     from .render import teardown_report, test_report
 
-    target, name, options = resolve_target(target, name, raw_options, config_file)
+    options = parse_options(raw_options)
     check_writable(junit_xml, "JUnit file")
     report = getattr(ctx.deployer, method)(repository, target, name, options,
-                                           make_test_options(kwargs))
+                                           make_test_options(kwargs), config=config_file)
     data = report.to_dict()
 
     if data["error"]:
@@ -325,8 +310,6 @@ def run(ctx: Context, repository, target, name, raw_options, config_file, as_jso
 def rehearse(ctx: Context, repository, target, name, raw_options, config_file, as_json,
              junit_xml, **kwargs) -> None:
     """Rehearse a cloud deploy locally: its exact artefact, served in its twin, tested."""
-    if not target and not config_file:
-        raise UsageError("rehearse needs --target (a cloud target such as sagemaker or azure)")
     _run_command(ctx, "rehearse", repository, target, name, raw_options, config_file, as_json,
                  junit_xml, kwargs)
 
@@ -355,7 +338,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
     from .render import table
 
     check_writable(report_file, "report")
-    _, _, flat = resolve_target("local", None, raw_options, None)
+    flat = parse_options(raw_options)
     per_target = comparing.split_options(flat, list(targets))
     price_map = {}
     for item in prices:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Se
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .client import EndpointClient
     from .repository import Repository
     from .state import Deployment, Resource
@@ -213,7 +215,18 @@ class Target:
     def plan(self, repository: Repository, name: str) -> list[PlannedResource]:
         """Return what ``deploy`` would create for deployment ``name``, in creation order.
 
-        No side effects. Called after ``validate``.
+        No side effects: it writes no file anywhere (the contract suite checks it) and
+        creates nothing; put documents for people in :meth:`export`. Called after ``validate``.
+        """
+        raise NotImplementedError
+
+    def export(self, repository: Repository, name: str, directory: Path) -> list[Path]:
+        """Optional: write the documents that describe what ``plan`` shows for deployment
+        ``name`` into ``directory`` (create it if missing), for people or other tools (e.g. the
+        cloud's own CLI); return the files written. ``deployer plan REPO -t T --export DIR``
+        calls it after ``validate``. It is the only place a target writes files before a
+        deploy: ``plan`` itself never does. A target that does not override it has nothing to
+        export (the core says so, exit 2).
         """
         raise NotImplementedError
 

@@ -18,6 +18,7 @@ Every test drives the real core: deploy, the test step, teardown and its verific
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,40 @@ class TargetContract:
             if option.default is not None:
                 option.parse(option.default)
 
-    def test_plan_has_no_side_effect(self, deployer, target_name, target_options, repository):
+    def test_plan_has_no_side_effect(self, deployer, target_name, target_options, repository,
+                                     tmp_path, monkeypatch):
+        """plan records nothing and leaves no file or folder behind, nor changes one: not in
+        the state directory, the test's folder, the current folder, the temporary folder or
+        the repository."""
+        repository = Path(repository).resolve()
+        cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+        cwd.mkdir()
+        tmp.mkdir()
+        monkeypatch.chdir(cwd)
+        for var in ("TMPDIR", "TEMP", "TMP"):
+            monkeypatch.setenv(var, str(tmp))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+        watched = [tmp_path, repository]
+        before = _snapshot(watched)
         plan = deployer.plan(repository, target_name, "contract-plan", target_options)
+        after = _snapshot(watched)
         assert plan.resources, "plan must list what deploy would create"
         assert deployer.list() == []
+        written = sorted(set(after) - set(before)) + sorted(
+            p for p in set(before) & set(after) if before[p] != after[p])
+        assert not written, f"plan wrote {', '.join(written)} (put documents in Target.export)"
+        assert sorted(set(before) - set(after)) == [], "plan removed files"
+
+
+def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folders``; a file with its size and modification time
+    (ns). A temporary file removed again leaves no trace, so it does not count."""
+    found = {}
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            stat = path.lstat()
+            found[str(path)] = (0, 0) if path.is_dir() else (stat.st_size, stat.st_mtime_ns)
+    return found
 
     def test_deploy_test_teardown(self, deployer, target_name, target_options, repository):
         deployment = deployer.deploy(repository, target_name, "contract-e2e", target_options)

@@ -167,6 +167,85 @@ def test_config_file_and_cli_override(fake_cli, world, tmp_path):
     assert ok.json()["name"] == "from-config" and ok.json()["options"]["fail_deploy"] is False
 
 
+@pytest.mark.parametrize("text, message", [
+    (None, "cannot read config file"),
+    ('target = "fake"\n[options\n', "the config file is TOML (or JSON if it ends in .json)"),
+    ('target = "fake"\nregion = "x"\n', "unknown key(s) region (allowed: target, name, options)"),
+    ('target = "fake"\noptions = "world=x"\n', "options must be a table"),
+])
+def test_a_bad_config_file_is_one_line_and_creates_nothing(fake_cli, tmp_path, text, message):
+    config = tmp_path / "deploy.toml"
+    if text is not None:
+        config.write_text(text)
+    for command in ("validate", "plan", "deploy", "run"):
+        result = fake_cli(command, REPOS / "add_sub", "--config", config)
+        assert result.code == 2, (command, result)
+        assert message in one_line_error(result) and str(config) in result.err
+    assert not (tmp_path / "state" / "deployments").exists() or not list(
+        (tmp_path / "state" / "deployments").iterdir())
+
+
+def test_the_api_reads_config_files_explicit_arguments_win(core, world, tmp_path):
+    config = tmp_path / "deploy.json"
+    config.write_text(json.dumps({"target": "fake", "name": "from-json",
+                                  "options": {"world": str(world.path), "fail_deploy": True}}))
+    assert list(core.validate(REPOS / "add_sub", config=config).models) == ["add_sub"]
+    plan = core.plan(REPOS / "add_sub", config=config)
+    assert (plan.target, plan.name) == ("fake", "from-json")
+    with pytest.raises(DeployFailed):
+        core.deploy(REPOS / "add_sub", config=config)
+    core.teardown("from-json")
+    deployment = core.deploy(REPOS / "add_sub", name="explicit", options={"fail_deploy": False},
+                             config=config)
+    assert (deployment.target, deployment.name) == ("fake", "explicit")
+    assert deployment.options["world"] == str(world.path)
+    assert deployment.options["fail_deploy"] is False
+    core.teardown("explicit")
+    report = core.run(REPOS / "add_sub", name="ran", options={"fail_deploy": "no"},
+                      config=config)
+    assert report.passed and report.target == "fake", report.to_dict()
+    assert world.read() == {"buckets": [], "servers": []}
+    # an explicit target wins over the file's (whose options local does not have)
+    with pytest.raises(UsageError, match="target 'local' has no option 'world', 'fail_deploy'"):
+        core.plan(REPOS / "add_sub", "local", config=config)
+    with pytest.raises(UsageError, match="rehearse needs --target"):
+        core.rehearse(REPOS / "add_sub")
+
+
+def test_plan_exports_only_what_a_target_can(fake_cli, world, tmp_path):
+    out = tmp_path / "documents"
+    result = fake_cli("plan", REPOS / "add_sub", "-t", "fake", "-o", f"world={world.path}",
+                      "--export", out)
+    assert result.code == 2
+    assert one_line_error(result).startswith("error: target fake has nothing to export")
+    assert not out.exists() and not world.path.exists()
+
+
+class LeakyPlanTarget(FakeTarget):
+    name = "leaky"
+
+    def plan(self, repository, name):
+        with open("plan-notes.txt", "w") as notes:  # the current folder
+            notes.write(name)
+        return super().plan(repository, name)
+
+
+class LeakyPlugin:
+    @hookimpl
+    def deployer_register_targets(self):
+        return [LeakyPlanTarget]
+
+
+def test_the_contract_catches_a_plan_that_writes(tmp_path, monkeypatch):
+    deployer = Deployer(state_dir=tmp_path / "state", plugins=[LeakyPlugin()],
+                        progress=lambda _: None)
+    contract = TargetContract()
+    with pytest.raises(AssertionError, match="plan wrote .*plan-notes.txt"):
+        contract.test_plan_has_no_side_effect(
+            deployer, "leaky", {"world": str(tmp_path / "world.json")}, REPOS / "add_sub",
+            tmp_path, monkeypatch)
+
+
 def test_secret_option_never_reaches_state(core, world, tmp_path):
     core.deploy(REPOS / "add_sub", "fake", "sec", {"world": str(world.path),
                                                    "token": "s3cr3t-token-value"})
