@@ -78,17 +78,6 @@ class TargetContract:
         assert not written, f"plan wrote {', '.join(written)} (put documents in Target.export)"
         assert sorted(set(before) - set(after)) == [], "plan removed files"
 
-
-def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
-    """Every file and folder under ``folders``; a file with its size and modification time
-    (ns). A temporary file removed again leaves no trace, so it does not count."""
-    found = {}
-    for folder in folders:
-        for path in Path(folder).rglob("*"):
-            stat = path.lstat()
-            found[str(path)] = (0, 0) if path.is_dir() else (stat.st_size, stat.st_mtime_ns)
-    return found
-
     def test_deploy_test_teardown(self, deployer, target_name, target_options, repository):
         deployment = deployer.deploy(repository, target_name, "contract-e2e", target_options)
         assert deployment.status == "ready" and deployment.resources
@@ -124,6 +113,17 @@ def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
         for resource in stored.resources:
             assert not impl.exists(resource, stored), f"{resource.kind} left behind"
         assert not deployer.store.exists("contract-int")
+
+
+def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folders``; a file with its size and modification time
+    (ns). A temporary file removed again leaves no trace, so it does not count."""
+    found = {}
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            stat = path.lstat()
+            found[str(path)] = (0, 0) if path.is_dir() else (stat.st_size, stat.st_mtime_ns)
+    return found
 
 
 # -- a fake target for core tests ----------------------------------------------------------
