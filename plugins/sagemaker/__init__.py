@@ -1,21 +1,22 @@
 """Targets ``sagemaker`` (single- and multi-model Triton endpoints) and ``sagemaker-twin``.
 
-``sagemaker`` uploads the artefacts to S3 and creates model → endpoint config → endpoint with
-boto3. ``sagemaker-twin`` builds the very same artefacts into a local folder, unpacks them as the
-container would and runs the embedded ``tritonserver`` with the flags and environment of
-SageMaker's Triton ``serve`` script; ``deployer rehearse REPO --target sagemaker`` runs it.
-boto3 and the image map (sagemaker-core 2.x or the SDK v2, see images.py) are imported inside
-methods only: the CLI loads every plugin.
+Both build their artefacts and container spec with spec.py. ``sagemaker`` uploads the artefacts
+to S3 and creates model → endpoint config → endpoint with boto3; ``sagemaker-twin`` (twin.py)
+serves the very same artefacts here as SageMaker's Triton container would, and
+``deployer rehearse REPO --target sagemaker`` runs it. boto3 and the image map (sagemaker-core
+2.x or the SDK v2, see images.py) are imported inside methods only: the CLI loads every plugin.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from deployer import hookimpl
 from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError
-from deployer.target import Option, PlannedResource, Rehearsal, Target
+from deployer.target import PlannedResource, Target
+
+from . import spec
+from .twin import SageMakerTwin
 
 VARIANT = "AllTraffic"
 
@@ -27,81 +28,10 @@ class SageMakerTarget(Target):
     install_hint = "pip install 'triton-deployer[sagemaker]'"
     twin = "sagemaker-twin"
     runs_here = False
-    options = (
-        Option("region", str, None, "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / "
-                                    "the profile's)"),
-        Option("role", str, None, "execution role ARN SageMaker assumes to read the artefacts "
-                                  "(required)"),
-        Option("bucket", str, None, "S3 bucket for the artefacts (required)"),
-        Option("prefix", str, "triton-deployer", "S3 key prefix; artefacts go under "
-                                                 "PREFIX/<sha256 of their content>/"),
-        Option("instance_type", str, "ml.g4dn.xlarge", "instance type; CPU families (ml.m5, "
-               "ml.c5...) get the -cpu image"),
-        Option("instance_count", int, 1, "initial instance count"),
-        Option("image_version", str, None, "Triton image version, e.g. 24.09 (default: the "
-               "newest the image map lists for the region)"),
-        Option("image", str, None, "explicit container image URI (overrides image_version)"),
-        Option("mode", str, "single", "single: one model.tar.gz, one default model; multi: one "
-               "<model>.tar.gz per top-level model, invoked with TargetModel",
-               choices=("single", "multi")),
-        Option("default_model", str, None, "model served by /invocations in single mode "
-               "(SAGEMAKER_TRITON_DEFAULT_MODEL_NAME); needed with several top-level models"),
-        Option("env", list, [], "extra container environment, SAGEMAKER_TRITON_NAME=VALUE "
-                                "items, comma-separated"),
-        Option("startup_timeout", int, 600, "container start-up health check timeout, "
-                                            "60-3600 seconds"),
-        Option("uncompressed", bool, False, "single mode: upload the repository as an "
-               "uncompressed S3 prefix instead of model.tar.gz"),
-        Option("wait", bool, True, "wait until the endpoint is InService"),
-        Option("tags", list, [], "extra resource tags, KEY=VALUE items, comma-separated"),
-        Option("keep_artifacts", bool, False, "leave the uploaded artefacts in S3 on teardown"),
-    )
-
-    # -- shared with the twin ----------------------------------------------------------------
-    def _layout(self, repository):
-        from . import artefacts
-
-        if self.settings.mode == "multi":
-            return "multi", artefacts.multi(repository)
-        return ("uncompressed" if self.settings.uncompressed else "single",
-                [artefacts.single(repository)])
-
-    def _container_env(self, repository) -> dict[str, str]:
-        from . import rules
-
-        env = rules.env(self.settings)
-        if self.settings.mode == "single":
-            env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"] = rules.default_model(repository,
-                                                                             self.settings)
-        return env
-
-    def _check_repository(self, repository) -> None:
-        from deployer.errors import ValidationError
-
-        from . import rules
-
-        rules.options(self.settings)
-        if self.settings.mode == "single":
-            rules.default_model(repository, self.settings)
-            if self.settings.uncompressed:
-                for model in repository.models.values():
-                    for version in model.versions:
-                        folder = model.path / str(version)
-                        if not any(p.is_file() for p in folder.rglob("*")):
-                            raise ValidationError(
-                                f"version folder {model.name}/{version} has no file: an "
-                                "uncompressed S3 prefix cannot carry an empty folder",
-                                path=str(folder),
-                                hint="add a file to it (e.g. .gitkeep), or drop -o uncompressed")
-        else:
-            rules.multi_models(repository)
+    options = spec.OPTIONS
 
     def models_served(self, repository):
-        from . import rules
-
-        if self.settings.mode == "multi":
-            return repository.top_level()
-        return [rules.default_model(repository, self.settings)]
+        return spec.models_served(self.settings, repository)
 
     # -- contract ----------------------------------------------------------------------------
     def _session_region(self):
@@ -138,7 +68,7 @@ class SageMakerTarget(Target):
     def validate(self, repository) -> None:
         from . import rules
 
-        self._check_repository(repository)
+        spec.check_repository(self.settings, repository)
         _, region = self._session_region()
         rules.image(self.settings, region)
         rules.multi_gpu(self.settings, region, self.progress)
@@ -159,20 +89,18 @@ class SageMakerTarget(Target):
 
     def _keys(self, layout: str, items, base: str) -> list[tuple[str, object]]:
         """(S3 key, artefact or file) for everything to upload."""
-        if layout == "uncompressed":
-            return [(f"{base}/{rel}", path) for rel, path in items[0].members]
-        return [(f"{base}/{artefact.name}", artefact) for artefact in items]
+        return [(f"{base}/{key}", item) for key, item in spec.objects(layout, items)]
 
     def _base(self, digest: str) -> str:
         prefix = self.settings.prefix.strip("/")
         return f"{prefix}/{digest}" if prefix else digest
 
     def plan(self, repository, name):
-        from . import artefacts, rules
+        from . import rules
 
         _, region = self._session_region()
-        layout, items = self._layout(repository)
-        base = self._base(artefacts.listing_digest(items, layout))
+        layout, items = spec.layout(self.settings, repository)
+        base = self._base(spec.digest(layout, items))
         names = self._names(name, "0" * 8)
         return [
             PlannedResource("s3-artifacts", f"s3://{self.settings.bucket}/{base}/", {
@@ -181,24 +109,26 @@ class SageMakerTarget(Target):
                 "kept_on_teardown": self.settings.keep_artifacts}),
             PlannedResource("model", names["model"].replace("00000000", "<id>"), {
                 "image": rules.image(self.settings, region), "mode": self.settings.mode,
-                "environment": self._container_env(repository), "role": self.settings.role}),
+                "environment": spec.container_env(self.settings, repository),
+                "role": self.settings.role}),
             PlannedResource("endpoint-config", names["endpoint-config"].replace(
                 "00000000", "<id>"), {"instance_type": self.settings.instance_type,
                                       "instance_count": self.settings.instance_count,
                                       "startup_timeout": self.settings.startup_timeout}),
-            PlannedResource("endpoint", name, {"region": region,
-                                               "models": self.models_served(repository)}),
+            PlannedResource("endpoint", name, {
+                "region": region, "models": spec.models_served(self.settings, repository)}),
         ]
 
+    # -- deploy's steps: upload → model → endpoint config → endpoint → wait -----------------
     def _upload(self, repository, session, region, context) -> tuple[dict, dict]:
         """Upload what S3 lacks; return the PrimaryContainer's model data fields and what the
         endpoint record says about the artefacts (``artifacts``, ``uploaded_bytes``...)."""
-        from . import artefacts, aws
+        from . import aws
 
         bucket = self.settings.bucket
-        layout, items = self._layout(repository)
+        layout, items = spec.layout(self.settings, repository)
         started = time.monotonic()
-        base = self._base(artefacts.listing_digest(items, layout))
+        base = self._base(spec.digest(layout, items))
         s3 = session.client("s3")
         existing = aws.existing_keys(s3, bucket, base + "/")
         wanted = self._keys(layout, items, base)
@@ -208,14 +138,7 @@ class SageMakerTarget(Target):
         if missing and not self.settings.keep_artifacts:
             resource = context.record("s3-artifacts", uri, region=region, bucket=bucket,
                                       keys=[key for key, _ in missing])
-        config = aws.transfer_config()
-        sent = 0
-        if layout == "uncompressed":
-            sent = aws.upload_files(s3, bucket, missing, config)
-        else:
-            for key, artefact in missing:
-                self.progress(f"  packing and uploading s3://{bucket}/{key}")
-                sent += artefacts.upload_tar_gz(artefact, s3, bucket, key, config)
+        sent = self._send(s3, layout, missing)
         seconds = round(time.monotonic() - started, 3)
         self.progress(f"  artefacts: {uri} ({len(wanted) - len(missing)} of {len(wanted)} "
                       f"object(s) already there, {sent:,} bytes uploaded in {seconds}s)")
@@ -223,12 +146,31 @@ class SageMakerTarget(Target):
             context.created(resource, uploaded_bytes=sent)
         stats = {"artifacts": uri, "uploaded_bytes": sent,
                  "reused_objects": len(wanted) - len(missing)}
+        return self._model_data(layout, uri), stats
+
+    def _send(self, s3, layout: str, missing: list[tuple[str, object]]) -> int:
+        """Upload ``(key, artefact or file)`` pairs (archives packed on the fly); bytes sent."""
+        from . import artefacts, aws
+
+        bucket = self.settings.bucket
+        config = aws.transfer_config()
+        if layout == "uncompressed":
+            return aws.upload_files(s3, bucket, missing, config)
+        sent = 0
+        for key, artefact in missing:
+            self.progress(f"  packing and uploading s3://{bucket}/{key}")
+            sent += artefacts.upload_tar_gz(artefact, s3, bucket, key, config)
+        return sent
+
+    @staticmethod
+    def _model_data(layout: str, uri: str) -> dict:
+        """The PrimaryContainer fields that point the model at its artefacts."""
         if layout == "uncompressed":
             return {"ModelDataSource": {"S3DataSource": {
-                "S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}}, stats
+                "S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}}
         if layout == "multi":
-            return {"ModelDataUrl": uri}, stats
-        return {"ModelDataUrl": f"{uri}model.tar.gz"}, stats
+            return {"ModelDataUrl": uri}
+        return {"ModelDataUrl": f"{uri}model.tar.gz"}
 
     def _tags(self, deployment) -> list[dict[str, str]]:
         from . import aws, rules
@@ -243,22 +185,27 @@ class SageMakerTarget(Target):
         endpoint record says about them."""
         from . import rules
 
-        deployment = context.deployment
         image = rules.image(self.settings, region)
         sm = session.client("sagemaker")
         self.progress(f"  uploading artefacts to s3://{self.settings.bucket}")
         data, stats = self._upload(repository, session, region, context)
-        tags = self._tags(deployment)
-        container = {"Image": image, "Environment": self._container_env(repository),
+        tags = self._tags(context.deployment)
+        container = {"Image": image,
+                     "Environment": spec.container_env(self.settings, repository),
                      "Mode": "MultiModel" if self.settings.mode == "multi" else "SingleModel",
                      **data}
+        self._create_model(sm, names["model"], container, tags, region, context)
+        self._create_config(sm, names, tags, region, context)
+        return {"mode": self.settings.mode, "image": image, **stats}
 
-        resource = context.record("model", names["model"], region=region)
-        self.progress(f"  creating model {names['model']} ({image})")
-        arn = sm.create_model(ModelName=names["model"], ExecutionRoleArn=self.settings.role,
+    def _create_model(self, sm, model: str, container: dict, tags, region, context) -> None:
+        resource = context.record("model", model, region=region)
+        self.progress(f"  creating model {model} ({container['Image']})")
+        arn = sm.create_model(ModelName=model, ExecutionRoleArn=self.settings.role,
                               PrimaryContainer=container, Tags=tags)["ModelArn"]
         context.created(resource, arn=arn)
 
+    def _create_config(self, sm, names: dict[str, str], tags, region, context) -> None:
         resource = context.record("endpoint-config", names["endpoint-config"], region=region)
         arn = sm.create_endpoint_config(
             EndpointConfigName=names["endpoint-config"], Tags=tags,
@@ -269,7 +216,6 @@ class SageMakerTarget(Target):
                 "ContainerStartupHealthCheckTimeoutInSeconds": self.settings.startup_timeout}],
         )["EndpointConfigArn"]
         context.created(resource, arn=arn)
-        return {"mode": self.settings.mode, "image": image, **stats}
 
     def _wait_in_service(self, sm, endpoint: str) -> None:
         """The ``endpoint_in_service`` waiter; raises botocore's WaiterError."""
@@ -291,34 +237,36 @@ class SageMakerTarget(Target):
         with aws.failures(DeployFailed, self._facts(region), then=lambda: (
                 f"'deployer teardown {deployment.name}' removes what was created"
                 if deployment.resources else "nothing was created")):
-            self._create(repository, context, session, region, names, image)
+            sm = session.client("sagemaker")
+            context.set_endpoint(endpoint=names["endpoint"], region=region,
+                                 mode=self.settings.mode, image=image)
+            context.set_endpoint(**self._model_and_config(repository, session, region, names,
+                                                          context))
+            resource = self._create_endpoint(sm, names, region, context)
+            if self.settings.wait:
+                self._wait_created(sm, session, names["endpoint"], deployment.name)
+            context.created(resource)
 
-    def _create(self, repository, context, session, region, names, image) -> None:
-        from botocore.exceptions import WaiterError
-
-        deployment = context.deployment
-        sm = session.client("sagemaker")
-        context.set_endpoint(endpoint=names["endpoint"], region=region, mode=self.settings.mode,
-                             image=image)
-        context.set_endpoint(**self._model_and_config(repository, session, region, names,
-                                                      context))
-        tags = self._tags(deployment)
-
+    def _create_endpoint(self, sm, names: dict[str, str], region, context):
+        """``create_endpoint`` on the new config; the resource stays ``creating`` until it
+        serves (or is not waited for)."""
         resource = context.record("endpoint", names["endpoint"], region=region)
         self.progress(f"  creating endpoint {names['endpoint']} on "
                       f"{self.settings.instance_count} x {self.settings.instance_type}")
         arn = sm.create_endpoint(EndpointName=names["endpoint"],
                                  EndpointConfigName=names["endpoint-config"],
-                                 Tags=tags)["EndpointArn"]
+                                 Tags=self._tags(context.deployment))["EndpointArn"]
         context.update(resource, arn=arn)
-        if self.settings.wait:
-            self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
-            try:
-                self._wait_in_service(sm, names["endpoint"])
-            except WaiterError as exc:
-                raise self._not_in_service(sm, session, names["endpoint"], exc,
-                                           deployment.name) from None
-        context.created(resource)
+        return resource
+
+    def _wait_created(self, sm, session, endpoint: str, name: str) -> None:
+        from botocore.exceptions import WaiterError
+
+        self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
+        try:
+            self._wait_in_service(sm, endpoint)
+        except WaiterError as exc:
+            raise self._not_in_service(sm, session, endpoint, exc, name) from None
 
     def _not_in_service(self, sm, session, endpoint: str, exc, name: str) -> DeployFailed:
         """The waiter gave up: the endpoint's status and FailureReason (or the AWS error that
@@ -348,25 +296,48 @@ class SageMakerTarget(Target):
         session, region = self._session_region()
         deployment = context.deployment
         endpoint = deployment.endpoint.get("endpoint", deployment.name)
-        recorded = deployment.endpoint.get("region")
+        self._check_region(endpoint, deployment.endpoint.get("region"), region)
+        facts = self._facts(region)
+        with aws.failures(DeployFailed, facts, then=self._rerun_hint(deployment.name)):
+            sm = session.client("sagemaker")
+            current = self._check_updatable(sm, session, region, endpoint, deployment.name)
+            previous = self._replaced(deployment)
+            names = self._names(deployment.name, deployment.id,
+                                sum(r.kind == "model" for r in deployment.resources))
+            details = self._model_and_config(repository, session, region, names, context)
+            new_config = names["endpoint-config"]
+            self._switch(sm, endpoint, current, new_config, facts, deployment.name)
+            if not self.settings.wait:
+                self.progress(f"  not waiting (-o wait=false): {current} and its model stay "
+                              "until the next update or teardown")
+                context.set_endpoint(**details)
+                return
+            self._wait_switched(sm, session, endpoint, current, new_config)
+            context.set_endpoint(**details)
+            self._retire(context, previous, details["artifacts"])
+
+    # -- update's steps ------------------------------------------------------------------------
+    @staticmethod
+    def _rerun_hint(name: str) -> str:
+        return (f"fix the cause and run the update again ('deployer teardown {name}' removes "
+                "everything)")
+
+    @staticmethod
+    def _check_region(endpoint: str, recorded: str | None, region: str) -> None:
+        """An update stays in the region the endpoint was deployed to (UsageError)."""
         if recorded and recorded != region:
             raise UsageError(f"endpoint {endpoint} is in {recorded}: an update cannot move it to "
                              f"{region}", hint=f"pass -o region={recorded}, or tear it down "
                                                "and deploy again")
-        facts = self._facts(region)
-        with aws.failures(DeployFailed, facts, then=(
-                f"fix the cause and run the update again ('deployer teardown "
-                f"{deployment.name}' removes everything)")):
-            self._update(repository, context, session, region, endpoint, facts)
 
-    def _update(self, repository, context, session, region, endpoint, facts) -> None:
-        from botocore.exceptions import ClientError, WaiterError
+    def _check_updatable(self, sm, session, region: str, endpoint: str, name: str) -> str:
+        """The endpoint still exists (DeployFailed), the bucket is usable (UsageError) and the
+        endpoint is InService (DeployFailed). Returns the config it serves now."""
+        from botocore.exceptions import ClientError
 
         from . import aws
 
-        deployment = context.deployment
-        teardown = f"run 'deployer teardown {deployment.name}' and deploy again"
-        sm = session.client("sagemaker")
+        teardown = f"run 'deployer teardown {name}' and deploy again"
         try:
             described = sm.describe_endpoint(EndpointName=endpoint)
         except ClientError as exc:
@@ -374,21 +345,27 @@ class SageMakerTarget(Target):
                 raise DeployFailed(f"endpoint {endpoint} no longer exists in {region}",
                                    hint=teardown) from None
             raise
-        with aws.failures(UsageError, facts):
+        with aws.failures(UsageError, self._facts(region)):
             aws.check_bucket(session.client("s3"), self.settings.bucket, region)
-        current = described.get("EndpointConfigName", "?")
         if described.get("EndpointStatus") != "InService":
             raise DeployFailed(
                 f"endpoint {endpoint} is {described.get('EndpointStatus')}; only an InService "
                 "endpoint can be updated", hint="retry once it is InService, or " + teardown)
+        return described.get("EndpointConfigName", "?")
 
-        # everything but the endpoint is replaced: leftovers of a failed or unwaited update too
-        previous = [r for r in deployment.resources if r.status != "deleted"
-                    and r.kind in ("endpoint-config", "model", "s3-artifacts")]
-        revision = sum(r.kind == "model" for r in deployment.resources)
-        names = self._names(deployment.name, deployment.id, revision)
-        details = self._model_and_config(repository, session, region, names, context)
-        new_config = names["endpoint-config"]
+    @staticmethod
+    def _replaced(deployment) -> list:
+        """What the new version replaces: everything but the endpoint, leftovers of a failed
+        or unwaited update too."""
+        return [r for r in deployment.resources if r.status != "deleted"
+                and r.kind in ("endpoint-config", "model", "s3-artifacts")]
+
+    def _switch(self, sm, endpoint: str, current: str, new_config: str, facts,
+                name: str) -> None:
+        """``update_endpoint`` to the new config; a refusal leaves ``current`` serving."""
+        from botocore.exceptions import ClientError
+
+        from . import aws
 
         self.progress(f"  updating endpoint {endpoint}: {current} → {new_config} (blue/green: "
                       "the current version serves until the new one is InService)")
@@ -397,13 +374,15 @@ class SageMakerTarget(Target):
         except ClientError as exc:
             line, hint = aws.explain(exc, facts)
             raise DeployFailed(f"{line}; {current} still serves", hint="; ".join(filter(None, (
-                hint, f"fix the cause and run the update again ('deployer teardown "
-                      f"{deployment.name}' removes everything)")))) from None
-        if not self.settings.wait:
-            self.progress(f"  not waiting (-o wait=false): {current} and its model stay until "
-                          "the next update or teardown")
-            context.set_endpoint(**details)
-            return
+                hint, self._rerun_hint(name))))) from None
+
+    def _wait_switched(self, sm, session, endpoint: str, current: str, new_config: str) -> None:
+        """Wait until the endpoint is InService on ``new_config``; DeployFailed with its
+        reason and CloudWatch lines if it failed or rolled back to ``current``."""
+        from botocore.exceptions import WaiterError
+
+        from . import aws
+
         self.progress("  waiting for the endpoint to be InService on the new config "
                       "(often 5-15 minutes)")
         serving = None
@@ -412,31 +391,33 @@ class SageMakerTarget(Target):
             serving = sm.describe_endpoint(EndpointName=endpoint).get("EndpointConfigName")
         except WaiterError:
             pass
-        if serving != new_config:
-            # Failed, or rolled back to the previous config (InService with a FailureReason)
-            reason, tail = aws.failure_parts(sm, session.client("logs"), endpoint)
-            raise DeployFailed(
-                f"update of endpoint {endpoint} to {new_config} failed ({reason}); {current} "
-                "and its model were left in place",
-                hint="fix the cause and run the update again",
-                details=(f"last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}"
-                         if tail else None))
-        context.set_endpoint(**details)
+        if serving == new_config:
+            return
+        # Failed, or rolled back to the previous config (InService with a FailureReason)
+        reason, tail = aws.failure_parts(sm, session.client("logs"), endpoint)
+        raise DeployFailed(
+            f"update of endpoint {endpoint} to {new_config} failed ({reason}); {current} "
+            "and its model were left in place", hint="fix the cause and run the update again",
+            details=(f"last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}"
+                     if tail else None))
 
-        new_artifacts = details["artifacts"]
+    def _retire(self, context, previous: list, new_artifacts: str) -> None:
+        """Remove the previous config, model and artefacts (not those the new model reads, nor
+        kept ones); one that cannot go is a warning and stays recorded for teardown."""
         for kind in ("endpoint-config", "model", "s3-artifacts"):
             for resource in (r for r in previous if r.kind == kind):
                 if kind == "s3-artifacts" and (resource.id == new_artifacts
                                                or self.settings.keep_artifacts):
                     continue  # still what the new model reads, or kept: teardown decides
                 try:
-                    self.delete(resource, deployment)
+                    self.delete(resource, context.deployment)
                 except TeardownIncomplete as exc:
                     self.progress(f"  warning: {exc}; teardown will retry")
                     continue
                 context.deleted(resource)
                 self.progress(f"  removed previous {kind} {resource.id}")
 
+    # -- the rest of the contract -------------------------------------------------------------
     def client(self, deployment):
         from deployer.repository import Repository
 
@@ -553,173 +534,6 @@ class SageMakerTarget(Target):
             return ""
         return aws.log_tail(aws.session(endpoint["region"]).client("logs"),
                             endpoint["endpoint"], lines)
-
-
-class SageMakerTwin(Rehearsal, SageMakerTarget):
-    """The rehearsal: the same artefacts and container behaviour, served on this machine."""
-
-    name = "sagemaker-twin"
-    description = ("rehearses a sagemaker deploy locally: its exact artefacts, served like "
-                   "SageMaker's Triton container by the embedded tritonserver")
-    def validate(self, repository) -> None:
-        # the repository and container rules only: role, bucket, region and credentials are
-        # the cloud's, and the rehearsal must run without them
-        from deployer import runtime
-
-        from . import rules
-
-        self._check_repository(repository)
-        rules.multi_gpu(self.settings, self.settings.region or "us-east-1", self.progress)
-        runtime.check_backends(repository, hint="it cannot be rehearsed here; set "
-                                                "DEPLOYER_TRITONSERVER to a server that has it")
-
-    def plan(self, repository, name):
-        from . import artefacts
-
-        layout, items = self._layout(repository)
-        digest = artefacts.listing_digest(items, layout)
-        return [PlannedResource("artefacts", f"<state>/work/{name}/sagemaker", {
-                    "layout": layout, "digest": digest,
-                    "objects": [a.name for a in items] if layout != "uncompressed" else
-                    [rel for rel, _ in items[0].members]}),
-                PlannedResource("process", "tritonserver", {
-                    "flags": "--allow-sagemaker=true --model-control-mode=explicit (the serve "
-                             "script's)", "environment": self._container_env(repository)})]
-
-    def deploy(self, repository, context) -> None:
-        self._serve(repository, context, "sagemaker", context.deployment.id)
-
-    def update(self, repository, context) -> None:
-        """Blue/green, like the cloud: the new artefacts in a new folder, a new server (new
-        ports, tag ``<id>-rN``) up and every archive loaded, then the endpoint switches and the
-        previous server and folder go. If the new one fails it is stopped and the previous one
-        keeps serving (its folder stays recorded, with its log, until teardown)."""
-        deployment = context.deployment
-        previous = [r for r in deployment.resources if r.status != "deleted"]
-        revision = sum(r.kind == "process" for r in deployment.resources)
-        known = len(deployment.resources)
-        try:
-            self._serve(repository, context, f"sagemaker-r{revision}",
-                        f"{deployment.id}-r{revision}")
-        except Exception:
-            for resource in deployment.resources[known:]:
-                if resource.kind == "process" and resource.status != "deleted":
-                    self.delete(resource, deployment)
-                    context.deleted(resource)
-            raise
-        for kind in ("process", "artefacts"):
-            for resource in (r for r in previous if r.kind == kind):
-                self.delete(resource, deployment)
-                context.deleted(resource)
-
-    def _serve(self, repository, context, folder: str, tag: str) -> None:
-        import shutil
-
-        from deployer import runtime
-
-        from . import artefacts, container
-
-        layout, items = self._layout(repository)
-        root = Path(context.work_dir) / folder
-        resource = context.record("artefacts", str(root))
-        digest = artefacts.listing_digest(items, layout)
-        store = root / "s3" / digest  # what the cloud target would upload
-        store.mkdir(parents=True, exist_ok=True)
-        for artefact in items:
-            if layout == "uncompressed":
-                for rel, path in artefact.members:
-                    (store / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, store / rel)
-            else:
-                with open(store / artefact.name, "wb") as sink:
-                    artefacts.write_tar_gz(artefact, sink)
-        env = self._container_env(repository)
-        multi = layout == "multi"
-        if multi:
-            env["SAGEMAKER_MULTI_MODEL"] = "true"
-            repo_dir = root / "tmp-sagemaker"  # the serve script's empty /tmp/sagemaker
-            repo_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            repo_dir = root / "opt-ml-model"   # /opt/ml/model
-            shutil.rmtree(repo_dir, ignore_errors=True)
-            if layout == "uncompressed":
-                shutil.copytree(store, repo_dir)
-            else:
-                artefacts.unpack(store / "model.tar.gz", repo_dir)
-        context.created(resource, digest=digest, layout=layout)
-
-        args = container.serve_args(repo_dir, env, multi)
-        server = runtime.find_server(None, self.progress, create=True)
-        log_path = root / "tritonserver.log"
-        resource = context.record("process", "tritonserver", tag=tag, log=str(log_path))
-        info = container.start(server, args, env, log_path, tag,
-                               float(self.settings.startup_timeout), self.progress)
-        context.update(resource, id=str(info["pid"]), **info)
-        if multi:
-            for artefact in items:
-                folder = container.mme_folder(root / "opt-ml-models", artefact.name)
-                artefacts.unpack(store / artefact.name, folder)
-                self.progress(f"  loading {artefact.name} (POST /models)")
-                try:
-                    container.load(info["sagemaker_port"], artefact.name, folder)
-                except DeployFailed as exc:
-                    from deployer.server import tail
-
-                    raise DeployFailed(f"{exc}; last log lines:\n{tail(log_path)}") from None
-        # the endpoint switches to this server only once it serves every archive
-        context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
-                             http_port=info["http_port"],
-                             url=f"http://127.0.0.1:{info['sagemaker_port']}")
-        context.created(resource)
-
-    def client(self, deployment):
-        from deployer.repository import Repository
-
-        from .invoke import TwinClient
-
-        return TwinClient(deployment.endpoint, Repository.load(deployment.repository))
-
-    def delete(self, resource, deployment) -> bool:
-        import shutil
-
-        from deployer import server as proc
-
-        if resource.kind == "process":
-            return proc.stop(resource.data.get("tag", deployment.id))
-        root = Path(resource.id)
-        existed = root.exists()
-        if self.settings.keep_artifacts:
-            for child in ("opt-ml-model", "opt-ml-models", "tmp-sagemaker"):
-                shutil.rmtree(root / child, ignore_errors=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-        return existed
-
-    def exists(self, resource, deployment) -> bool:
-        from deployer import server as proc
-
-        if resource.kind == "process":
-            return bool(proc.tagged(resource.data.get("tag", deployment.id)))
-        root = Path(resource.id)
-        return (root / "opt-ml-model").exists() or (root / "opt-ml-models").exists() or (
-            root.exists() and not self.settings.keep_artifacts)
-
-    def recover(self, name, deployment_id):
-        """The servers tagged with the deployment's id (an update's carry ``<id>-rN``); never
-        the cloud's resources, which the twin does not create."""
-        from deployer.server import all_tagged
-        from deployer.state import Resource
-
-        if not deployment_id:
-            return []
-        return [Resource("process", " ".join(map(str, pids)), "created", {"tag": tag})
-                for tag, pids in sorted(all_tagged().items())
-                if tag == deployment_id or tag.startswith(deployment_id + "-")]
-
-    def logs(self, deployment, lines=100) -> str:
-        from deployer.server import recorded_log
-
-        return recorded_log(deployment, lines)
 
 
 @hookimpl

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from typing import Any, Mapping
 
-from deployer.client import EndpointClient, EndpointError
+from deployer.triton import EndpointClient, EndpointError
 
 #: InvokeEndpoint's request limit
 MAX_BODY = 6_291_456
