@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.server import tagged
+from deployer.triton import tagged
 from deployer.testing import TargetContract
 
 from conftest import (EXAMPLES, REPOS, crashing_repository, like_a_background_job,

@@ -18,7 +18,7 @@ import pytest
 
 from deployer import runtime
 from deployer.errors import UsageError
-from deployer.server import TAG_ENV, tagged
+from deployer.triton import TAG_ENV, stop, tagged
 
 from conftest import REPOS, crashing_repository, one_line_error
 from test_local import processes_with
@@ -175,8 +175,6 @@ def test_servers_and_models_never_see_the_deployers_credentials(cli, tmp_path, m
 
 def test_azure_twin_gateway_inherits_no_credentials(tmp_path, monkeypatch):
     pytest.importorskip("azure.ai.ml")
-    from deployer import server as proc
-
     from deployer_plugins.azure import twin
 
     for key, value in SECRETS.items():
@@ -189,7 +187,7 @@ def test_azure_twin_gateway_inherits_no_credentials(tmp_path, monkeypatch):
         seen = environ_of(pid)
         assert not set(SECRETS) & set(seen) and seen[TAG_ENV] == tag
     finally:
-        proc.stop(tag)
+        stop(tag)
     assert tagged(tag) == []
 
 

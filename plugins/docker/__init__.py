@@ -72,7 +72,7 @@ class DockerTarget(Target):
         return engine.connect(self._host(resource))
 
     def validate(self, repository) -> None:
-        from deployer.server import port_in_use
+        from deployer.triton import port_in_use
 
         from . import engine
 
@@ -140,6 +140,8 @@ class DockerTarget(Target):
         import docker.errors
         from docker.types import Mount
 
+        from deployer.triton import tritonserver_command
+
         from . import engine
 
         deployment = context.deployment
@@ -154,9 +156,8 @@ class DockerTarget(Target):
             labels = {engine.LABEL_DEPLOYMENT: deployment.id,
                       engine.LABEL_NAME: deployment.name,
                       engine.LABEL_REPOSITORY: str(repository.path)}
-            command = ["tritonserver", "--model-repository=/models",
-                       *(f"--{k.replace('_port', '-port')}={v}" for k, v in INNER.items()),
-                       *self.settings.args]
+            command = tritonserver_command("tritonserver", "/models", **INNER,
+                                           args=self.settings.args)
             resource = context.record("container", cname, container=cname, image=self.image,
                                       docker_host=host, **ports)
             self.progress(f"  creating container {cname} from {self.image}")
@@ -195,7 +196,7 @@ class DockerTarget(Target):
             client.close()
 
     def _ports(self) -> dict[str, int]:
-        from deployer.server import free_ports
+        from deployer.triton import free_ports
 
         free = iter(free_ports(3, HOST))
         return {k: self.settings[k] or next(free) for k in INNER}
@@ -231,11 +232,11 @@ class DockerTarget(Target):
         return engine.engine_error(f"cannot create container {cname}", exc)
 
     def _wait_ready(self, container, url: str, context, resource) -> float:
-        """``deployer.server.watch_start`` on the container: ready, exited, or a model that
+        """``deployer.triton.watch_start`` on the container: ready, exited, or a model that
         cannot load (its log, the repository index) stops the wait at once."""
         import docker.errors
 
-        from deployer.server import answers, watch_start
+        from deployer.triton import answers, watch_start
 
         cname = container.name
         read = {"text": "", "checked": 0.0, "read": 0.0, "ended": False}
@@ -278,7 +279,7 @@ class DockerTarget(Target):
 
     def _failure(self, container, context, resource) -> tuple[str, str, str]:
         """Save the container's log next to the record; the error that tells, and an excerpt."""
-        from deployer.server import failure_in
+        from deployer.triton import failure_in
 
         path = Path(context.work_dir) / "tritonserver.log"
         try:
@@ -312,7 +313,7 @@ class DockerTarget(Target):
 
     # -- after deploy --------------------------------------------------------------------------
     def client(self, deployment):
-        from deployer.client import KServeClient
+        from deployer.triton import KServeClient
 
         return KServeClient(deployment.endpoint["url"])
 
@@ -339,7 +340,7 @@ class DockerTarget(Target):
             client.close()
 
     def logs(self, deployment, lines=100) -> str:
-        from deployer.server import tail
+        from deployer.triton import tail
 
         from . import engine
 

@@ -32,16 +32,14 @@ class LocalTarget(Target):
     )
 
     def validate(self, repository) -> None:
-        from deployer import runtime
+        from deployer import triton
 
-        runtime.check_backends(repository, self.settings.server,
-                               hint=f"deploy it with --target {ELSEWHERE}, or name a server "
-                                    "that has it with -o server=PATH")
-        from deployer.server import port_in_use
-
+        triton.check_backends(repository, self.settings.server,
+                              hint=f"deploy it with --target {ELSEWHERE}, or name a server "
+                                   "that has it with -o server=PATH")
         for option in ("http_port", "grpc_port", "metrics_port"):
             port = self.settings[option]
-            if port and port_in_use(port, self.settings.host):
+            if port and triton.port_in_use(port, self.settings.host):
                 raise ValidationError(f"port {port} ({option}) is already in use",
                                       hint=f"pass another -o {option}=PORT or 0 for a free one")
 
@@ -74,51 +72,46 @@ class LocalTarget(Target):
             context.deleted(resource)
 
     def _start(self, repository, context, tag: str) -> None:
-        from deployer import runtime
-        from deployer import server as proc
+        from deployer import triton
 
-        server = runtime.find_server(self.settings.server, self.progress)
+        server = triton.find_server(self.settings.server, self.progress)
         host = self.settings.host
-        free = iter(proc.free_ports(3, host))
+        free = iter(triton.free_ports(3, host))
         ports = {k: self.settings[k] or next(free) for k in
                  ("http_port", "grpc_port", "metrics_port")}
         log_path = Path(context.work_dir) / f"tritonserver-{tag[-6:]}.log"
-        command = server.command(
-            f"--model-repository={repository.path}",
-            f"--http-address={host}", f"--http-port={ports['http_port']}",
-            f"--grpc-address={host}", f"--grpc-port={ports['grpc_port']}",
-            f"--metrics-address={host}", f"--metrics-port={ports['metrics_port']}",
-            *self.settings.args)
+        command = triton.tritonserver_command(server, repository.path, host=host, **ports,
+                                              args=self.settings.args)
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path),
                                   server=str(server.executable), **ports)
-        pid = proc.start(command, server.process_env(), log_path, tag)
+        pid = triton.start(command, server.process_env(), log_path, tag)
         context.update(resource, id=str(pid))
         url = f"http://{host}:{ports['http_port']}"
-        seconds = proc.wait_ready(url, pid, log_path, self.settings.startup_timeout,
-                                  self.progress)
+        seconds = triton.wait_ready(url, pid, log_path, self.settings.startup_timeout,
+                                    self.progress)
         context.created(resource, ready_seconds=round(seconds, 3))
         context.set_endpoint(url=url, grpc=f"{host}:{ports['grpc_port']}",
                              metrics=f"http://{host}:{ports['metrics_port']}/metrics")
 
     def client(self, deployment):
-        from deployer.client import KServeClient
+        from deployer.triton import KServeClient
 
         return KServeClient(deployment.endpoint["url"])
 
     def delete(self, resource, deployment) -> bool:
-        from deployer import server as proc
+        from deployer import triton
 
-        return proc.stop(resource.data.get("tag", deployment.id), self.settings.stop_timeout)
+        return triton.stop(resource.data.get("tag", deployment.id), self.settings.stop_timeout)
 
     def exists(self, resource, deployment) -> bool:
-        from deployer import server as proc
+        from deployer import triton
 
-        return bool(proc.tagged(resource.data.get("tag", deployment.id)))
+        return bool(triton.tagged(resource.data.get("tag", deployment.id)))
 
     def recover(self, name, deployment_id):
         """Servers tagged with the deployment's id (an update's carry ``<id>-<suffix>``)."""
-        from deployer.server import all_tagged
         from deployer.state import Resource
+        from deployer.triton import all_tagged
 
         if not deployment_id:
             return []
@@ -128,14 +121,14 @@ class LocalTarget(Target):
 
     @classmethod
     def orphans(cls, known):
-        from deployer.server import all_tagged
+        from deployer.triton import all_tagged
 
         return [{"kind": "process", "id": " ".join(map(str, pids)), "tag": tag,
                  "remove": f"kill {' '.join(map(str, pids))}"}
                 for tag, pids in sorted(all_tagged().items()) if tag not in known]
 
     def logs(self, deployment, lines=100) -> str:
-        from deployer.server import recorded_log
+        from deployer.triton import recorded_log
 
         return recorded_log(deployment, lines)
 

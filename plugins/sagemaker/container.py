@@ -81,10 +81,12 @@ def serve_args(repository: Path, environment: dict[str, str], multi: bool) -> li
 def command(server, args: list[str], sagemaker_port: int, http_port: int) -> list[str]:
     """The container's ``tritonserver`` line. Unlike the container, HTTP stays on, bound to
     127.0.0.1 only, so the test step can read real model metadata (SageMaker has no route)."""
-    return server.command("--allow-sagemaker=true", f"--sagemaker-port={sagemaker_port}",
-                          "--allow-grpc=false", "--allow-metrics=false",
-                          "--allow-http=true", "--http-address=127.0.0.1",
-                          f"--http-port={http_port}", "--model-control-mode=explicit", *args)
+    from deployer.triton import tritonserver_command
+
+    return tritonserver_command(server, host="127.0.0.1", http_port=http_port,
+                                args=["--allow-sagemaker=true",
+                                      f"--sagemaker-port={sagemaker_port}",
+                                      "--model-control-mode=explicit", *args])
 
 
 def start(server, args: list[str], environment: dict[str, str], log_path: Path, tag: str,
@@ -93,14 +95,14 @@ def start(server, args: list[str], environment: dict[str, str], log_path: Path, 
     cannot load. Its environment: the allow-listed part of ours, the runtime's paths and
     ``environment`` (the container's ``SAGEMAKER_*``), never the deployer's credentials.
     Returns pid and ports."""
-    from deployer import server as proc
+    from deployer import triton
 
-    sagemaker_port, http_port = proc.free_ports(2)
-    pid = proc.start(command(server, args, sagemaker_port, http_port),
-                     server.process_env(environment), log_path, tag)
-    proc.wait_ready(f"http://127.0.0.1:{sagemaker_port}", pid, log_path, timeout, progress,
-                    what="tritonserver (SageMaker frontend)", ready_path="/ping",
-                    index_url=f"http://127.0.0.1:{http_port}")
+    sagemaker_port, http_port = triton.free_ports(2)
+    pid = triton.start(command(server, args, sagemaker_port, http_port),
+                       server.process_env(environment), log_path, tag)
+    triton.wait_ready(f"http://127.0.0.1:{sagemaker_port}", pid, log_path, timeout, progress,
+                      what="tritonserver (SageMaker frontend)", ready_path="/ping",
+                      index_url=f"http://127.0.0.1:{http_port}")
     return {"pid": pid, "sagemaker_port": sagemaker_port, "http_port": http_port}
 
 
