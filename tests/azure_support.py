@@ -36,7 +36,7 @@ import shutil
 import time
 from pathlib import Path
 
-from deployer import server as proc
+from deployer import triton
 from deployer.errors import DeployFailed
 from deployer_plugins.azure import gateway, seam, spec, twin
 
@@ -342,8 +342,8 @@ class FakeAzure(seam.Seam):
 
     def _remove(self, endpoint: _Endpoint) -> None:
         for deployment in endpoint.deployments.values():
-            proc.stop(deployment.tag, STOP_GRACE)
-        proc.stop(endpoint.gateway_tag)
+            triton.stop(deployment.tag, STOP_GRACE)
+        triton.stop(endpoint.gateway_tag)
         shutil.rmtree(endpoint.folder, ignore_errors=True)
         self.endpoints.pop(endpoint.name, None)
 
@@ -494,7 +494,7 @@ class FakeAzure(seam.Seam):
             _, url = twin.start_triton(Path(model["path"]), endpoint.folder, tag, lambda _: None,
                                        timeout=60, log_name=log.name)
         except DeployFailed:
-            proc.stop(tag, STOP_GRACE)  # one that never became ready
+            triton.stop(tag, STOP_GRACE)  # one that never became ready
             if old:  # rolling update: the old instances keep serving; the state says Failed
                 old.log, old.model = log, model["path"]  # get_logs shows the failed attempt
             (old or deployment).state = "Failed"
@@ -504,7 +504,7 @@ class FakeAzure(seam.Seam):
         endpoint.deployments[entity.name] = deployment
         twin.update_routes(endpoint.routes, entity.name, url=url)
         if old:
-            proc.stop(old.tag, STOP_GRACE)
+            triton.stop(old.tag, STOP_GRACE)
         return poller(self._deployment_entity(endpoint, deployment))
 
     def _deployment(self, endpoint_name, name):
@@ -529,7 +529,7 @@ class FakeAzure(seam.Seam):
                               "set it to 0 first", "DELETE")
         if failure is not None:
             return poller(error=failure.error())
-        proc.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
+        triton.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
         twin.update_routes(endpoint.routes, name, remove=True)
         return poller()
 
@@ -541,7 +541,7 @@ class FakeAzure(seam.Seam):
             raise not_found("onlineEndpoints", f"{endpoint_name}/deployments/{name}")
         if container_type == "storage-initializer":
             return STORAGE_LOG.format(model=deployment.model, path=deployment.model)
-        return proc.tail(deployment.log, lines)
+        return triton.tail(deployment.log, lines)
 
 
 # -- fixtures for the azure test modules (import them: ``from azure_support import fake``) ------

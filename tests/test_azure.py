@@ -307,10 +307,15 @@ def test_plan_yaml_loads_with_the_sdk(tmp_path, run_cli):
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     yaml_dir = tmp_path / "yaml"
-    code, out, err = run_cli("plan", str(ADD_SUB), "-t", "azure", "--name", "planned",
-                             "-o", "yaml_dir=" + str(yaml_dir), "-o", "auth_mode=aml_token",
-                             "-o", "model_version=3", "--json")
+    planned = ("plan", str(ADD_SUB), "-t", "azure", "--name", "planned",
+               "-o", "auth_mode=aml_token", "-o", "model_version=3", "--json")
+    # the deprecated option: a warning, and plan writes nothing
+    code, out, err = run_cli(*planned, "-o", "yaml_dir=" + str(yaml_dir))
+    assert code == 0 and "use 'deployer plan ... --export" in err and not yaml_dir.exists()
+    code, out, err = run_cli(*planned, "--export", str(yaml_dir))
     assert code == 0, err
+    assert json.loads(out)["exported"] == [str(yaml_dir / "endpoint.yml"),
+                                           str(yaml_dir / "deployment.yml")]
     resources = {r["kind"]: r["details"] for r in json.loads(out)["resources"]}
     assert json.loads((yaml_dir / "endpoint.yml").read_text()) == resources["endpoint"]
     assert json.loads((yaml_dir / "deployment.yml").read_text()) == resources["deployment"]
@@ -480,7 +485,7 @@ def test_failed_update_keeps_the_old_version_serving(fake, run_cli, tmp_path):
 
 
 def test_twin_update_in_place_then_blue_green(run_cli, tmp_path):
-    from deployer import server as proc
+    from deployer import triton
 
     code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "tw",
                              "--json")
@@ -495,12 +500,12 @@ def test_twin_update_in_place_then_blue_green(run_cli, tmp_path):
         _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url)
     finally:
         assert run_cli("teardown", "tw")[0] == 0
-    assert not key_file.exists() and all(not proc.tagged(tag) for tag in tags)
+    assert not key_file.exists() and all(not triton.tagged(tag) for tag in tags)
     assert all(key not in text for text in run_cli.outputs)
 
 
 def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
-    from deployer import server as proc
+    from deployer import triton
 
     # in place: a new server takes over the route of 'blue', the old one stops
     code, out, err = run_cli("deploy", str(MULTI), "-t", "azure-twin", "--name", "tw",
@@ -511,7 +516,7 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
     assert (new["kind"], new["id"], new["status"]) == ("deployment", f"{ep}/blue", "created")
     assert json.loads(routes.read_text()) == {"deployments": {"blue": new["data"]["url"]},
                                               "traffic": {"blue": 100}}
-    assert proc.tagged(tags[0]) == [] and proc.tagged(new["data"]["tag"])
+    assert triton.tagged(tags[0]) == [] and triton.tagged(new["data"]["tag"])
     tags.append(new["data"]["tag"])
     code, out, err = run_cli("test", "tw", "--json")
     assert code == 0 and len(json.loads(out)["models"]) == 4, out + err
@@ -523,7 +528,7 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
     code, _, err = run_cli("deploy", str(crashing), "-t", "azure-twin", "--name", "tw",
                            "--update")
     assert code == 3 and "provisioning state Failed" in _error_line(err), err
-    assert routes.read_text() == before and proc.tagged(tags[1])
+    assert routes.read_text() == before and triton.tagged(tags[1])
     assert run_cli("test", "tw")[0] == 0
 
     # blue/green: 'canary' beside 'blue', smoke-tested through the gateway, traffic, blue gone
@@ -537,7 +542,7 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
     assert [r["id"] for r in canary] == [f"{ep}/canary"]
     assert json.loads(routes.read_text()) == {
         "deployments": {"canary": canary[0]["data"]["url"]}, "traffic": {"canary": 100}}
-    assert proc.tagged(tags[1]) == []
+    assert triton.tagged(tags[1]) == []
     assert record["endpoint"]["url"] == url and record["endpoint"]["deployment"] == "canary"
     assert key_file.read_text() == key
     code, out, err = run_cli("test", "tw", "--json")

@@ -119,3 +119,16 @@ class AzureClient(KServeClient):
         except EndpointError:
             raise Unavailable(self._refused, hint="for a cloud endpoint: az ml online-"
                               "endpoint get-credentials; then run the test again") from None
+
+
+def connect(endpoint: dict, fetch: Callable[[], Any]) -> AzureClient:
+    """The probed client of a recorded endpoint (``url``, ``endpoint``, ``deployment``), its
+    credential from ``fetch``. KServe routes sit at the root of the scoring host; the scoring
+    URI itself ends in /score."""
+    import urllib.parse
+
+    parsed = urllib.parse.urlparse(endpoint["url"])
+    client = AzureClient(f"{parsed.scheme}://{parsed.netloc}", fetch, endpoint["deployment"],
+                         endpoint["endpoint"])
+    client.probe()
+    return client

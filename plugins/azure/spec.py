@@ -1,5 +1,9 @@
 """Azure's rules and the two documents a deploy sends: the endpoint and the deployment.
 
+The builders here are plain functions of (settings, repository) that ``azure`` and its twin
+``azure-twin`` share: the cloud sends what they build through the seam, the twin serves the
+same folder behind its gateway.
+
 The documents are Azure ML CLI v2 YAML (``managedOnlineEndpoint`` / ``managedOnlineDeployment``
 schemas), so ``plan`` shows exactly what ``az ml online-endpoint create -f`` would take. The SDK
 entities are built from the same values with the SDK's own classes and serialised offline by the
@@ -9,10 +13,14 @@ SDK before any call (``entities``), so a value the service would refuse fails he
 from __future__ import annotations
 
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from deployer.errors import ValidationError
+from deployer.target import Option, PlannedResource
 
+#: the modules the cloud target needs (the twin runs without them)
+REQUIRES = ("azure.ai.ml", "azure.identity")
 #: the header that routes a request to one deployment of an endpoint
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 ENDPOINT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json"
@@ -21,6 +29,38 @@ DEPLOYMENT_SCHEMA = ("https://azuremlschemas.azureedge.net/latest/"
 #: tags every resource gets: the deployer's deployment name, and (at deploy) its id
 NAME_TAG = "triton-deployer"
 ID_TAG = "triton-deployer-id"
+
+#: the options of ``azure``; ``azure-twin`` accepts the same (and its own ``server``)
+OPTIONS = (
+    Option("subscription", str, None, "Azure subscription id (with resource_group and "
+           "workspace; else workspace_config is read)"),
+    Option("resource_group", str, None, "resource group of the Azure ML workspace"),
+    Option("workspace", str, None, "Azure ML workspace name"),
+    Option("workspace_config", str, None, "path of the config.json MLClient.from_config reads "
+           "(default: found from the current folder up)"),
+    Option("endpoint", str, None, "endpoint name, 3-32 letters, digits, single dashes, unique "
+           "in the region (default: from the deployment name)"),
+    Option("deployment", str, "blue", "deployment name inside the endpoint"),
+    Option("instance_type", str, "STANDARD_NC4AS_T4_V3", "VM size (a managed online endpoint "
+           "SKU; case does not matter)"),
+    Option("instance_count", int, 1, "number of instances"),
+    Option("auth_mode", str, "key", "how callers authenticate", choices=("key", "aml_token",
+                                                                         "aad_token")),
+    Option("traffic", int, 100, "percent of the endpoint's traffic for the new deployment"),
+    Option("model_name", str, None, "registered model name (default: the deployment name)"),
+    Option("model_version", str, None, "registered model version (default: the next one)"),
+    Option("tags", list, [], "extra tags KEY=VALUE on endpoint, deployment and model"),
+    Option("yaml_dir", str, None, "deprecated, writes nothing: use 'deployer plan --export "
+           "DIR' (endpoint.yml and deployment.yml for 'az ml online-endpoint create -f')"),
+    Option("blue_green", bool, False, "deploy --update: create a new deployment beside the old "
+           "one (no traffic), smoke-test it, move the traffic, then delete the old one "
+           "(default: update the deployment in place)"),
+    Option("new_deployment", str, None, "deploy --update with blue_green: the new deployment's "
+           "name (default: blue <-> green, else NAME-green)"),
+    Option("startup_timeout", float, 1800.0, "seconds each long-running Azure operation "
+           "(endpoint, deployment, traffic, delete) may take; past it the deploy stops (exit 3) "
+           "with the provisioning state and the container logs. A state line every 30 s"),
+)
 
 #: endpoint and deployment names: 3-32 characters, a letter first, letters, digits, dashes
 NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
@@ -197,3 +237,104 @@ def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
         text = " ".join(str(exc).split()).split(" Visit this link")[0]
         raise ValidationError(f"azure-ai-ml refused the entities: {text[:400]}") from None
     return endpoint, model, deployment
+
+
+def sdk_installed() -> bool:
+    """Whether the modules of REQUIRES can be imported (checked without importing them)."""
+    import importlib.util
+
+    def importable(module: str) -> bool:
+        try:  # find_spec imports the parents: find_spec("azure.ai.ml") raises without azure
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return all(importable(m) for m in REQUIRES)
+
+
+def check_settings(settings, repository) -> None:
+    """The repository and option rules a deploy checks before any call."""
+    check_repository(repository)
+    instance_type(settings.instance_type)
+    if settings.instance_count < 1:
+        raise ValidationError("instance_count must be at least 1")
+    if not 0 <= settings.traffic <= 100:
+        raise ValidationError(f"traffic must be 0-100 (percent), got {settings.traffic}")
+    parse_tags(settings.tags)
+    if settings.endpoint:
+        check_name("endpoint", settings.endpoint, "endpoint")
+    check_name("deployment", settings.deployment, "deployment")
+    if settings.new_deployment:
+        check_name("deployment", settings.new_deployment, "new_deployment")
+    if not settings.startup_timeout > 0:
+        raise ValidationError(f"startup_timeout must be positive (seconds), got "
+                              f"{settings.startup_timeout}")
+
+
+class Names:
+    """The endpoint, deployment and model names of deployment ``name`` under ``settings``."""
+
+    def __init__(self, settings, name: str):
+        self.endpoint = check_name("endpoint", settings.endpoint or endpoint_name_from(name),
+                                   "endpoint")
+        self.deployment = check_name("deployment", settings.deployment, "deployment")
+        self.model = settings.model_name or name
+        if not ASSET_RE.match(self.model):
+            raise ValidationError(f"model name {self.model!r} is not a valid Azure asset name",
+                                  hint="pass -o model_name= with letters, digits, -, _ or .")
+
+
+def documents(settings, repository, name: str, deployment_id: str | None = None,
+              endpoint: str | None = None, deployment: str | None = None):
+    """``(Names, endpoint document, deployment document)`` for deployment ``name``;
+    ``endpoint``/``deployment`` override the names the options give (an update keeps the
+    recorded endpoint)."""
+    names = Names(settings, name)
+    names.endpoint = endpoint or names.endpoint
+    names.deployment = deployment or names.deployment
+    tags = {**parse_tags(settings.tags), NAME_TAG: name}
+    if deployment_id:
+        tags[ID_TAG] = deployment_id
+    model: dict[str, Any] = {"name": names.model, "path": str(repository.path),
+                             "type": "triton_model"}
+    if settings.model_version:
+        model["version"] = settings.model_version
+    endpoint_doc = endpoint_yaml(names.endpoint, settings.auth_mode, tags)
+    deployment_doc = deployment_yaml(names.deployment, names.endpoint, model,
+                                     instance_type(settings.instance_type),
+                                     settings.instance_count, tags)
+    return names, endpoint_doc, deployment_doc
+
+
+def checked_entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any]):
+    """:func:`entities`, with whatever the SDK prints kept off stdout (it may carry JSON)."""
+    from .seam import stdout_to_stderr
+
+    with stdout_to_stderr():
+        return entities(endpoint_doc, deployment_doc)
+
+
+def planned(settings, names: Names, endpoint_doc: dict[str, Any],
+            deployment_doc: dict[str, Any]) -> list[PlannedResource]:
+    """What a deploy creates, in order: endpoint, model, deployment, traffic."""
+    where = f"{names.endpoint}/{names.deployment}"
+    return [PlannedResource("endpoint", names.endpoint, endpoint_doc),
+            PlannedResource("model", names.model, deployment_doc["model"]),
+            PlannedResource("deployment", where, deployment_doc),
+            PlannedResource("traffic", where, {names.deployment: settings.traffic})]
+
+
+def write_yaml(folder: Path, endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
+               progress: Callable[[str], None]) -> list[Path]:
+    """endpoint.yml and deployment.yml in ``folder`` (for 'az ml online-endpoint create -f');
+    returns the files written."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    # JSON is YAML: no YAML library needed, and the SDK's loaders read it as such
+    for file_name, doc in (("endpoint.yml", endpoint_doc), ("deployment.yml", deployment_doc)):
+        (folder / file_name).write_text(json.dumps(doc, indent=2) + "\n")
+        progress(f"wrote {folder / file_name}")
+        written.append(folder / file_name)
+    return written

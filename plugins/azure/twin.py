@@ -1,8 +1,13 @@
-"""The pieces of a local managed online endpoint: a key, a gateway, Triton behind it.
+"""Target ``azure-twin``, and the pieces of a local managed online endpoint it is made of: a
+key, a gateway, Triton behind it.
 
-Used by the ``azure-twin`` target and by the tests' fake control plane. Each process is started
-detached and tagged (``deployer.server``), so it outlives the CLI command that started it and
-teardown finds it by its tag.
+The twin is a Target of its own that holds the same builders as ``azure`` (:mod:`.spec`: names,
+documents, repository rules) and the same update steps (:mod:`.update`) with a local backend:
+the folder Azure would register is copied and served by the embedded tritonserver behind a
+gateway that checks the bearer key and routes on ``azureml-model-deployment``. The pieces are
+also used by the tests' fake control plane. Each process is started detached and tagged
+(:mod:`deployer.triton`), so it outlives the CLI command that started it and teardown finds it
+by its tag.
 
 The endpoint key is random, made at deploy, and kept only in a file of mode 0600 in the
 deployment's work folder (state records the file's path, never the key); teardown removes it.
@@ -19,7 +24,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from deployer.errors import DeployFailed
+from deployer import triton
+from deployer.errors import DeployFailed, UsageError
+from deployer.target import Option, Target
+
+from . import spec, update
 
 
 def write_key(path: Path) -> None:
@@ -69,8 +78,6 @@ def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
                   progress: Callable[[str], None], host: str = "127.0.0.1",
                   timeout: float = 30.0) -> tuple[int, str]:
     """Start the gateway on a free port; return (pid, url) once it answers."""
-    from deployer import server as proc
-
     from . import gateway
 
     if not routes_file.exists():
@@ -81,16 +88,15 @@ def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
     command = [sys.executable, "-m", gateway.__name__, "--host", host, "--port", "0",
                "--key-file", str(key_file), "--routes", str(routes_file),
                "--port-file", str(port_file)]
-    pid = proc.start(command, {}, log_path, tag)   # the allow-listed environment only
+    pid = triton.start(command, {}, log_path, tag)   # the allow-listed environment only
     deadline = time.monotonic() + timeout
     while not port_file.exists():
-        proc._reap(pid)
-        if not proc._alive(pid) or time.monotonic() > deadline:
+        if not triton.alive(pid) or time.monotonic() > deadline:
             raise DeployFailed("the rehearsal gateway did not start; last log lines:\n"
-                               + proc.tail(log_path), hint=f"full log: {log_path}")
+                               + triton.tail(log_path), hint=f"full log: {log_path}")
         time.sleep(0.02)
     url = f"http://{host}:{int(port_file.read_text())}"
-    proc.wait_ready(url, pid, log_path, timeout, progress, what="gateway",
+    triton.wait_ready(url, pid, log_path, timeout, progress, what="gateway",
                     ready_path=gateway.HEALTH_PATH)
     return pid, url
 
@@ -112,17 +118,252 @@ def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[
                  timeout: float = 120.0, log_name: str = "inference-server.log") -> tuple[int, str]:
     """Serve ``model_dir`` as a no-code deployment's Triton does (every model loaded at start,
     the server exits if one fails); return (pid, url) once ready."""
-    from deployer import runtime
-    from deployer import server as proc
-
-    server = runtime.find_server(server_path, progress, create=True)
-    http_port, grpc_port, metrics_port = proc.free_ports(3, host)
+    server = triton.find_server(server_path, progress, create=True)
+    http_port, grpc_port, metrics_port = triton.free_ports(3, host)
     log_path = work_dir / log_name
-    command = server.command(
-        f"--model-repository={model_dir}", f"--http-address={host}",
-        f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
-        f"--metrics-address={host}", f"--metrics-port={metrics_port}")
-    pid = proc.start(command, server.process_env(), log_path, tag)
+    command = triton.tritonserver_command(server, model_dir, host=host, http_port=http_port,
+                                          grpc_port=grpc_port, metrics_port=metrics_port)
+    pid = triton.start(command, server.process_env(), log_path, tag)
     url = f"http://{host}:{http_port}"
-    proc.wait_ready(url, pid, log_path, timeout, progress, what="the deployment's tritonserver")
+    triton.wait_ready(url, pid, log_path, timeout, progress, what="the deployment's tritonserver")
     return pid, url
+
+
+def _entities(endpoint_doc, deployment_doc) -> None:
+    """The SDK's offline check of the documents, when the SDK is here (the twin runs
+    without it)."""
+    if spec.sdk_installed():
+        spec.checked_entities(endpoint_doc, deployment_doc)
+
+
+class AzureTwin(Target):
+    """The rehearsal: the folder ``azure`` registers, served by the embedded tritonserver
+    behind a gateway that checks the bearer key and routes on ``azureml-model-deployment``."""
+
+    name = "azure-twin"
+    description = ("rehearsal of azure on this machine: embedded tritonserver behind a "
+                   "bearer-key gateway that routes on azureml-model-deployment")
+    options = tuple(o for o in spec.OPTIONS if o.name != "startup_timeout") + (
+        Option("server", str, None, "path of a tritonserver (default: $DEPLOYER_TRITONSERVER, "
+               "PATH, then the managed runtime)"),
+        Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),
+    )
+    runs_here = True
+
+    def validate(self, repository) -> None:
+        spec.check_settings(self.settings, repository)
+        triton.check_backends(repository, self.settings.server,
+                              hint="it cannot be rehearsed here; name a server that has it "
+                                   "with -o server=PATH")
+
+    def plan(self, repository, name):
+        names, endpoint, deployment = spec.documents(self.settings, repository, name)
+        _entities(endpoint, deployment)
+        if self.settings.yaml_dir:  # deprecated: plan writes nothing (Target.plan's contract)
+            self.progress(f"warning: -o yaml_dir is deprecated and plan no longer writes files; "
+                          f"use 'deployer plan ... --export {self.settings.yaml_dir}'")
+        return spec.planned(self.settings, names, endpoint, deployment)
+
+    def export(self, repository, name, directory):
+        """endpoint.yml and deployment.yml, as ``azure`` exports them."""
+        _, endpoint, deployment = spec.documents(self.settings, repository, name)
+        _entities(endpoint, deployment)
+        return spec.write_yaml(Path(directory), endpoint, deployment, self.progress)
+
+    def deploy(self, repository, context) -> None:
+        record = context.deployment
+        work = Path(context.work_dir)
+        names, endpoint_doc, deployment_doc = spec.documents(self.settings, repository,
+                                                             record.name, record.id)
+        _entities(endpoint_doc, deployment_doc)
+        ep, dep = names.endpoint, names.deployment
+        key_file, routes = work / "endpoint.key", work / "routes.json"
+
+        tag = f"{record.id}-gateway"
+        resource = context.record("endpoint", ep, tag=tag, key_file=str(key_file),
+                                  routes=str(routes), log=str(work / "gateway.log"))
+        write_key(key_file)
+        pid, url = start_gateway(work, tag, key_file, routes, self.progress)
+        url += "/score"  # as Azure's scoring URI
+        context.created(resource, pid=pid, scoring_uri=url, provisioning_state="Succeeded")
+        context.set_endpoint(url=url, endpoint=ep, deployment=dep,
+                             auth_mode=self.settings.auth_mode, key_file=str(key_file))
+
+        resource = context.record("model", names.model, path=str(work / "model"))
+        model_dir = copy_model(repository, work / "model")
+        context.created(resource, id=f"{names.model}:{self.settings.model_version or 1}",
+                        path=str(work / "model"), served=str(model_dir))
+
+        tag = f"{record.id}-{dep}"
+        log_path = work / "inference-server.log"
+        resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep,
+                                  tag=tag, log=str(log_path), routes=str(routes))
+        try:
+            pid, triton_url = start_triton(model_dir, work, tag, self.progress,
+                                           self.settings.server,
+                                           timeout=self.settings.startup_timeout)
+        except DeployFailed as exc:
+            raise DeployFailed(f"deployment {ep}/{dep} failed, provisioning state Failed: "
+                               f"{exc.message}", hint=exc.hint) from None
+        update_routes(routes, dep, url=triton_url, traffic=0)
+        context.created(resource, pid=pid, url=triton_url, provisioning_state="Succeeded")
+
+        resource = context.record("traffic", f"{ep}/{dep}", endpoint=ep, deployment=dep,
+                                  routes=str(routes), percent=self.settings.traffic)
+        update_routes(routes, dep, traffic=self.settings.traffic)
+        context.created(resource)
+
+    def update(self, repository, context) -> None:
+        """The steps of :mod:`.update` on this machine. Both modes start a new tritonserver on
+        the new model folder first. Blue/green: it joins the gateway's routes as the new
+        deployment with 0 traffic, is smoke-tested through the gateway with the header, gets
+        the traffic, then the old server stops. In place: once it is ready, the deployment's
+        route switches to it and the old server stops (a surge, as Azure's rolling update; no
+        smoke check, as in place on Azure)."""
+        record = context.deployment
+        plan = update.plan(self.settings, repository, record)
+        _entities(plan.endpoint_doc, plan.deployment_doc)
+        routes = self._routes(plan, record)
+        update.run(_Local(self, repository, routes, Path(context.work_dir)), plan, repository,
+                   context)
+
+    @staticmethod
+    def _routes(plan, record) -> Path:
+        """The routes file of the running gateway, once the new deployment's name is free."""
+        gateways = [r for r in update.live(record, "endpoint") if triton.tagged(r.data["tag"])]
+        if not gateways:
+            raise DeployFailed(f"the rehearsal gateway of {plan.endpoint} is not running",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        routes = Path(gateways[0].data["routes"])
+        if not plan.in_place and plan.new in read_routes(routes).get("deployments", {}):
+            raise UsageError(f"deployment {plan.endpoint}/{plan.new} already exists on the "
+                             "endpoint", hint="pass another -o new_deployment=NAME")
+        return routes
+
+    def client(self, deployment):
+        from .client import connect
+
+        return connect(deployment.endpoint, self._secret(deployment))
+
+    def _secret(self, deployment):
+        from .seam import Credential
+
+        try:
+            key = Credential(read_key(Path(deployment.endpoint["key_file"])))
+        except (KeyError, FileNotFoundError):
+            raise UsageError(f"the rehearsal key of {deployment.name} is gone",
+                             hint=f"run 'deployer teardown {deployment.name}' and deploy "
+                                  "again") from None
+        return lambda: key
+
+    def delete(self, resource, deployment) -> bool:
+        data = resource.data
+        if resource.kind == "endpoint":
+            stopped = triton.stop(data["tag"])
+            had_key = Path(data["key_file"]).exists()
+            Path(data["key_file"]).unlink(missing_ok=True)
+            return stopped or had_key
+        if resource.kind == "model":
+            present = Path(data["path"]).exists()
+            shutil.rmtree(data["path"], ignore_errors=True)
+            return present
+        if resource.kind == "deployment":
+            stopped = triton.stop(data["tag"])
+            routes = Path(data["routes"])
+            serving = read_routes(routes).get("deployments", {}).get(data["deployment"])
+            # after an in-place update the route names a newer server: leave it
+            if routes.exists() and (not data.get("url") or serving in (None, data["url"])):
+                update_routes(routes, data["deployment"], remove=True)
+            return stopped
+        if resource.kind == "traffic":
+            routes = read_routes(Path(data["routes"]))
+            if not routes.get("traffic", {}).get(data["deployment"]):
+                return False
+            update_routes(Path(data["routes"]), data["deployment"], traffic=0)
+            return True
+        raise UsageError(f"unknown resource kind {resource.kind!r}")
+
+    def exists(self, resource, deployment) -> bool:
+        data = resource.data
+        if resource.kind == "endpoint":
+            return bool(triton.tagged(data["tag"])) or Path(data["key_file"]).exists()
+        if resource.kind == "model":
+            return Path(data["path"]).exists()
+        if resource.kind == "deployment":
+            return bool(triton.tagged(data["tag"]))
+        if resource.kind == "traffic":
+            routes = read_routes(Path(data["routes"]))
+            return bool(routes.get("traffic", {}).get(data["deployment"]))
+        return False
+
+    def logs(self, deployment, lines=100) -> str:
+        parts = []
+        for resource in deployment.resources:
+            if resource.data.get("log") and resource.status != "deleted":
+                parts.append(f"--- {Path(resource.data['log']).name} ---\n"
+                             + triton.tail(resource.data["log"], lines))
+        return "\n".join(parts)
+
+
+class _Local:
+    """The update's backend on this machine (see :class:`.update.Backend`): a copied model
+    folder, a new tritonserver, the gateway's routes file."""
+
+    def __init__(self, target: AzureTwin, repository, routes: Path, work: Path):
+        self.target, self.repository, self.routes, self.work = target, repository, routes, work
+        self.suffix = secrets.token_hex(3)  # names this update's folder, server and log
+        self.traffic_data = {"routes": str(routes)}
+
+    def register_model(self, plan, context):
+        record = context.deployment
+        versions = [int(r.id.rpartition(":")[2]) for r in record.resources
+                    if r.kind == "model" and r.id.rpartition(":")[2].isdigit()]
+        version = plan.model_version or str(1 + max(versions or [0]))
+        folder = self.work / f"model-{self.suffix}"
+        model = context.record("model", plan.names.model, path=str(folder))
+        self.model_dir = copy_model(self.repository, folder)
+        context.created(model, id=f"{plan.names.model}:{version}", served=str(self.model_dir))
+        return model
+
+    def create_deployment(self, plan, context, model):
+        ep, new = plan.endpoint, plan.new
+        tag = f"{context.deployment.id}-{new}-{self.suffix}"
+        log_path = self.work / f"inference-server-{new}-{self.suffix}.log"
+        created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
+                                 tag=tag, log=str(log_path), routes=str(self.routes))
+        try:
+            pid, url = start_triton(self.model_dir, self.work, tag, self.target.progress,
+                                    self.target.settings.server,
+                                    timeout=self.target.settings.startup_timeout,
+                                    log_name=log_path.name)
+        except DeployFailed as exc:
+            triton.stop(tag)  # never routed: the route (in place: the old server's) stays
+            context.deleted(created)
+            update.abandon(self.target, [model], context)
+            raise DeployFailed(f"{'update of ' if plan.in_place else ''}deployment {ep}/{new} "
+                               f"failed, provisioning state Failed: {exc.message}",
+                               hint=f"{plan.keeps}; {exc.hint}", details=exc.details) from None
+        context.created(created, pid=pid, url=url, provisioning_state="Succeeded")
+        if not plan.in_place:
+            update_routes(self.routes, new, url=url, traffic=0)
+        return created
+
+    def switch(self, plan, context, deployment) -> list:
+        self.target.progress(f"  switching {plan.endpoint}/{plan.old} to the new server")
+        update_routes(self.routes, plan.old, url=deployment.data["url"])
+        return [r for r in update.live(context.deployment, "deployment", deployment=plan.old)
+                if r is not deployment]
+
+    def client(self, record, deployment: str):
+        from .client import connect
+
+        return connect({**record.endpoint, "deployment": deployment},
+                       self.target._secret(record))
+
+    def traffic(self) -> dict:
+        return dict(read_routes(self.routes).get("traffic", {}))
+
+    def set_traffic(self, traffic: dict) -> None:
+        current = read_routes(self.routes)
+        current["traffic"] = traffic
+        write_routes(self.routes, current)
