@@ -568,3 +568,23 @@ def test_compare_azure_against_the_twin(fake, run_cli, tmp_path):
     assert results["azure-twin"]["passed"] and results["azure-twin"]["cost_per_hour"] == 0.0
     assert fake.endpoints == {}, "the cloud endpoint must be torn down"
     assert (tmp_path / "r.html").read_text().count('class="ok">passed') >= 3
+
+
+def test_twin_tears_down_a_corrupt_record_by_its_tags(run_cli, tmp_path):
+    """The twin's record cut short: teardown finds its gateway and server by the id's tags
+    and stops them."""
+    from deployer import triton
+
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "lostw",
+                             "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    tags = [r["data"]["tag"] for r in record["resources"] if "tag" in r["data"]]
+    assert len(tags) == 2 and all(triton.tagged(tag) for tag in tags)
+    path = tmp_path / "state" / "deployments" / "lostw.json"
+    path.write_text(path.read_text()[:-40])  # not JSON any more; the id is still readable
+    code, out, err = run_cli("teardown", "lostw", "--json")
+    assert code == 0, err
+    removed = json.loads(out)["removed"]
+    assert [r["kind"] for r in removed] == ["process", "process"], removed
+    assert all(triton.tagged(tag) == [] for tag in tags)

@@ -256,8 +256,23 @@ class AzureTwin(Target):
                                   "again") from None
         return lambda: key
 
+    def recover(self, name, deployment_id):
+        """The gateway and servers tagged with the deployment's id (an update's carry
+        ``<id>-<deployment>-<suffix>``), the gateway first."""
+        from deployer.state import Resource
+
+        if not deployment_id:
+            return []
+        found = [(tag != f"{deployment_id}-gateway", tag, pids)
+                 for tag, pids in triton.all_tagged().items()
+                 if tag.startswith(deployment_id + "-")]
+        return [Resource("process", " ".join(map(str, pids)), "created", {"tag": tag})
+                for _, tag, pids in sorted(found)]
+
     def delete(self, resource, deployment) -> bool:
         data = resource.data
+        if resource.kind == "process":  # found by recover
+            return triton.stop(data["tag"])
         if resource.kind == "endpoint":
             stopped = triton.stop(data["tag"])
             had_key = Path(data["key_file"]).exists()
@@ -285,6 +300,8 @@ class AzureTwin(Target):
 
     def exists(self, resource, deployment) -> bool:
         data = resource.data
+        if resource.kind == "process":
+            return bool(triton.tagged(data["tag"]))
         if resource.kind == "endpoint":
             return bool(triton.tagged(data["tag"])) or Path(data["key_file"]).exists()
         if resource.kind == "model":
