@@ -154,14 +154,14 @@ class Deployer:
         impl = self._target(target, options)
         if type(impl).export is Target.export:
             raise UsageError(f"target {target} has nothing to export",
-                             hint="--export is for targets that write deployment documents "
-                                  "(e.g. azure)")
+                             hint="--export is for targets that write deployment documents, "
+                                  "such as azure")
         impl.validate(repo)
         name = check_name(name or default_name(repo.path, target))
         folder = Path(directory)
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"cannot export to {directory}: it is a file",
-                             hint="pass a folder (it is created if missing)")
+                             hint="pass a folder; it is created if missing")
         try:
             return [Path(p) for p in impl.export(repo, name, folder)]
         except OSError as exc:

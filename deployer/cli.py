@@ -193,7 +193,7 @@ def validate(ctx: Context, repository, target, name, raw_options, config_file, a
 @cli.command()
 @click.argument("repository", type=click.Path())
 @target_options
-@click.option("--export", "export_dir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--export", "export_dir", type=click.Path(), metavar="DIR",
               help="Also write the target's deployment documents into DIR (e.g. azure's "
                    "endpoint.yml and deployment.yml); plan alone writes nothing.")
 @json_option
