@@ -15,8 +15,9 @@ modelled.
 An ``aml_token``/``aad_token`` endpoint hands out a new token per ``credential`` call, valid
 ``token_lifetime`` seconds on ``wall`` (the clock a test may hand the client too); the gateway
 accepts it until ``revoke_tokens`` (``token_fetches`` counts, ``tokens_issued`` keeps when).
-An update of an existing deployment is a rolling update: the new server starts beside the old one, takes over its route
-once ready, and if it fails the old one keeps serving (the provisioning state says Failed).
+An update of an existing deployment is a rolling update: the new server starts beside the old
+one, takes over its route once ready, and if it fails the old one keeps serving (the
+provisioning state says Failed).
 
 Faults: ``fail(method, error)`` makes the next call of a seam method raise ``error`` (an
 ``azure_error``, say) or, for ``OperationFailure``, lets its long-running operation fail with

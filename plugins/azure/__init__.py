@@ -367,12 +367,6 @@ class _Cloud:
     def switch(self, plan, context, deployment) -> list:
         return []  # the rolling update already moved the deployment to the new version
 
-    def client(self, record, deployment: str):
-        from .client import connect
-
-        return connect({**record.endpoint, "deployment": deployment},
-                       self.target._secret(record))
-
     def traffic(self) -> dict:
         return self.seam.get_endpoint(self.endpoint).traffic
 

@@ -371,12 +371,6 @@ class _Local:
         return [r for r in update.live(context.deployment, "deployment", deployment=plan.old)
                 if r is not deployment]
 
-    def client(self, record, deployment: str):
-        from .client import connect
-
-        return connect({**record.endpoint, "deployment": deployment},
-                       self.target._secret(record))
-
     def traffic(self) -> dict:
         return dict(read_routes(self.routes).get("traffic", {}))
 

@@ -69,7 +69,7 @@ class UpdatePlan:
 class Backend(Protocol):
     """The operations of an update that differ between the cloud and its twin."""
 
-    #: the Target whose ``progress``, ``delete`` and ``models_served`` the steps use
+    #: the Target whose ``progress``, ``client``, ``delete`` and ``models_served`` the steps use
     target: Any
     #: extra data of the traffic resource blue/green records
     traffic_data: dict
@@ -86,9 +86,6 @@ class Backend(Protocol):
         """In place, once ``deployment`` is up: make it serve; return the resources it
         replaced (besides the old models)."""
 
-    def client(self, record, deployment: str):
-        """A client of the endpoint that routes to ``deployment``."""
-
     def traffic(self) -> dict:
         """The endpoint's traffic split."""
 
@@ -98,22 +95,7 @@ class Backend(Protocol):
 
 def plan(settings, repository, record) -> UpdatePlan:
     """Step 0: the names, documents and models of the update; UsageError if it cannot be."""
-    endpoint = record.endpoint
-    if not endpoint.get("endpoint") or not endpoint.get("deployment"):
-        raise UsageError(f"{record.name!r} has no endpoint recorded",
-                         hint=f"run 'deployer teardown {record.name}' and deploy again")
-    ep, old = endpoint["endpoint"], endpoint["deployment"]
-    if settings.endpoint and settings.endpoint != ep:
-        raise UsageError(f"{record.name!r} lives on endpoint {ep}; an update cannot move it "
-                         f"to {settings.endpoint}",
-                         hint=f"drop -o endpoint, or tear {record.name} down and deploy again")
-    new = old
-    if settings.blue_green:
-        new = spec.check_name("deployment", settings.new_deployment or toggled(old),
-                              "new_deployment")
-        if new == old:
-            raise UsageError(f"the new deployment must not be named like the old one ({old})",
-                             hint="pass another -o new_deployment=NAME")
+    ep, old, new = _deployments(settings, record)
     names, endpoint_doc, deployment_doc = spec.documents(settings, repository, record.name,
                                                          record.id, endpoint=ep, deployment=new)
     version = settings.model_version
@@ -127,20 +109,38 @@ def plan(settings, repository, record) -> UpdatePlan:
                       version, live(record, "model"))
 
 
+def _deployments(settings, record) -> tuple[str, str, str]:
+    """(the recorded endpoint, the deployment serving now, the one that will serve)."""
+    endpoint = record.endpoint
+    if not endpoint.get("endpoint") or not endpoint.get("deployment"):
+        raise UsageError(f"{record.name!r} has no endpoint recorded",
+                         hint=f"run 'deployer teardown {record.name}' and deploy again")
+    ep, old = endpoint["endpoint"], endpoint["deployment"]
+    if settings.endpoint and settings.endpoint != ep:
+        raise UsageError(f"{record.name!r} lives on endpoint {ep}; an update cannot move it "
+                         f"to {settings.endpoint}",
+                         hint=f"drop -o endpoint, or tear {record.name} down and deploy again")
+    if not settings.blue_green:
+        return ep, old, old
+    new = spec.check_name("deployment", settings.new_deployment or toggled(old),
+                          "new_deployment")
+    if new == old:
+        raise UsageError(f"the new deployment must not be named like the old one ({old})",
+                         hint="pass another -o new_deployment=NAME")
+    return ep, old, new
+
+
 def run(backend: Backend, plan: UpdatePlan, repository, context) -> None:
     """The steps, in order (see the module's docstring)."""
     model = backend.register_model(plan, context)
     deployment = backend.create_deployment(plan, context, model)
     if plan.in_place:
-        retire(backend.target, backend.switch(plan, context, deployment) + plan.old_models,
-               context)
-        return
-    smoke_test(backend, plan, repository, context, fresh=[deployment, model])
-    move_traffic(backend, plan, context)
-    backend.target.progress(f"  removing the old deployment {plan.endpoint}/{plan.old}")
-    record = context.deployment
-    retire(backend.target, live(record, "traffic", deployment=plan.old) +
-           live(record, "deployment", deployment=plan.old) + plan.old_models, context)
+        replaced = backend.switch(plan, context, deployment)
+    else:
+        smoke_test(backend, plan, repository, context, fresh=[deployment, model])
+        move_traffic(backend, plan, context)
+        replaced = old_deployment(backend, plan, context)
+    retire(backend.target, replaced + plan.old_models, context)
 
 
 def smoke_test(backend: Backend, plan: UpdatePlan, repository, context, fresh: list) -> None:
@@ -148,8 +148,11 @@ def smoke_test(backend: Backend, plan: UpdatePlan, repository, context, fresh: l
     removed and DeployFailed says why."""
     backend.target.progress(f"  smoke test of {plan.endpoint}/{plan.new} "
                             f"({spec.DEPLOYMENT_HEADER}: {plan.new})")
-    failure = smoke(lambda: backend.client(context.deployment, plan.new),
-                    repository, backend.target.models_served(repository))
+    # the recorded endpoint, routed to the new deployment by its header
+    routed = dataclasses.replace(context.deployment,
+                                 endpoint={**context.deployment.endpoint, "deployment": plan.new})
+    failure = smoke(lambda: backend.target.client(routed), repository,
+                    backend.target.models_served(repository))
     if failure:
         abandon(backend.target, fresh, context)
         raise DeployFailed(f"the new deployment {plan.endpoint}/{plan.new} failed its smoke "
@@ -192,6 +195,14 @@ def move_traffic(backend: Backend, plan: UpdatePlan, context) -> None:
     backend.set_traffic({**backend.traffic(), plan.old: 0, plan.new: plan.traffic})
     context.created(resource)
     context.set_endpoint(deployment=plan.new)
+
+
+def old_deployment(backend: Backend, plan: UpdatePlan, context) -> list:
+    """Blue/green, once the traffic moved: the old deployment and its traffic, to retire."""
+    backend.target.progress(f"  removing the old deployment {plan.endpoint}/{plan.old}")
+    record = context.deployment
+    return (live(record, "traffic", deployment=plan.old) +
+            live(record, "deployment", deployment=plan.old))
 
 
 def retire(target, resources: list, context) -> None:
