@@ -24,8 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from deployer import runtime
-from deployer import server as proc
+from deployer import triton
 from deployer_plugins.sagemaker import artefacts, container
 
 
@@ -180,7 +179,7 @@ class RuntimeEmulator:
                 s3.download_file(bucket, key, str(archive))
                 artefacts.unpack(archive, repo)
         args = container.serve_args(repo, env, multi)
-        server = runtime.find_server(None, create=True)
+        server = triton.find_server(None, create=True)
         tag = f"sm-runtime-{uuid.uuid4().hex}"
         info = container.start(server, args, env, root / "tritonserver.log", tag, 120,
                                lambda _: None)
@@ -264,7 +263,7 @@ class RuntimeEmulator:
         with self.lock:
             endpoint = self.endpoints.pop(name, None)
         if endpoint:
-            proc.stop(endpoint.tag, grace=5)
+            triton.stop(endpoint.tag, grace=5)
             shutil.rmtree(endpoint.root, ignore_errors=True)
 
     def running(self) -> list[str]:

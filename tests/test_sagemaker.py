@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 
 from deployer import cli
 from deployer.api import Deployer
-from deployer.client import EndpointError
+from deployer.triton import EndpointError
 from deployer.repository import Repository
 from deployer.testing import TargetContract
 
@@ -275,6 +274,41 @@ def test_unchanged_redeploy_uploads_zero_bytes(aws, state, capsys):
     assert kept.endpoint["uploaded_bytes"] > 0 and again.endpoint["uploaded_bytes"] == 0
     deployer.teardown("zero-d")
     assert len(leftovers(aws["bucket"])["objects"]) == 1  # the kept model.tar.gz
+
+
+def test_the_twin_serves_the_very_objects_the_cloud_uploads(aws, state):
+    """One builder: the twin's local 'bucket' holds, byte for byte, what the cloud put in S3,
+    under the same content address, and the container sees the same environment."""
+    import boto3
+
+    deployer = Deployer(state_dir=state, progress=lambda _: None)
+    opts = {"role": aws["role"], "bucket": aws["bucket"], "mode": "multi",
+            "env": "SAGEMAKER_TRITON_LOG_VERBOSE=false"}
+    cloud = deployer.deploy(MULTI, "sagemaker", "cloud", opts)
+    twin = deployer.deploy(MULTI, "sagemaker-twin", "twin", opts)
+    try:
+        s3 = boto3.client("s3")
+        prefix = cloud.endpoint["artifacts"].removeprefix(f"s3://{aws['bucket']}/")
+        uploaded = {o["Key"].removeprefix(prefix): s3.get_object(
+                        Bucket=aws["bucket"], Key=o["Key"])["Body"].read()
+                    for o in s3.list_objects_v2(Bucket=aws["bucket"], Prefix=prefix)["Contents"]}
+        folder = Path(next(r.id for r in twin.resources if r.kind == "artefacts"))
+        store = folder / "s3" / prefix.rstrip("/").rsplit("/", 1)[-1]
+        served = {p.name: p.read_bytes() for p in store.iterdir()}
+        assert sorted(uploaded) == ["add_sub.tar.gz", "pipeline.tar.gz", "text_len.tar.gz"]
+        assert served == uploaded
+        sm = boto3.client("sagemaker")
+        model = next(r for r in cloud.resources if r.kind == "model")
+        env = sm.describe_model(ModelName=model.id)["PrimaryContainer"]["Environment"]
+        assert env == {"SAGEMAKER_TRITON_LOG_VERBOSE": "false"}
+        pid = next(r for r in twin.resources if r.kind == "process").data["pid"]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"SAGEMAKER_TRITON_LOG_VERBOSE=false" in environ
+        assert b"--log-verbose=false" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    finally:
+        deployer.teardown("twin")
+        deployer.teardown("cloud")
+    assert_clean(aws["bucket"])
 
 
 def test_resources_are_tagged_with_the_deployment_id(aws, state):

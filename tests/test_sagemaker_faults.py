@@ -147,7 +147,7 @@ FAULTS = {
                                 "The specified bucket does not exist", status=404,
                                 BucketName=a["bucket"]),
         ["PutObject failed: NoSuchBucket: The specified bucket does not exist",
-         f"create it: aws s3 mb s3://", "--region us-east-1"],
+         "create it: aws s3 mb s3://", "--region us-east-1"],
         set()),
     "wrong-signing-region": (
         lambda p, a: p.s3_error(

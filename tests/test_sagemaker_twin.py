@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deployer import cli
-from deployer.server import tagged
+from deployer.triton import tagged
 from deployer.testing import TargetContract
 
 from deployer_plugins.sagemaker import container
@@ -32,6 +32,25 @@ def state(tmp_path, monkeypatch):
         if key.startswith("AWS_"):
             monkeypatch.delenv(key)
     return tmp_path / "state"
+
+
+# -- composition: the twin is its own target -----------------------------------------------------
+
+def test_the_twin_is_its_own_target_with_the_clouds_options():
+    """A change to the cloud target cannot silently change its twin: the twin is no subclass of
+    it, needs none of its SDKs, and accepts exactly its options."""
+    from deployer.plugins import load
+    from deployer.target import Target
+
+    registry = load()
+    cloud = registry.get("sagemaker")
+    twin = registry.get(cloud.twin)
+    assert twin.name == "sagemaker-twin" and issubclass(twin, Target)
+    assert not issubclass(twin, cloud) and not issubclass(cloud, twin)
+    assert [(o.name, o.default) for o in twin.options] == \
+        [(o.name, o.default) for o in cloud.options]
+    assert twin.requires == () and twin.runs_here and twin.twin is None
+    assert twin.unavailable_reason() is None
 
 
 # -- the serve script's start-up checks, on unpacked artefacts -----------------------------------
