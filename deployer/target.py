@@ -305,11 +305,15 @@ class Target:
 
 
 class Rehearsal:
-    """Mix in before a cloud target to make its twin: ``class MyTwin(Rehearsal, MyCloud)``.
+    """The class attributes of a twin: none of the cloud's SDKs, no twin of its own, runs
+    here, bills nothing.
 
-    A twin serves the cloud's exact artefact on this machine, so it needs none of the cloud's
-    SDKs, has no twin of its own, runs here and bills nothing. It keeps the cloud target's
-    options (add its own to ``options``) and overrides what must happen locally.
+    A twin serves the cloud's exact artefact on this machine. Write it as a ``Target`` of its
+    own that holds the same artefact and spec builders as its cloud target (the cloud uploads
+    what they build, the twin serves it) — the built-in twins do, see
+    ``deployer_plugins/sagemaker/twin.py``. Subclassing the cloud target and overriding most of
+    it (``class MyTwin(Rehearsal, MyCloud)``) still works, but then a change to the cloud
+    silently changes its twin; this mix-in is kept for such existing twins.
     """
 
     requires: ClassVar[Sequence[str]] = ()

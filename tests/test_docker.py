@@ -47,13 +47,21 @@ def containers_of(deployment_id: str) -> list:
     return ENGINE.containers.list(all=True, filters={"label": f"{LABEL}={deployment_id}"})
 
 
+def _ours(tmp_root: str) -> list:
+    """Our labelled containers serving a repository of this checkout or of this session's
+    temporary folder (another test session's are not ours to judge)."""
+    roots = (str(REPOS.parent.parent), tmp_root)
+    return [c for c in ENGINE.containers.list(all=True, filters={"label": LABEL})
+            if c.labels.get("triton-deployer.repository", "").startswith(roots)]
+
+
 @pytest.fixture(autouse=True)
-def _no_container_left(request):
+def _no_container_left(request, tmp_path_factory):
     """Whatever a test does, none of the containers it made may survive it."""
-    before = {c.id for c in ENGINE.containers.list(all=True, filters={"label": LABEL})}
+    tmp_root = str(tmp_path_factory.getbasetemp())
+    before = {c.id for c in _ours(tmp_root)}
     yield
-    left = [c for c in ENGINE.containers.list(all=True, filters={"label": LABEL})
-            if c.id not in before]
+    left = [c for c in _ours(tmp_root) if c.id not in before]
     for container in left:   # clean up for the next test, then fail this one
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"

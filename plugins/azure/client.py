@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from deployer.client import EndpointError, KServeClient
+from deployer.triton import EndpointError, KServeClient
 from deployer.errors import DeployerError, Unavailable
 
 from .spec import DEPLOYMENT_HEADER
