@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from pathlib import Path
 
 from deployer import hookimpl
 from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
@@ -75,18 +74,11 @@ class AzureTarget(Target):
         spec.check_settings(self.settings, repository)
 
     def plan(self, repository, name):
-        names, endpoint, deployment = spec.documents(self.settings, repository, name)
-        spec.checked_entities(endpoint, deployment)
-        if self.settings.yaml_dir:  # deprecated: plan writes nothing (Target.plan's contract)
-            self.progress(f"warning: -o yaml_dir is deprecated and plan no longer writes files; "
-                          f"use 'deployer plan ... --export {self.settings.yaml_dir}'")
-        return spec.planned(self.settings, names, endpoint, deployment)
+        return spec.plan(self.settings, repository, name, self.progress)
 
     def export(self, repository, name, directory):
         """endpoint.yml and deployment.yml, for 'az ml online-endpoint create -f'."""
-        _, endpoint, deployment = spec.documents(self.settings, repository, name)
-        spec.checked_entities(endpoint, deployment)
-        return spec.write_yaml(Path(directory), endpoint, deployment, self.progress)
+        return spec.export(self.settings, repository, name, directory, self.progress)
 
     # -- control plane ---------------------------------------------------------------------
     def _seam(self):

@@ -314,6 +314,35 @@ def checked_entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any
         return entities(endpoint_doc, deployment_doc)
 
 
+def checked_documents(settings, repository, name: str, sdk_required: bool = True):
+    """:func:`documents`, checked offline by the SDK (:func:`checked_entities`); with
+    ``sdk_required`` False (the twin, which runs without the SDK) only when it is installed."""
+    names, endpoint_doc, deployment_doc = documents(settings, repository, name)
+    if sdk_required or sdk_installed():
+        checked_entities(endpoint_doc, deployment_doc)
+    return names, endpoint_doc, deployment_doc
+
+
+def plan(settings, repository, name: str, progress: Callable[[str], None],
+         sdk_required: bool = True) -> list[PlannedResource]:
+    """``Target.plan`` of azure and its twin: the checked documents, as planned resources."""
+    names, endpoint_doc, deployment_doc = checked_documents(settings, repository, name,
+                                                            sdk_required)
+    if settings.yaml_dir:  # deprecated: plan writes nothing (Target.plan's contract)
+        progress(f"warning: -o yaml_dir is deprecated and plan no longer writes files; "
+                 f"use 'deployer plan ... --export {settings.yaml_dir}'")
+    return planned(settings, names, endpoint_doc, deployment_doc)
+
+
+def export(settings, repository, name: str, directory, progress: Callable[[str], None],
+           sdk_required: bool = True) -> list[Path]:
+    """``Target.export`` of azure and its twin: endpoint.yml and deployment.yml, for
+    'az ml online-endpoint create -f'."""
+    _, endpoint_doc, deployment_doc = checked_documents(settings, repository, name,
+                                                        sdk_required)
+    return write_yaml(Path(directory), endpoint_doc, deployment_doc, progress)
+
+
 def planned(settings, names: Names, endpoint_doc: dict[str, Any],
             deployment_doc: dict[str, Any]) -> list[PlannedResource]:
     """What a deploy creates, in order: endpoint, model, deployment, traffic."""

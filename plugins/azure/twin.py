@@ -157,18 +157,12 @@ class AzureTwin(Target):
                                    "with -o server=PATH")
 
     def plan(self, repository, name):
-        names, endpoint, deployment = spec.documents(self.settings, repository, name)
-        _entities(endpoint, deployment)
-        if self.settings.yaml_dir:  # deprecated: plan writes nothing (Target.plan's contract)
-            self.progress(f"warning: -o yaml_dir is deprecated and plan no longer writes files; "
-                          f"use 'deployer plan ... --export {self.settings.yaml_dir}'")
-        return spec.planned(self.settings, names, endpoint, deployment)
+        return spec.plan(self.settings, repository, name, self.progress, sdk_required=False)
 
     def export(self, repository, name, directory):
         """endpoint.yml and deployment.yml, as ``azure`` exports them."""
-        _, endpoint, deployment = spec.documents(self.settings, repository, name)
-        _entities(endpoint, deployment)
-        return spec.write_yaml(Path(directory), endpoint, deployment, self.progress)
+        return spec.export(self.settings, repository, name, directory, self.progress,
+                           sdk_required=False)
 
     def deploy(self, repository, context) -> None:
         record = context.deployment
