@@ -31,6 +31,18 @@ class EndpointClient:
         EndpointError when it refuses our credentials (waiting would not help)."""
         raise NotImplementedError
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Poll :meth:`ready` until it answers True (then True) or ``timeout`` seconds pass
+        (then False). EndpointError from ``ready`` ends the wait at once."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
     def metadata(self, model: str) -> dict[str, Any]:
         """KServe v2 model metadata: ``{"name", "versions", "platform", "inputs": [{"name",
         "datatype", "shape"}], "outputs": [...]}``. Raises EndpointError."""

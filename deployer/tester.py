@@ -151,12 +151,8 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
     models, inputs, expected = prepared.models, prepared.inputs, prepared.expected
 
     def wait_ready() -> str | None:
-        deadline = time.monotonic() + options.ready_timeout
-        while not client.ready():
-            if time.monotonic() > deadline:
-                return f"not ready after {options.ready_timeout:.0f}s"
-            time.sleep(0.2)
-        return None
+        return None if client.wait_ready(options.ready_timeout) else \
+            f"not ready after {options.ready_timeout:.0f}s"
 
     progress(f"testing {name}: ready")
     report = TestReport(name=name, target=target, ready=_timed("ready", wait_ready))

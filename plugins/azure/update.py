@@ -17,7 +17,6 @@ serving; after it, what cannot be removed is a warning and stays recorded for te
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Protocol
 
 from deployer.errors import DeployerError, DeployFailed, UsageError
@@ -169,11 +168,8 @@ def smoke(connect: Callable[[], Any], repository, models: list[str]) -> str | No
     except DeployerError as exc:
         return str(exc)
     try:
-        deadline = time.monotonic() + SMOKE_READY_SECONDS
-        while not client.ready():
-            if time.monotonic() > deadline:
-                return f"not ready after {SMOKE_READY_SECONDS:.0f}s"
-            time.sleep(0.5)
+        if not client.wait_ready(SMOKE_READY_SECONDS):
+            return f"not ready after {SMOKE_READY_SECONDS:.0f}s"
         for model_name in models:
             model = repository.models[model_name]
             answer = client.infer(model_name, generated_inputs(model))
