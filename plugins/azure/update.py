@@ -202,26 +202,23 @@ def old_deployment(backend: Backend, plan: UpdatePlan, context) -> list:
 
 
 def retire(target, resources: list, context) -> None:
-    """Remove what the new version replaced (``delete``, then mark it deleted). The new
-    version already serves: what cannot be removed now is a warning and stays recorded,
-    so teardown removes it."""
-    for resource in resources:
-        try:
-            target.delete(resource, context.deployment)
-        except DeployerError as exc:
-            target.progress(f"  warning: could not remove the previous {resource.kind} "
-                            f"{resource.id}: {exc}; teardown will retry")
-            continue
-        context.deleted(resource)
+    """Remove what the new version replaced. It already serves: what cannot be removed now
+    is a warning and stays recorded, so teardown removes it."""
+    _remove(target, resources, context, "the previous ")
 
 
 def abandon(target, resources: list, context) -> None:
     """Best effort after a failed update: remove what it created; what cannot be removed
     stays recorded for teardown."""
+    _remove(target, resources, context, "")
+
+
+def _remove(target, resources: list, context, which: str) -> None:
     for resource in resources:
         try:
             target.delete(resource, context.deployment)
         except DeployerError as exc:
-            target.progress(f"  could not remove {resource.kind} {resource.id}: {exc}")
+            target.progress(f"  warning: could not remove {which}{resource.kind} "
+                            f"{resource.id}: {exc}; teardown will retry")
             continue
         context.deleted(resource)
