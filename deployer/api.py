@@ -280,7 +280,8 @@ class Deployer:
         try:
             report = tester.run(client, repo, deployment.models, name=name,
                                 target=deployment.target, options=options,
-                                progress=self.progress)
+                                progress=self.progress,
+                                served_by=deployment.endpoint.get("served_by"))
         finally:
             client.close()
         self._notify("deployer_test_finished", deployment=deployment, report=report)

@@ -369,6 +369,8 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
         lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
                         "p99 ms", "max req/s", "errors", "USD/h*", "USD/M*"], rows)]
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
+        lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]
+                  for model, how in sorted(t.get("served_by", {}).items())]
         lines.append(f"* estimates: {data['price_note']}")
         lines.append(f"compare {'PASSED' if data['passed'] else 'FAILED'}")
         return "\n".join(lines)
@@ -418,6 +420,8 @@ def status(ctx: Context, name: str, as_json: bool) -> None:
         f"{data['name']}: {data['status']} on {data['target']} ({live})",
         f"endpoint: {data['endpoint'].get('url', '-')}",
         f"models: {', '.join(data['models'])}",
+        *(f"{model}: served by {how}" for model, how in
+          sorted(data["endpoint"].get("served_by", {}).items())),
         f"created: {data['created_at']}; deploy took {data['deploy_seconds']}s",
         *(f"resource: {r['kind']} {r['id']} [{r['status']}]" for r in data["resources"]),
         *([f"error: {data['error']}"] if data["error"] else [])]))

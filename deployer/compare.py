@@ -58,6 +58,8 @@ class TargetResult:
     cost_per_hour: float | None = None
     cost_per_million: float | None = None
     cost_note: str = ""
+    #: model → how the target serves it when not by its own backend (see deployer.shim)
+    served_by: dict[str, str] = dataclasses.field(default_factory=dict)
     test_passed: bool | None = None
     logs: str = ""
     torn_down: bool = False
@@ -168,6 +170,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
         try:
             deployment = core.deploy(repo.path, target, result.name, options[target])
             result.deploy_seconds = deployment.deploy_seconds
+            result.served_by = dict(deployment.endpoint.get("served_by") or {})
             client = impl.client(deployment)
             try:
                 with measure_lock:

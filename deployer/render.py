@@ -20,6 +20,8 @@ def test_report(report: dict[str, Any]) -> str:
             rows.append([model["model"], check["name"], _mark(check["passed"]),
                          check["message"] or f"{check['seconds'] * 1000:.0f} ms"])
     text = table(["model", "check", "result", "detail"], rows)
+    text += "".join(f"\n{model['model']}: served by {model['served']}"
+                    for model in report["models"] if model.get("served"))
     for load in report["load"]:
         lat = load["latency_ms"]
         text += (f"\nload on {load['model']}: {load['requests']} requests, concurrency "

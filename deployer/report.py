@@ -163,6 +163,9 @@ def render(report: dict[str, Any]) -> str:
                   f"{_fmt(i['usd_per_hour'], 4)} USD/h ({_esc((i['source'] or {}).get('source', 'no source'))}, "
                   f"{_esc((i['source'] or {}).get('date', ''))})" for i in t["instances"])
         + "</li>" for t in targets)
+    served = "".join(f"<li>{_esc(t['target'])}: <code>{_esc(model)}</code> served by "
+                     f"{_esc(how)}</li>" for t in targets
+                     for model, how in sorted(t.get("served_by", {}).items()))
     schedule = (f"Measured one at a time (on this machine): {', '.join(report['sequential']) or '—'}."
                 f" Deployed in parallel (cloud): {', '.join(report['parallel']) or '—'}; "
                 "their measurements never overlapped.")
@@ -189,6 +192,7 @@ level ({", ".join(map(str, report['concurrency']))}). Overall:
 <tbody>{"".join(rows)}</tbody></table>
 <p class="note">{_esc(schedule)} Cold start: from the deploy returning to the first successful
 inference.</p>
+{"<h2>How models are served</h2><ul>" + served + "</ul>" if served else ""}
 <h2>Cost (estimates)</h2><ul>{costs}</ul>
 <p class="note">* {_esc(report['price_note'])} Cost per million inferences = cost per hour ÷
 (measured maximum throughput × 3600) × 10⁶.</p>

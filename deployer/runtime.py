@@ -333,17 +333,52 @@ def find_server(named: str | None = None, progress: Callable[[str], None] = lamb
 def check_backends(repository, named: str | None = None, *, hint: str) -> None:
     """Raise ValidationError for the first model that needs a backend the server that would
     run lacks. Never creates the managed runtime (which, made or not, has the Python backend
-    and ensembles only). ``hint`` says where such a model can go instead."""
+    and ensembles, and serves onnxruntime and pytorch models through the Python backend: see
+    :func:`serve_folder`). ``hint`` says where such a model can go instead."""
     from .errors import ValidationError
+
+    from .shim import FRAMEWORKS
 
     server = find_server(named, create=False)
     have = server.backends() if server else {"python", "ensemble"}
+    # the managed runtime serves ONNX and TorchScript models through the Python backend
+    shim = server is None or server.source == "managed"
     for model in repository.models.values() if have is not None else ():
-        if model.backend not in have:
+        if model.backend not in have and not (shim and model.backend in FRAMEWORKS):
             raise ValidationError(
                 f"model {model.name!r} needs the {model.backend} backend, which this "
                 f"tritonserver lacks (it has: {', '.join(sorted(have))})",
                 path=str(model.config_path), hint=hint)
+
+
+def serve_folder(server: Server, repository, destination: Path,
+                 progress: Callable[[str], None] = lambda _: None,
+                 where: str = "embedded") -> tuple[Path, dict[str, str]]:
+    """The folder to give ``server`` for ``repository``, and how each model that needs the
+    shim is served (``{model: "onnxruntime 1.20 through the Python backend, embedded"}``).
+
+    When the server has every backend the models need, that is the repository itself and {}.
+    Otherwise (the managed runtime lacks ``onnxruntime`` and ``pytorch``) the runtime first
+    gets the frameworks' pinned packages if it lacks them (once, with pip's progress), then
+    ``destination`` receives the staged copy :func:`deployer.shim.stage` writes.
+    """
+    from . import shim
+
+    have = server.backends() or set()
+    models = shim.shimmed(repository, have)
+    if not models:
+        return repository.path, {}
+    if server.source == "managed":
+        site = _site_packages(server.root)  # type: ignore[arg-type]
+        missing = [r for r in shim.requirements(models)
+                   if shim.installed_version(site, r.split("==")[0]) is None]
+        if missing:
+            progress(f"the embedded runtime gets {', '.join(missing)} for "
+                     f"{', '.join(m.name for m in models)} (once; about 20 s)")
+            server = install(missing, progress=progress)
+    site = _site_packages(server.root) if server.root else None
+    shim.stage(repository, destination, have)
+    return destination, shim.describe_all(models, site, where, progress)
 
 
 def managed_server(root: Path | None = None) -> Server | None:
@@ -486,7 +521,8 @@ def install(packages: Sequence[str] = (), force: bool = False,
         if current and set(wanted) <= set(current.packages):
             return current
         if current:
-            _pip_install(root, list(packages), progress)
+            # numpy stays below 2 (the stub breaks on 2), whatever the packages ask for
+            _pip_install(root, ["--only-binary=numpy", *BASE_PACKAGES, *packages], progress)
             _write_marker(root, _site_packages(root), wanted, _marker_python(current))
             return _load(root)  # type: ignore[return-value]
         assert interpreter is not None

@@ -32,6 +32,9 @@ class ModelResult:
     checks: list[Check] = dataclasses.field(default_factory=list)
     #: output name → {"shape", "dtype", "first"} of the inference answer
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: how the target serves it when not by its own backend ("onnxruntime 1.20 through the
+    #: Python backend, embedded"); "" otherwise
+    served: str = ""
 
     @property
     def passed(self) -> bool:
@@ -144,8 +147,10 @@ def prepare(repository: Repository, served: Sequence[str], options: TestOptions)
 
 
 def run(client: EndpointClient, repository: Repository, served: Sequence[str], *, name: str,
-        target: str, options: TestOptions, progress: Callable[[str], None]) -> TestReport:
-    """Run the test step against ``client``; bad sample/expect files raise UsageError first."""
+        target: str, options: TestOptions, progress: Callable[[str], None],
+        served_by: dict[str, str] | None = None) -> TestReport:
+    """Run the test step against ``client``; bad sample/expect files raise UsageError first.
+    ``served_by`` says how models the target serves through a stand-in are served."""
     started = time.monotonic()
     prepared = prepare(repository, served, options)
     models, inputs, expected = prepared.models, prepared.inputs, prepared.expected
@@ -161,7 +166,7 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
         return report
     for model_name in models:
         model = repository.models[model_name]
-        result = ModelResult(model_name)
+        result = ModelResult(model_name, served=(served_by or {}).get(model_name, ""))
         report.models.append(result)
         progress(f"testing {name}: {model_name}")
         result.checks.append(_timed(

@@ -7,7 +7,9 @@ the core. The built-in ``local`` and ``docker`` targets and the rehearsal twins 
 Finding a server
     :func:`find_server` returns a :class:`Server` (``$DEPLOYER_TRITONSERVER``, ``PATH``, then
     the managed runtime); :func:`check_backends` fails validation for a model whose backend
-    that server lacks.
+    that server lacks; :func:`serve_folder` gives the folder to serve (the repository, or a
+    staged copy where ONNX and TorchScript models run through the Python backend, see
+    :mod:`deployer.shim`) and says how each such model is served.
 
 Its command line
     :func:`tritonserver_command` builds the ``tritonserver`` arguments: repository, address,
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .client import EndpointClient, EndpointError, KServeClient
-from .runtime import Server, check_backends, find_server
+from .runtime import Server, check_backends, find_server, serve_folder
 from .server import (TAG_ENV, LoadError, LogLines, alive, all_tagged, answers, failure_in,
                      free_ports, inherited, port_in_use, recorded_log, start, stop, tagged, tail,
                      wait_ready, watch_start)
@@ -53,8 +55,8 @@ from .server import (TAG_ENV, LoadError, LogLines, alive, all_tagged, answers, f
 __all__ = [
     "TAG_ENV", "EndpointClient", "EndpointError", "KServeClient", "LoadError", "LogLines",
     "Server", "alive", "all_tagged", "answers", "check_backends", "failure_in", "find_server",
-    "free_ports", "inherited", "port_in_use", "recorded_log", "start", "stop", "tagged", "tail",
-    "tritonserver_command", "wait_ready", "watch_start",
+    "free_ports", "inherited", "port_in_use", "recorded_log", "serve_folder", "start", "stop",
+    "tagged", "tail", "tritonserver_command", "wait_ready", "watch_start",
 ]
 
 #: the protocols whose port :func:`tritonserver_command` sets, or disables

@@ -80,10 +80,12 @@ class LocalTarget(Target):
         ports = {k: self.settings[k] or next(free) for k in
                  ("http_port", "grpc_port", "metrics_port")}
         log_path = Path(context.work_dir) / f"tritonserver-{tag[-6:]}.log"
-        command = triton.tritonserver_command(server, repository.path, host=host, **ports,
+        folder, served = triton.serve_folder(
+            server, repository, Path(context.work_dir) / f"served-{tag[-6:]}", self.progress)
+        command = triton.tritonserver_command(server, folder, host=host, **ports,
                                               args=self.settings.args)
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path),
-                                  server=str(server.executable), **ports)
+                                  server=str(server.executable), served=str(folder), **ports)
         pid = triton.start(command, server.process_env(), log_path, tag)
         context.update(resource, id=str(pid))
         url = f"http://{host}:{ports['http_port']}"
@@ -91,7 +93,8 @@ class LocalTarget(Target):
                                     self.progress)
         context.created(resource, ready_seconds=round(seconds, 3))
         context.set_endpoint(url=url, grpc=f"{host}:{ports['grpc_port']}",
-                             metrics=f"http://{host}:{ports['metrics_port']}/metrics")
+                             metrics=f"http://{host}:{ports['metrics_port']}/metrics",
+                             served_by=served)
 
     def client(self, deployment):
         from deployer.triton import KServeClient
