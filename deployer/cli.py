@@ -455,7 +455,8 @@ def server() -> None:
 
 @server.command(name="install")
 @click.option("--package", "packages", multiple=True,
-              help="A package the models import, e.g. torch (repeatable).")
+              help="A package the models import (repeatable). onnxruntime and torch, named "
+                   "bare, take the versions the ONNX/TorchScript shim is pinned to.")
 @click.option("--python", "python", metavar="PATH",
               help="The Python to build the runtime with (CPython 3.8-3.12 with a shared "
                    "libpython; default: this one if it can, else one found on the machine).")
@@ -465,8 +466,10 @@ def server() -> None:
 def server_install(ctx: Context, packages: tuple[str, ...], python: str | None, force: bool,
                    as_json: bool) -> None:
     """Create the managed runtime now (or add packages to it)."""
-    from . import runtime
+    from . import runtime, shim
 
+    pins = {f.distribution: f.requirement for f in shim.FRAMEWORKS.values()}
+    packages = tuple(pins.get(p.strip().lower(), p) for p in packages)
     found = runtime.install(packages, force=force, progress=ctx.progress, python=python)
     data = found.to_dict()
     emit(as_json, data, lambda: f"managed runtime ready: {data['executable']} (nvidia-pytriton "

@@ -344,11 +344,20 @@ def check_backends(repository, named: str | None = None, *, hint: str) -> None:
     # the managed runtime serves ONNX and TorchScript models through the Python backend
     shim = server is None or server.source == "managed"
     for model in repository.models.values() if have is not None else ():
-        if model.backend not in have and not (shim and model.backend in FRAMEWORKS):
+        if model.backend in have:
+            continue
+        if not (shim and model.backend in FRAMEWORKS):
             raise ValidationError(
                 f"model {model.name!r} needs the {model.backend} backend, which this "
                 f"tritonserver lacks (it has: {', '.join(sorted(have))})",
                 path=str(model.config_path), hint=hint)
+        if not model.inputs or not model.outputs:
+            raise ValidationError(
+                f"model {model.name!r} lists no {'inputs' if not model.inputs else 'outputs'}: "
+                f"Triton's {model.backend} backend would read them from the model file, the "
+                "embedded Triton serves it through the Python backend and needs them in "
+                "config.pbtxt", path=str(model.config_path),
+                hint="add its input [...] and output [...] sections (names, data_type, dims)")
 
 
 def serve_folder(server: Server, repository, destination: Path,

@@ -71,6 +71,18 @@ def onnx_repository(root: Path) -> Path:
     return root
 
 
+def tensorrt_repository(root: Path) -> Path:
+    """A repository whose one model needs the TensorRT backend (GPU only: no Triton here has
+    it, and the shim does not stand in for it)."""
+    (root / "engine" / "1").mkdir(parents=True)
+    (root / "engine" / "1" / "model.plan").write_bytes(b"plan")
+    (root / "engine" / "config.pbtxt").write_text(
+        'name: "engine"\nplatform: "tensorrt_plan"\nmax_batch_size: 1\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
+    return root
+
+
 def crashing_repository(root: Path, message: str) -> Path:
     """A copy of the add_sub repository whose model raises ``message`` in ``initialize``, so
     the server that loads it exits at start."""

@@ -18,7 +18,7 @@ from deployer.triton import tagged
 from deployer.testing import TargetContract
 
 from conftest import (EXAMPLES, REPOS, crashing_repository, like_a_background_job,
-                      one_line_error, onnx_repository)
+                      one_line_error, tensorrt_repository)
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -126,11 +126,11 @@ def test_server_that_fails_to_start_shows_its_log(cli, tmp_path):
 
 
 def test_backend_the_embedded_server_lacks(cli, tmp_path):
-    repo = onnx_repository(tmp_path / "onnx")
+    repo = tensorrt_repository(tmp_path / "trt")
     result = cli("deploy", repo)
     assert result.code == 2
     line = one_line_error(result)
-    assert "needs the onnxruntime backend" in line and "--target docker" in line
+    assert "needs the tensorrt backend" in line and "--target docker" in line
     assert cli("list", "--json").json() == []
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error
+from conftest import one_line_error, tensorrt_repository
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -216,13 +216,7 @@ def test_a_config_that_does_not_match_the_onnx_file_fails_like_triton(cli, frame
 
 
 def test_gpu_only_backends_are_still_refused_before_anything_starts(cli, tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "engine" / "1").mkdir(parents=True)
-    (repo / "engine" / "1" / "model.plan").write_bytes(b"plan")
-    (repo / "engine" / "config.pbtxt").write_text(
-        'name: "engine"\nplatform: "tensorrt_plan"\nmax_batch_size: 1\n'
-        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
-        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
+    repo = tensorrt_repository(tmp_path / "repo")
     for target in ("local", "sagemaker-twin", "azure-twin"):
         result = cli("validate", repo, "-t", target)
         assert result.code == 2, result
@@ -250,3 +244,16 @@ def test_stage_links_files_and_rewrites_only_the_shimmed_configs(framework_repo,
     assert (tmp_path / "staged" / "scale" / "config.pbtxt").read_bytes() == \
         (framework_repo / "scale" / "config.pbtxt").read_bytes()
 
+
+
+def test_a_config_that_leaves_the_tensors_to_auto_complete_is_refused(cli, framework_repo,
+                                                                     tmp_path):
+    """Triton's own backends fill in missing inputs/outputs from the file; the shim cannot
+    before the server starts, so it says so at validation."""
+    repo = tmp_path / "repo"
+    shutil.copytree(framework_repo / "net_onnx", repo / "net_onnx")
+    config = repo / "net_onnx" / "config.pbtxt"
+    config.write_text(config.read_text().split("input [")[0])
+    result = cli("validate", repo)
+    assert result.code == 2, result
+    assert "model 'net_onnx' lists no inputs" in one_line_error(result)
