@@ -145,7 +145,12 @@ class DeployContext:
         self._save()
 
     def set_endpoint(self, **endpoint: Any) -> None:
-        """Record how the client reaches the deployment (URL, ports, headers' names, no keys)."""
+        """Record how the client reaches the deployment (URL, ports, headers' names, no keys).
+
+        One key has a meaning to the core: ``served_by``, ``{model: how}`` for the models the
+        target serves through a stand-in rather than their own backend (what
+        :func:`deployer.triton.serve_folder` returns); the test report, ``status`` and
+        ``compare`` show it."""
         self.deployment.endpoint.update(endpoint)
         self._save()
 

@@ -257,3 +257,21 @@ def test_a_config_that_leaves_the_tensors_to_auto_complete_is_refused(cli, frame
     result = cli("validate", repo)
     assert result.code == 2, result
     assert "model 'net_onnx' lists no inputs" in one_line_error(result)
+
+
+def test_an_update_serves_a_new_staged_copy_and_drops_the_old(cli, framework_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(framework_repo / "net_onnx", repo / "net_onnx")
+    assert cli("deploy", repo, "--name", "upd").code == 0
+    try:
+        first = [r["data"]["served"] for r in cli("status", "upd", "--json").json()["resources"]]
+        updated = cli("deploy", repo, "--name", "upd", "--update", "--json")
+        assert updated.code == 0, updated
+        resources = cli("status", "upd", "--json").json()["resources"]
+        live = [r["data"]["served"] for r in resources if r["status"] == "created"]
+        assert len(live) == 1 and Path(live[0]).is_dir() and live[0] != first[0]
+        assert not Path(first[0]).exists(), "the retired server's staged copy is left"
+        assert cli("test", "upd").code == 0
+    finally:
+        assert cli("teardown", "upd").code == 0
+    assert not Path(live[0]).exists()

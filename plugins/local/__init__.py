@@ -102,9 +102,17 @@ class LocalTarget(Target):
         return KServeClient(deployment.endpoint["url"])
 
     def delete(self, resource, deployment) -> bool:
+        import shutil
+
         from deployer import triton
 
-        return triton.stop(resource.data.get("tag", deployment.id), self.settings.stop_timeout)
+        stopped = triton.stop(resource.data.get("tag", deployment.id), self.settings.stop_timeout)
+        served = Path(resource.data.get("served") or "/")
+        # the staged copy of a retired server (never the repository: only our served-* folder)
+        if served.name.startswith("served-") and resource.data.get("log") and \
+                served.parent == Path(resource.data["log"]).parent:
+            shutil.rmtree(served, ignore_errors=True)
+        return stopped
 
     def exists(self, resource, deployment) -> bool:
         from deployer import triton
