@@ -44,10 +44,18 @@ class LocalTarget(Target):
                                       hint=f"pass another -o {option}=PORT or 0 for a free one")
 
     def plan(self, repository, name):
-        return [PlannedResource("process", "tritonserver", {
-            "repository": str(repository.path), "host": self.settings.host,
-            "ports": {k: self.settings[k] or "free" for k in
-                      ("http_port", "grpc_port", "metrics_port")}})]
+        from deployer import shim, triton
+
+        details = {"repository": str(repository.path), "host": self.settings.host,
+                   "ports": {k: self.settings[k] or "free" for k in
+                             ("http_port", "grpc_port", "metrics_port")}}
+        server = triton.find_server(self.settings.server, create=False)
+        models = shim.shimmed(repository, (server.backends() if server else None)
+                              or {"python", "ensemble"})
+        if models:
+            details["through the Python backend (a staged copy)"] = {
+                m.name: shim.FRAMEWORKS[m.backend].requirement for m in models}
+        return [PlannedResource("process", "tritonserver", details)]
 
     def deploy(self, repository, context) -> None:
         self._start(repository, context, context.deployment.id)
