@@ -1,6 +1,8 @@
-"""What the shim adds per request: an ONNX model served by the embedded Triton through the
-Python backend (deployer/shim.py) against the same InferenceSession called directly in one
-process, at batch 1 and batch 8, measured in one run (goal: at most 0.3 ms added at batch 1).
+"""What the shim adds per request, against the same InferenceSession called directly.
+
+An ONNX model served by the embedded Triton through the Python backend (deployer/shim.py)
+against that model's InferenceSession called directly in one process, at batch 1 and batch 8,
+measured in one run (goal: at most 0.3 ms added at batch 1).
 
 Direct: the embedded runtime's Python (onnxruntime 1.20) opens the model file with the options
 the shim uses and times ``session.run`` on the very inputs the client sends, back to back (mean
