@@ -5,10 +5,15 @@ Each example README marks the blocks a user types with an HTML comment just befo
 example folder without what its ``.gitignore`` lists (a fresh clone), and runs every line with
 ``/bin/sh -c`` in that copy, where ``python`` and ``deployer`` are this Python and its deployer.
 
-Labels: ``build`` (preprocess/train/export, must exit 0), ``local`` and the cloud rehearsals
-(``azure``, ``sagemaker``: must exit 0, every model tested, every ``expect`` check passed; ``--json``
-is appended to read the report), ``refused`` (the native repository on the embedded Triton: exit
-2 with one line naming the targets that serve it).
+Labels: ``build`` (preprocess/train/export, must exit 0: writes ``model_repository`` (Python
+backend), ``model_repository_native`` (TorchScript) and ``model_repository_onnx`` (ONNX)); then
+``local``, ``docker`` and the cloud rehearsals ``azure``, ``sagemaker`` (the Python-backend
+repository), and ``native-local``, ``native-sagemaker``, ``native-azure`` (the TorchScript and ONNX
+repositories, which the embedded Triton serves through its Python backend). Each deploy line must
+exit 0 with every model tested and every ``expect`` check passed (``--json`` is appended to read
+the report); a model of the TorchScript or ONNX repository must report that it was served by
+torch 2.13 or onnxruntime 1.20 through the Python backend, one of the Python-backend repository
+that it needed no stand-in.
 """
 
 from __future__ import annotations
@@ -31,14 +36,21 @@ from conftest import EXAMPLES
 
 #: example -> (the labels its README must have, the models its repository holds,
 #:             the Python packages its scripts import besides numpy)
+NATIVE_LABELS = {"native-local", "native-sagemaker", "native-azure"}
 EXAMPLE_SPECS = {
-    "workshop": ({"build", "local", "docker", "azure", "refused"}, {"workshop_model"}, ("torch", "pandas")),
-    "ncf": ({"build", "local", "docker", "sagemaker", "refused"}, {"ncf_food_model", "ncf_fashion_model"},
-            ("torch",)),
+    "workshop": ({"build", "local", "docker", "azure"} | NATIVE_LABELS, {"workshop_model"},
+                 ("torch", "onnx", "pandas")),
+    "ncf": ({"build", "local", "docker", "sagemaker"} | NATIVE_LABELS,
+            {"ncf_food_model", "ncf_fashion_model"}, ("torch", "onnx")),
 }
 #: a README label -> the target that must be installed for its commands
 TARGET_OF_LABEL = {"local": "local", "docker": "docker", "azure": "azure-twin",
-                   "sagemaker": "sagemaker-twin"}
+                   "sagemaker": "sagemaker-twin", "native-local": "local",
+                   "native-sagemaker": "sagemaker-twin", "native-azure": "azure-twin"}
+#: repository folder -> how each of its models must say it was served ("": natively)
+SERVED = {"model_repository": "",
+          "model_repository_native": "torch 2.13 through the Python backend",
+          "model_repository_onnx": "onnxruntime 1.20 through the Python backend"}
 BLOCK = re.compile(r"<!--\s*ci:\s*([\w-]+)\s*-->\s*\n```[\w-]*\n(.*?)^```", re.S | re.M)
 COMMAND_TIMEOUT = 300
 
@@ -141,9 +153,10 @@ def test_readme_has_the_ci_blocks(example):
         for line in lines:
             first = line.split()[0]
             assert first in ("python", "deployer"), f"{example}: {line!r}"
-    assert all(line.startswith("deployer validate ") for line in blocks["refused"])
-    ignored = _gitignored(example)
-    assert "model_repository" in ignored and "model_repository_native" in ignored
+    for label in NATIVE_LABELS:   # both the TorchScript and the ONNX repository
+        assert {line.split()[2] for line in blocks[label]} == {
+            "model_repository_native", "model_repository_onnx"}, (example, label)
+    assert set(SERVED) <= set(_gitignored(example))
 
 
 # -- build, deploy, test, tear down --------------------------------------------------------------
@@ -173,23 +186,10 @@ def test_readme_deploy_commands(built, example, label):
         default = re.search(r"default_model=(\S+)", line)
         assert {m["model"] for m in report["models"]} == (
             {default.group(1)} if default else models), line
+        served = SERVED[line.split()[2]]
         for model in report["models"]:
             checks = {c["name"]: c["passed"] for c in model["checks"]}
             assert checks == {"metadata": True, "infer": True, "expect": True}, (line, model)
+            assert model["served"].startswith(served) and bool(model["served"]) == bool(
+                served), (line, model["model"], model["served"])
         assert report["teardown"]["found"] is True and report["teardown"]["removed"], report
-
-
-@pytest.mark.parametrize("example", sorted(EXAMPLE_SPECS))
-def test_readme_native_repository_refused_on_local(built, example):
-    work = built(example)
-    assert (work.path / "model_repository_native").is_dir()
-    assert list((work.path / "model_repository_native").glob("*/1/model.pt"))
-    for line in ci_blocks(example)["refused"]:
-        done = work.sh(line)
-        assert done.returncode == 2, f"{line}\n{_report(done)}"
-        assert "Traceback" not in done.stderr
-        errors = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
-        assert len(errors) == 1, _report(done)
-        assert "needs the pytorch backend" in errors[0]
-        for target in ("--target docker", "sagemaker", "azure"):
-            assert target in errors[0], errors[0]
