@@ -4,7 +4,9 @@ key, a gateway, Triton behind it.
 The twin is a Target of its own that holds the same builders as ``azure`` (:mod:`.spec`: names,
 documents, repository rules) and the same update steps (:mod:`.update`) with a local backend:
 the folder Azure would register is copied and served by the embedded tritonserver behind a
-gateway that checks the bearer key and routes on ``azureml-model-deployment``. The pieces are
+gateway that checks the bearer key and routes on ``azureml-model-deployment``. A model whose
+backend that server lacks (ONNX, TorchScript) runs from the shim's staged copy of the folder
+(:mod:`deployer.shim`), one per deployment, removed with it. The pieces are
 also used by the tests' fake control plane. Each process is started detached and tagged
 (:mod:`deployer.triton`), so it outlives the CLI command that started it and teardown finds it
 by its tag.
@@ -113,12 +115,39 @@ def copy_model(repository, destination: Path) -> Path:
     return target
 
 
+def serve_model(model_dir: Path, destination: Path, progress: Callable[[str], None],
+                server_path: str | None = None) -> tuple[triton.Server, Path, dict[str, str]]:
+    """The server for the downloaded ``model_dir``, the folder to give it (``model_dir``, or
+    the shim's staged copy written to ``destination`` when a model needs a framework the server
+    lacks) and how each such model is served (:func:`deployer.triton.serve_folder`).
+
+    DeployFailed when the download is no repository any more (an empty version folder, which
+    the upload leaves out): the deployment's Triton would not load it."""
+    from deployer.errors import ValidationError
+    from deployer.repository import Repository
+
+    try:
+        downloaded = Repository.load(model_dir)
+    except ValidationError as exc:
+        raise DeployFailed(f"the model folder the deployment downloads is no repository: "
+                           f"{exc.message}",
+                           hint="Azure uploads files only, so an empty folder (an ensemble's "
+                                "version folder) never reaches the deployment: put a file in "
+                                "it, e.g. .gitkeep") from None
+    server = triton.find_server(server_path, progress, create=True)
+    folder, served = triton.serve_folder(server, downloaded, destination, progress,
+                                         where="azure rehearsal")
+    return server, folder, served
+
+
 def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[str], None],
                  server_path: str | None = None, host: str = "127.0.0.1",
-                 timeout: float = 120.0, log_name: str = "inference-server.log") -> tuple[int, str]:
+                 timeout: float = 120.0, log_name: str = "inference-server.log",
+                 server: triton.Server | None = None) -> tuple[int, str]:
     """Serve ``model_dir`` as a no-code deployment's Triton does (every model loaded at start,
-    the server exits if one fails); return (pid, url) once ready."""
-    server = triton.find_server(server_path, progress, create=True)
+    the server exits if one fails) on ``server`` (default: the one ``server_path`` names, see
+    :func:`deployer.triton.find_server`); return (pid, url) once ready."""
+    server = server or triton.find_server(server_path, progress, create=True)
     http_port, grpc_port, metrics_port = triton.free_ports(3, host)
     log_path = work_dir / log_name
     command = triton.tritonserver_command(server, model_dir, host=host, http_port=http_port,
@@ -191,21 +220,32 @@ class AzureTwin(Target):
         tag = f"{record.id}-{dep}"
         log_path = work / "inference-server.log"
         resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep,
-                                  tag=tag, log=str(log_path), routes=str(routes))
+                                  tag=tag, log=str(log_path), routes=str(routes),
+                                  staged=str(work / "served"))
         try:
-            pid, triton_url = start_triton(model_dir, work, tag, self.progress,
-                                           self.settings.server,
-                                           timeout=self.settings.startup_timeout)
+            pid, triton_url, served = self._start(model_dir, work / "served", tag, log_path)
         except DeployFailed as exc:
             raise DeployFailed(f"deployment {ep}/{dep} failed, provisioning state Failed: "
                                f"{exc.message}", hint=exc.hint) from None
         update_routes(routes, dep, url=triton_url, traffic=0)
         context.created(resource, pid=pid, url=triton_url, provisioning_state="Succeeded")
+        context.set_endpoint(served_by=served)
 
         resource = context.record("traffic", f"{ep}/{dep}", endpoint=ep, deployment=dep,
                                   routes=str(routes), percent=self.settings.traffic)
         update_routes(routes, dep, traffic=self.settings.traffic)
         context.created(resource)
+
+    def _start(self, model_dir: Path, staged: Path, tag: str,
+               log_path: Path) -> tuple[int, str, dict[str, str]]:
+        """A deployment's tritonserver on ``model_dir`` (or its staged copy in ``staged``):
+        (pid, url, how the shimmed models are served), once ready."""
+        server, folder, served = serve_model(model_dir, staged, self.progress,
+                                             self.settings.server)
+        pid, url = start_triton(folder, log_path.parent, tag, self.progress,
+                                timeout=self.settings.startup_timeout, log_name=log_path.name,
+                                server=server)
+        return pid, url, served
 
     def update(self, repository, context) -> None:
         """The steps of :mod:`.update` on this machine. Both modes start a new tritonserver on
@@ -218,8 +258,9 @@ class AzureTwin(Target):
         plan = update.plan(self.settings, repository, record)
         _entities(plan.endpoint_doc, plan.deployment_doc)
         routes = self._routes(plan, record)
-        update.run(_Local(self, repository, routes, Path(context.work_dir)), plan, repository,
-                   context)
+        local = _Local(self, repository, routes, Path(context.work_dir))
+        update.run(local, plan, repository, context)
+        context.set_endpoint(served_by=local.served)  # the new server serves now
 
     @staticmethod
     def _routes(plan, record) -> Path:
@@ -278,6 +319,8 @@ class AzureTwin(Target):
             return present
         if resource.kind == "deployment":
             stopped = triton.stop(data["tag"])
+            if data.get("staged"):
+                shutil.rmtree(data["staged"], ignore_errors=True)
             routes = Path(data["routes"])
             serving = read_routes(routes).get("deployments", {}).get(data["deployment"])
             # after an in-place update the route names a newer server: leave it
@@ -324,6 +367,7 @@ class _Local:
         self.target, self.repository, self.routes, self.work = target, repository, routes, work
         self.suffix = secrets.token_hex(3)  # names this update's folder, server and log
         self.traffic_data = {"routes": str(routes)}
+        self.served: dict[str, str] = {}
 
     def register_model(self, plan, context):
         record = context.deployment
@@ -340,15 +384,15 @@ class _Local:
         ep, new = plan.endpoint, plan.new
         tag = f"{context.deployment.id}-{new}-{self.suffix}"
         log_path = self.work / f"inference-server-{new}-{self.suffix}.log"
+        staged = self.work / f"served-{self.suffix}"
         created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
-                                 tag=tag, log=str(log_path), routes=str(self.routes))
+                                 tag=tag, log=str(log_path), routes=str(self.routes),
+                                 staged=str(staged))
         try:
-            pid, url = start_triton(self.model_dir, self.work, tag, self.target.progress,
-                                    self.target.settings.server,
-                                    timeout=self.target.settings.startup_timeout,
-                                    log_name=log_path.name)
+            pid, url, self.served = self.target._start(self.model_dir, staged, tag, log_path)
         except DeployFailed as exc:
             triton.stop(tag)  # never routed: the route (in place: the old server's) stays
+            shutil.rmtree(staged, ignore_errors=True)
             context.deleted(created)
             update.abandon(self.target, [model], context)
             raise DeployFailed(f"{'update of ' if plan.in_place else ''}deployment {ep}/{new} "

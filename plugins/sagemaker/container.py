@@ -5,8 +5,10 @@
 flags from the same ``SAGEMAKER_*`` variables. ``start`` runs the server with Triton's own
 SageMaker frontend (``--allow-sagemaker``: ``/ping``, ``/invocations``, ``/models``...);
 ``load`` is what SageMaker's agent does on a multi-model endpoint when a TargetModel is first
-invoked: ``POST /models`` with the folder it unpacked the archive into. The rehearsal twin and
-the tests' runtime emulator both use this module.
+invoked: ``POST /models`` with the folder it unpacked the archive into. ``shimmed`` gives the
+folder the embedded server is actually pointed at: the unpacked artefact, or, when a model needs
+a framework that server lacks (ONNX, TorchScript), the shim's staged copy of it. The rehearsal
+twin and the tests' runtime emulator both use this module.
 """
 
 from __future__ import annotations
@@ -76,6 +78,24 @@ def serve_args(repository: Path, environment: dict[str, str], multi: bool) -> li
                 hint=f"pass -o default_model={folders[0]} (SAGEMAKER_TRITON_DEFAULT_MODEL_NAME)")
         default = folders[0]
     return args + [f"--load-model={default}"]
+
+
+def pointed_at(args: list[str], folder: Path) -> list[str]:
+    """``args`` with ``--model-repository`` naming ``folder`` instead of the artefact's."""
+    return [f"--model-repository={folder}" if a.startswith("--model-repository=") else a
+            for a in args]
+
+
+def shimmed(server, folder: Path, destination: Path, progress,
+            where: str = "sagemaker rehearsal") -> tuple[Path, dict[str, str]]:
+    """What ``server`` is given for the unpacked artefact ``folder`` and how each model that
+    needs the shim is served (:func:`deployer.triton.serve_folder`): ``folder`` itself and {}
+    when the server has every backend, else the staged copy written to ``destination``. The
+    artefact is only read."""
+    from deployer import triton
+    from deployer.repository import Repository
+
+    return triton.serve_folder(server, Repository.load(folder), destination, progress, where)
 
 
 def command(server, args: list[str], sagemaker_port: int, http_port: int) -> list[str]:

@@ -3,8 +3,10 @@
 It builds the very artefacts ``sagemaker`` uploads (the builders of spec.py), writes them into
 a local folder as the bucket would hold them, unpacks them as the container does, and runs the
 embedded ``tritonserver`` with the flags and environment of SageMaker's Triton ``serve`` script
-(container.py). It needs neither boto3 nor AWS; ``deployer rehearse REPO --target sagemaker``
-runs it with the cloud target's options.
+(container.py). A model whose backend the embedded server lacks (ONNX, TorchScript) runs from
+the shim's staged copy of the unpacked artefact (:mod:`deployer.shim`); the stored artefact stays
+the one the cloud target uploads. It needs neither boto3 nor AWS; ``deployer rehearse REPO
+--target sagemaker`` runs it with the cloud target's options.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from . import spec
 
 #: the folders the container's file system plays in a twin's work folder
 _MODEL_DIR, _MME_DIR, _MME_REPOSITORY = "opt-ml-model", "opt-ml-models", "tmp-sagemaker"
+#: the shim's staged copy of the unpacked artefact (single), or of an unpacked archive (next to
+#: it, multi): what the embedded server is pointed at when a model needs ONNX or TorchScript
+_SERVED = "served"
 
 
 class SageMakerTwin(Target):
@@ -83,6 +88,8 @@ class SageMakerTwin(Target):
 
     # -- the steps of a deploy: store, unpack, start, load ------------------------------------
     def _serve(self, repository, context, folder: str, tag: str) -> None:
+        from . import container
+
         layout, items = spec.layout(self.settings, repository)
         root = Path(context.work_dir) / folder
         resource = context.record("artefacts", str(root))
@@ -94,16 +101,27 @@ class SageMakerTwin(Target):
         env = spec.container_env(self.settings, repository)
         if multi:
             env["SAGEMAKER_MULTI_MODEL"] = "true"
+        args = container.serve_args(repo_dir, env, multi)  # the serve script's checks
+        server = triton.find_server(None, self.progress, create=True)
+        served: dict[str, str] = {}
+        if not multi:
+            staged, served = container.shimmed(server, repo_dir, root / _SERVED, self.progress)
+            args = container.pointed_at(args, staged)
+            loaded = repository.dependencies(env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"])
+            served = {m: how for m, how in served.items() if m in loaded}
         log_path = root / "tritonserver.log"
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path))
-        info = self._start(repo_dir, env, multi, log_path, tag)
+        info = container.start(server, args, env, log_path, tag,
+                               float(self.settings.startup_timeout), self.progress)
         context.update(resource, id=str(info["pid"]), **info)
         if multi:
-            self._load_archives(root, store, items, info["sagemaker_port"], log_path)
+            served = self._load_archives(server, root, store, items, info["sagemaker_port"],
+                                         log_path)
         # the endpoint switches to this server only once it serves every archive
         context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
                              http_port=info["http_port"],
-                             url=f"http://127.0.0.1:{info['sagemaker_port']}")
+                             url=f"http://127.0.0.1:{info['sagemaker_port']}",
+                             served_by=served)
         context.created(resource)
 
     @staticmethod
@@ -140,28 +158,27 @@ class SageMakerTwin(Target):
             artefacts.unpack(store / "model.tar.gz", repo_dir)
         return repo_dir
 
-    def _start(self, repo_dir: Path, env: dict[str, str], multi: bool, log_path: Path,
-               tag: str) -> dict:
-        from . import container
-
-        args = container.serve_args(repo_dir, env, multi)
-        server = triton.find_server(None, self.progress, create=True)
-        return container.start(server, args, env, log_path, tag,
-                               float(self.settings.startup_timeout), self.progress)
-
-    def _load_archives(self, root: Path, store: Path, items, port: int, log_path: Path) -> None:
-        """What SageMaker's agent does on first invocation of each TargetModel."""
+    def _load_archives(self, server, root: Path, store: Path, items, port: int,
+                       log_path: Path) -> dict[str, str]:
+        """What SageMaker's agent does on first invocation of each TargetModel; each unpacked
+        archive that needs the shim is loaded from its staged copy, a sibling folder. Returns
+        how the shimmed models of every archive are served."""
         from . import artefacts, container
 
+        served: dict[str, str] = {}
         for artefact in items:
             folder = container.mme_folder(root / _MME_DIR, artefact.name)
             artefacts.unpack(store / artefact.name, folder)
+            staged, how = container.shimmed(server, folder, folder.parent / _SERVED,
+                                            self.progress)
+            served.update(how)
             self.progress(f"  loading {artefact.name} (POST /models)")
             try:
-                container.load(port, artefact.name, folder)
+                container.load(port, artefact.name, staged)
             except DeployFailed as exc:
                 raise DeployFailed(f"{exc}; last log lines:\n{triton.tail(log_path)}") \
                     from None
+        return served
 
     # -- the rest of the contract ---------------------------------------------------------------
     def client(self, deployment):
@@ -177,7 +194,7 @@ class SageMakerTwin(Target):
         root = Path(resource.id)
         existed = root.exists()
         if self.settings.keep_artifacts:
-            for child in (_MODEL_DIR, _MME_DIR, _MME_REPOSITORY):
+            for child in (_MODEL_DIR, _MME_DIR, _MME_REPOSITORY, _SERVED):
                 shutil.rmtree(root / child, ignore_errors=True)
         else:
             shutil.rmtree(root, ignore_errors=True)
@@ -187,7 +204,7 @@ class SageMakerTwin(Target):
         if resource.kind == "process":
             return bool(triton.tagged(resource.data.get("tag", deployment.id)))
         root = Path(resource.id)
-        return (root / _MODEL_DIR).exists() or (root / _MME_DIR).exists() or (
+        return any((root / child).exists() for child in (_MODEL_DIR, _MME_DIR, _SERVED)) or (
             root.exists() and not self.settings.keep_artifacts)
 
     def recover(self, name, deployment_id):
