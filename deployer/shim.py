@@ -141,11 +141,12 @@ def stage(repository: Repository, destination: Path, have: Iterable[str]) -> lis
     for model in repository.models.values():   # empty version folders too (an ensemble's)
         for version in model.versions:
             (destination / model.name / str(version)).mkdir(parents=True, exist_ok=True)
+    ours = {f"{name}/config.pbtxt" for name in models} | {
+        f"{name}/{version}/model.py" for name, model in models.items()
+        for version in model.versions}
     for rel, source in repository.files():
-        name = rel.split("/", 1)[0]
-        if name in models and rel == f"{name}/config.pbtxt":
-            continue
-        _link(source, destination / rel)
+        if rel not in ours:   # written below: never through a link to the user's file
+            _link(source, destination / rel)
     for name, model in models.items():
         (destination / name / "config.pbtxt").write_text(staged_config(model))
         for version in model.versions:

@@ -111,6 +111,7 @@ def framework_repository(root: Path, with_ensemble: bool = True) -> Path:
         (root / "scale" / "config.pbtxt").write_text(SCALE_CONFIG)
         (root / "scale" / "1" / "model.py").write_text(SCALE_PY)
         (root / "mixed" / "1").mkdir(parents=True)
+        (root / "mixed" / "1" / ".gitkeep").write_text("")   # uploads carry files, not folders
         (root / "mixed" / "config.pbtxt").write_text(MIXED_CONFIG)
     return root
 

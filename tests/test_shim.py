@@ -24,7 +24,8 @@ TORCH_SERVED = "torch 2.13 through the Python backend"
 CASES = [
     ("local", [], {"net_onnx", "net_pt", "scale", "mixed"}),
     ("sagemaker-twin", ["-o", "default_model=mixed"], {"mixed"}),
-    ("sagemaker-twin", ["-o", "mode=multi"], {"net_onnx", "net_pt", "scale", "mixed"}),
+    # one archive per top-level model: net_onnx and scale travel inside mixed.tar.gz
+    ("sagemaker-twin", ["-o", "mode=multi"], {"net_pt", "mixed"}),
     ("azure-twin", [], {"net_onnx", "net_pt", "scale", "mixed"}),
 ]
 IDS = ["local", "sagemaker-single", "sagemaker-multi", "azure"]
@@ -227,8 +228,13 @@ def test_stage_links_files_and_rewrites_only_the_shimmed_configs(framework_repo,
     from deployer import shim
     from deployer.repository import Repository
 
-    repository = Repository.load(framework_repo)
+    repo = tmp_path / "repo"
+    shutil.copytree(framework_repo, repo)
+    (repo / "net_pt" / "1" / "model.py").write_text("# the user's own file\n")
+    before = tree(repo)
+    repository = Repository.load(repo)
     models = shim.stage(repository, tmp_path / "staged", {"python", "ensemble"})
+    assert tree(repo) == before, "staging wrote into the repository"
     assert sorted(m.name for m in models) == ["net_onnx", "net_pt"]
     staged = Repository.load(tmp_path / "staged")
     for name, original in repository.models.items():
@@ -239,11 +245,10 @@ def test_stage_links_files_and_rewrites_only_the_shimmed_configs(framework_repo,
         assert copy.backend == ("python" if name in ("net_onnx", "net_pt") else
                                 original.backend)
     onnx = tmp_path / "staged" / "net_onnx" / "1" / "model.onnx"
-    assert onnx.stat().st_ino == (framework_repo / "net_onnx" / "1" / "model.onnx").stat().st_ino
+    assert onnx.stat().st_ino == (repo / "net_onnx" / "1" / "model.onnx").stat().st_ino
     assert (tmp_path / "staged" / "net_pt" / "1" / "model.py").read_text() == shim.MODEL_PY
     assert (tmp_path / "staged" / "scale" / "config.pbtxt").read_bytes() == \
-        (framework_repo / "scale" / "config.pbtxt").read_bytes()
-
+        (repo / "scale" / "config.pbtxt").read_bytes()
 
 
 def test_a_config_that_leaves_the_tensors_to_auto_complete_is_refused(cli, framework_repo,
