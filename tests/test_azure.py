@@ -295,6 +295,20 @@ def test_validation_before_any_call(fake, run_cli, option, message):
     assert fake.calls == []
 
 
+def test_an_empty_version_folder_is_refused_before_any_call(fake, run_cli, tmp_path):
+    """azure-ai-ml uploads the files it walks: an ensemble's empty 1/ would never arrive."""
+    import shutil
+
+    repo = tmp_path / "multi"
+    shutil.copytree(MULTI, repo)
+    (repo / "pipeline" / "1" / ".gitkeep").unlink()
+    for command in (("deploy", str(repo), "-t", "azure", "--name", "empty"),
+                    ("rehearse", str(repo), "-t", "azure")):
+        code, _, err = run_cli(*command)
+        assert code == 2 and "version folder pipeline/1 has no file" in err, err
+    assert fake.calls == []
+
+
 def test_names_and_instance_types():
     assert spec.endpoint_name_from("9lives--model") == "ep-9lives-model"
     assert spec.endpoint_name_from("x" * 60) == "x" * 32

@@ -169,6 +169,14 @@ def check_repository(repository) -> None:
         if not model.versions:
             raise ValidationError(f"model {model.name!r} has no numeric version folder",
                                   path=str(model.path), hint="add e.g. 1/ with the model file")
+        for version in model.versions:
+            # azure-ai-ml uploads the files it walks: a folder without one never arrives
+            folder = model.path / str(version)
+            if not any(p.is_file() for p in folder.rglob("*")):
+                raise ValidationError(
+                    f"version folder {model.name}/{version} has no file: Azure uploads files, "
+                    "not folders, so the deployment would see no version of it",
+                    path=str(folder), hint="add a file to it, e.g. an empty .gitkeep")
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
