@@ -7,6 +7,9 @@ the engine (``.ci/start-docker.sh``) and builds the image first, so nothing is s
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from deployer.testing import TargetContract
 
-from conftest import REPOS, crashing_repository, one_line_error, onnx_repository
+from conftest import REPOS, crashing_repository, one_line_error, tensorrt_repository
 
 IMAGE = "triton-deployer/tritonserver-cpu:24.10-py3"
 LABEL = "triton-deployer.deployment"
@@ -300,12 +303,110 @@ def test_bad_options_are_usage_errors(cli):
 
 
 def test_backend_the_cpu_image_lacks(cli, tmp_path):
-    repo = onnx_repository(tmp_path / "onnx")
+    repo = tensorrt_repository(tmp_path / "trt")
     result = cli("deploy", repo, "--target", "docker", "-o", f"image={IMAGE}")
     assert result.code == 2, result
     line = one_line_error(result)
-    assert "needs the onnxruntime backend, which image" in line and "NVIDIA's image" in line
+    assert f"needs the tensorrt backend, which image {IMAGE} lacks (it has: ensemble, " \
+           "python; through the Python backend it serves: onnxruntime, pytorch)" in line
+    assert "NVIDIA's image" in line
     assert cli("list", "--json").json() == []
+
+
+#: run by the image's own Python in the deployed container: onnxruntime's answer, no Triton
+DIRECT_ONNX = """
+import json, sys
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession("/models/net_onnx/1/model.onnx",
+                                       providers=["CPUExecutionProvider"])
+feeds = json.loads(sys.argv[1])
+print(json.dumps([[o.tolist() for o in session.run(None, {
+    k: np.asarray(v, dtype=np.float32) for k, v in feed.items()})] for feed in feeds]))
+"""
+
+
+def test_onnx_and_torchscript_through_the_python_backend(cli, tmp_path):
+    """The framework repository on the CPU image: ONNX and TorchScript models run through its
+    Python backend from a staged copy; the outputs are onnxruntime's own, exactly (computed by
+    the image's onnxruntime in the same container, outside Triton), and the PyTorch module's."""
+    missing = [m for m in ("torch", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"exporting the test models needs {', '.join(missing)} (pip install -r " \
+                 "examples/requirements.txt)"
+        print(reason)
+        pytest.skip(reason)
+    import numpy as np
+    import torch
+
+    from frameworks import framework_repository, net_module
+
+    def tree(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    repo = framework_repository(tmp_path / "repo")
+    before = tree(repo)
+    x = [[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]]
+    y = [[0.1, 0.2, 0.3], [-1.0, 0.0, 1.0]]
+    deployed = cli("deploy", repo, "--target", "docker", "--name", "dk-fw",
+                   "-o", f"image={IMAGE}", "--json")
+    assert deployed.code == 0, deployed
+    record = deployed.json()
+    try:
+        where = f"through the Python backend, docker image {IMAGE}"
+        assert record["endpoint"]["served_by"] == {"net_onnx": f"onnxruntime 1.20 {where}",
+                                                   "net_pt": f"torch 2.13 {where}"}
+        (container,) = containers_of(record["id"])
+        (mount,) = container.attrs["Mounts"]   # the staged copy, not the repository
+        assert mount["Source"] == record["resources"][0]["data"]["served"] != str(repo)
+        assert mount["RW"] is False
+
+        y10 = (np.float32(10) * np.asarray(y, dtype=np.float32)).tolist()
+        code, (out, err) = container.exec_run(
+            ["python3", "-c", DIRECT_ONNX, json.dumps([{"x": x, "y": y}, {"x": x, "y": y10}])],
+            demux=True)
+        assert code == 0, err
+        (probs, twice), (mixed, _) = json.loads(out)
+        with torch.no_grad():
+            out0, out1 = net_module()(torch.tensor(x), torch.tensor(y))
+        files = {"sample.json": {"net_onnx": {"x": x, "y": y}, "mixed": {"x": x, "y": y},
+                                 "net_pt": {"INPUT__0": x, "INPUT__1": y}},
+                 "exact.json": {"net_onnx": {"probs": probs, "twice": twice},
+                                "mixed": {"probs": mixed}},
+                 "close.json": {"net_pt": {"OUTPUT__0": out0.tolist(),
+                                           "OUTPUT__1": out1.tolist()}}}
+        for name, doc in files.items():
+            (tmp_path / name).write_text(json.dumps(doc))
+
+        result = cli("test", "dk-fw", "--model", "net_onnx", "--model", "mixed",
+                     "--sample", tmp_path / "sample.json", "--expect", tmp_path / "exact.json",
+                     "--rtol", "0", "--atol", "0", "--json")
+        assert result.code == 0, result
+        models = {m["model"]: m for m in result.json()["models"]}
+        assert {name: [(c["name"], c["passed"]) for c in m["checks"]]
+                for name, m in models.items()} == {
+            name: [("metadata", True), ("infer", True), ("expect", True)]
+            for name in ("net_onnx", "mixed")}
+        assert models["net_onnx"]["served"] == f"onnxruntime 1.20 {where}"
+        assert models["mixed"]["served"] == ""   # an ensemble runs on Triton's own scheduler
+
+        result = cli("test", "dk-fw", "--model", "net_pt", "--sample", tmp_path / "sample.json",
+                     "--expect", tmp_path / "close.json", "--rtol", "1e-5", "--atol", "1e-5",
+                     "--json")
+        assert result.code == 0, result
+        (model,) = result.json()["models"]
+        assert [(c["name"], c["passed"]) for c in model["checks"]] == [
+            ("metadata", True), ("infer", True), ("expect", True)]
+        assert model["served"] == f"torch 2.13 {where}"
+        status = cli("status", "dk-fw")
+        assert status.code == 0 and f"served by torch 2.13 {where}" in status.out, status
+    finally:
+        torn = cli("teardown", "dk-fw", "--json")
+    assert torn.code == 0, torn
+    assert torn.json()["removed"] == [{"kind": "container", "id": record["resources"][0]["id"]}]
+    assert containers_of(record["id"]) == []
+    assert tree(repo) == before, "the user's repository was written to"
 
 
 def test_plan_names_the_container(cli):

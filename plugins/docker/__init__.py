@@ -1,6 +1,10 @@
 """Target ``docker``: NVIDIA's Triton image on a Docker engine, the repository bind-mounted
 read-only at ``/models``.
 
+An image that lacks a model's backend but serves it through the Python backend (the CPU image
+of ``build_cpu_image.sh`` says so by its labels, for ONNX and TorchScript models) gets the
+staged copy of :mod:`deployer.shim` mounted instead, from the deployment's work folder.
+
 One container per deployment, named ``triton-deployer-<name>`` and labelled with the deployment
 id and name, so teardown finds it even when its id was never recorded, and :func:`orphans`
 finds containers whose state was lost. The ``docker`` SDK is imported only inside methods.
@@ -115,16 +119,25 @@ class DockerTarget(Target):
             raise engine.Unavailable(
                 f"image {self.image} is not in the Docker engine and pull=never",
                 hint=engine.load_hint(self.image))
-        carried = (found.labels or {}).get(engine.LABEL_BACKENDS) if found is not None else None
-        if carried:
-            have = {b.strip() for b in carried.split(",")} | {"ensemble"}
+        have, through = engine.carried(found)
+        if have is not None:
             for model in repository.models.values():
-                if model.backend not in have:
-                    raise ValidationError(
-                        f"model {model.name!r} needs the {model.backend} backend, which image "
-                        f"{self.image} lacks (it has: {', '.join(sorted(have))})",
-                        path=str(model.config_path),
-                        hint="use NVIDIA's image (leave -o image unset), or a cloud target")
+                if model.backend not in have and model.backend not in through:
+                    raise self._lacks(model, have, through)
+
+    def _lacks(self, model, have: set[str], through: dict) -> ValidationError:
+        from deployer.shim import FRAMEWORKS
+
+        served = (f"; through the Python backend it serves: {', '.join(sorted(through))}"
+                  if through else "")
+        hint = "use NVIDIA's image (leave -o image unset), or a cloud target"
+        if model.backend in FRAMEWORKS:
+            hint = ("rebuild the image with 'plugins/docker/build_cpu_image.sh --force "
+                    "--frameworks all', or " + hint)
+        return ValidationError(
+            f"model {model.name!r} needs the {model.backend} backend, which image {self.image} "
+            f"lacks (it has: {', '.join(sorted(have))}{served})",
+            path=str(model.config_path), hint=hint)
 
     def plan(self, repository, name):
         from . import engine
@@ -149,8 +162,9 @@ class DockerTarget(Target):
         host = engine.current_host(self.settings.docker_host)
         client = engine.connect(host)
         try:
-            engine.ensure_image(client, self.image, self.settings.pull, self.progress)
+            image = engine.ensure_image(client, self.image, self.settings.pull, self.progress)
             self._check_name_free(client, cname, deployment.name)
+            folder, served = self._serve_folder(repository, context, *engine.carried(image))
             auto = not any(self.settings[k] for k in INNER)
             ports = self._ports()
             labels = {engine.LABEL_DEPLOYMENT: deployment.id,
@@ -159,19 +173,18 @@ class DockerTarget(Target):
             command = tritonserver_command("tritonserver", "/models", **INNER,
                                            args=self.settings.args)
             resource = context.record("container", cname, container=cname, image=self.image,
-                                      docker_host=host, **ports)
+                                      docker_host=host, served=str(folder), **ports)
             self.progress(f"  creating container {cname} from {self.image}")
             for attempt in range(3):
                 try:
                     container = client.containers.create(
                         self.image, command, name=cname, detach=True, labels=labels,
-                        mounts=[Mount("/models", str(repository.path), type="bind",
-                                      read_only=True)],
+                        mounts=[Mount("/models", str(folder), type="bind", read_only=True)],
                         ports={f"{INNER[k]}/tcp": (HOST, ports[k]) for k in INNER},
                         shm_size=self.settings.shm_size, environment=list(self.settings.env),
                         device_requests=engine.device_requests(self.settings.gpus) or None)
                 except docker.errors.APIError as exc:
-                    raise self._create_error(exc, cname, repository) from None
+                    raise self._create_error(exc, cname, folder) from None
                 context.update(resource, id=container.id, **ports)
                 try:
                     container.start()
@@ -186,14 +199,44 @@ class DockerTarget(Target):
             url = f"http://{HOST}:{ports['http_port']}"
             context.set_endpoint(url=url, grpc=f"{HOST}:{ports['grpc_port']}",
                                  metrics=f"http://{HOST}:{ports['metrics_port']}/metrics",
-                                 container=cname)
+                                 container=cname, served_by=served)
             seconds = self._wait_ready(container, url, context, resource)
-            self._check_models_visible(url, repository)
+            self._check_models_visible(url, repository, folder)
             context.created(resource, ready_seconds=round(seconds, 3))
         except engine.ERRORS as exc:
             raise engine.engine_error(f"deploy of {deployment.name}", exc) from None
         finally:
             client.close()
+
+    def _serve_folder(self, repository, context, have: set[str] | None,
+                      through: dict) -> tuple[Path, dict[str, str]]:
+        """The folder to mount at /models, and how each model the image serves through the
+        Python backend is served (``{model: "onnxruntime 1.20 through the Python backend,
+        docker image TAG"}``). The repository itself when the image has every backend (an
+        image without labels, like NVIDIA's, has them all); else the staged copy
+        :func:`deployer.shim.stage` writes into the deployment's work folder (hard links:
+        real files to the container)."""
+        from deployer import shim
+
+        models = shim.shimmed(repository, have) if have is not None else []
+        if not models:
+            return repository.path, {}
+        for model in models:   # validate could not tell: the image arrived with the deploy
+            if model.backend not in through:
+                raise self._lacks(model, have, through)
+        folder = Path(context.work_dir) / "served"
+        shim.stage(repository, folder, have)
+        served = {}
+        for model in models:
+            served[model.name] = shim.served_by(model, through[model.backend],
+                                                f"docker image {self.image}")
+            dropped = shim.unhonoured(model)
+            if dropped:
+                self.progress(f"warning: {model.name}: served with {served[model.name]}; "
+                              f"not applied: {', '.join(dropped)}")
+        self.progress(f"  {', '.join(m.name for m in models)} through the Python backend of "
+                      f"{self.image} (staged copy: {folder})")
+        return folder, served
 
     def _ports(self) -> dict[str, int]:
         from deployer.triton import free_ports
@@ -217,13 +260,13 @@ class DockerTarget(Target):
                ", not made by triton-deployer") + ")",
             hint=f"remove it with 'docker rm -f {cname}', or deploy under another --name")
 
-    def _create_error(self, exc, cname: str, repository):
+    def _create_error(self, exc, cname: str, folder: Path):
         from . import engine
 
         text = " ".join(str(exc.explanation or exc).split())
         if "bind source path does not exist" in text or ("mount" in text and "denied" in text):
             return UsageError(
-                f"the Docker engine cannot share {repository.path} with the container ({text})",
+                f"the Docker engine cannot share {folder} with the container ({text})",
                 hint="the engine must run on this machine and see this path (Docker Desktop: "
                      "add it to the shared folders)")
         if "Conflict" in text or "already in use" in text:
@@ -291,7 +334,7 @@ class DockerTarget(Target):
         headline, excerpt = failure_in(text)
         return headline or "(no log output)", excerpt, str(path)
 
-    def _check_models_visible(self, url: str, repository) -> None:
+    def _check_models_visible(self, url: str, repository, folder: Path) -> None:
         """A path the engine cannot see arrives as an empty /models: Triton is ready with no
         model at all. Say so instead of letting the test step fail on 404s."""
         import json
@@ -307,7 +350,7 @@ class DockerTarget(Target):
         if repository.models and not index:
             raise DeployFailed(
                 f"the container sees no model under /models: the Docker engine cannot read "
-                f"{repository.path}",
+                f"{folder}",
                 hint="the engine must run on this machine and see this path (remote "
                      "DOCKER_HOST, or a folder Docker Desktop does not share)")
 

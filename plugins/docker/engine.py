@@ -21,8 +21,11 @@ from deployer.errors import DeployerError, TeardownIncomplete, Unavailable, Usag
 LABEL_DEPLOYMENT = "triton-deployer.deployment"
 LABEL_NAME = "triton-deployer.name"
 LABEL_REPOSITORY = "triton-deployer.repository"
-#: images built by build_cpu_image.sh say which backends they carry
+#: images built by build_cpu_image.sh say which backends they carry, which backends they serve
+#: through the Python backend (deployer/shim.py) and the versions of those frameworks
 LABEL_BACKENDS = "triton-deployer.backends"
+LABEL_SHIM = "triton-deployer.shim"
+LABEL_SHIM_VERSIONS = "triton-deployer.shim.versions"
 
 CPU_IMAGE = "triton-deployer/tritonserver-cpu:24.10-py3"
 START_HINT = ("start it: 'sudo systemctl start docker', or on CI 'sudo .ci/start-docker.sh'; "
@@ -122,6 +125,28 @@ def find_image(client: docker.DockerClient, image: str):
         return None
     except ERRORS as exc:
         raise engine_error(f"cannot inspect image {image}", exc) from None
+
+
+def carried(image) -> tuple[set[str] | None, dict[str, str | None]]:
+    """What an image says by its labels: its backends (``None`` when it does not say, like
+    NVIDIA's, which has them all) and ``{backend: framework version}`` for those it serves
+    through the Python backend (``triton-deployer.shim=onnxruntime,pytorch``,
+    ``triton-deployer.shim.versions=onnxruntime==1.20.1,torch==2.13.0+cpu``)."""
+    from deployer.shim import FRAMEWORKS
+
+    labels = (image.labels or {}) if image is not None else {}
+    if not labels.get(LABEL_BACKENDS):
+        return None, {}
+    have = {b.strip() for b in labels[LABEL_BACKENDS].split(",") if b.strip()} | {"ensemble"}
+    versions = dict(item.strip().split("==", 1)
+                    for item in labels.get(LABEL_SHIM_VERSIONS, "").split(",") if "==" in item)
+    through = {}
+    if "python" in have:
+        for backend in labels.get(LABEL_SHIM, "").split(","):
+            if backend.strip() in FRAMEWORKS:
+                framework = FRAMEWORKS[backend.strip()]
+                through[framework.backend] = versions.get(framework.distribution)
+    return have, through
 
 
 def ensure_image(client: docker.DockerClient, image: str, policy: str,
