@@ -75,11 +75,16 @@ def test_options(fn: Callable) -> Callable:
     decorators = [
         click.option("--model", "models", multiple=True,
                      help="Test only this model (repeatable; default: every model)."),
+        click.option("--model-version", type=click.IntRange(min=1),
+                     help="Check only this version (default: every version the model's "
+                          "version_policy serves)."),
         click.option("--sample", type=click.Path(dir_okay=False),
                      help='Inputs as JSON: {"INPUT": [...]}, a KServe v2 body, a bare list, or '
-                          'keyed by model name.'),
+                          'keyed by model name; {"sequence": [step, ...]} for a stateful '
+                          'model.'),
         click.option("--expect", type=click.Path(dir_okay=False),
-                     help='Expected outputs as JSON: {"OUTPUT": [...]} (or keyed by model).'),
+                     help='Expected outputs as JSON: {"OUTPUT": [...]} (or keyed by model; '
+                          '{"sequence": [...]} per step).'),
         click.option("--rtol", type=float, default=1e-5, show_default=True,
                      help="Relative tolerance for --expect."),
         click.option("--atol", type=float, default=1e-6, show_default=True,
@@ -113,7 +118,8 @@ def make_test_options(kwargs: dict[str, Any]):
 
     return TestOptions(models=kwargs["models"], sample=kwargs["sample"], expect=kwargs["expect"],
                        rtol=kwargs["rtol"], atol=kwargs["atol"], batch_size=kwargs["batch_size"],
-                       requests=kwargs["requests"], concurrency=kwargs["concurrency"])
+                       model_version=kwargs["model_version"], requests=kwargs["requests"],
+                       concurrency=kwargs["concurrency"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -368,6 +374,15 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
                          t["errors"], t["cost_per_hour"], t["cost_per_million"]])
         lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
                         "p99 ms", "max req/s", "errors", "USD/h*", "USD/M*"], rows)]
+        streamed = [t for t in data["targets"] if t.get("stream")]
+        if streamed:   # a decoupled model: what its streams did at the first level
+            lines.append(table(["target", "first response ms p50", "p99",
+                                "between responses ms p50", "p99", "responses/s"],
+                               [[t["target"], t["stream"]["first_ms"]["p50"],
+                                 t["stream"]["first_ms"]["p99"],
+                                 t["stream"]["between_ms"]["p50"],
+                                 t["stream"]["between_ms"]["p99"],
+                                 t["stream"]["responses_per_s"]] for t in streamed]))
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
         lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]
                   for model, how in sorted(t.get("served_by", {}).items())]

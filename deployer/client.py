@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import json
 import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -23,8 +25,43 @@ class EndpointError(Exception):
         self.kind = kind
 
 
+@dataclasses.dataclass
+class StreamAnswer:
+    """What a decoupled model sent back for one request."""
+
+    #: each response's outputs, in arrival order (an empty final response is not one)
+    responses: list[dict[str, Any]]
+    #: seconds from sending the request to each response
+    times: list[float]
+    #: whether the end was marked: gRPC's final flag, or the end of an HTTP event stream
+    final: bool
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every output concatenated over the responses along the first axis (a scalar
+        counts as one element)."""
+        import numpy as np
+
+        names = list(dict.fromkeys(n for response in self.responses for n in response))
+        return {n: np.concatenate([np.atleast_1d(np.asarray(r[n])) for r in self.responses
+                                   if n in r]) for n in names}
+
+
 class EndpointClient:
-    """One interface for the test step across targets."""
+    """One interface for the test step across targets.
+
+    ``metadata``, ``infer`` and ``sender`` take two keywords, passed only where a client
+    says it can carry them: ``version`` (a model version in the route) where
+    ``routes_versions`` is true, and ``sequence`` (``{"sequence_id": int, "sequence_start":
+    bool, "sequence_end": bool}``, the KServe v2 request parameters of a stateful model)
+    where ``passes_sequences`` is true. A client written for neither keeps the two-argument
+    signatures."""
+
+    #: requests can name a version: ``/v2/models/MODEL/versions/V/...``
+    routes_versions = False
+    #: requests can carry a sequence's correlation id and start/end flags
+    passes_sequences = False
+    #: decoupled models can be called (:meth:`stream`)
+    streams = False
 
     def ready(self) -> bool:
         """Whether the server answers ready. False while it cannot be reached; raises
@@ -57,8 +94,54 @@ class EndpointClient:
         EndpointError. The default calls ``infer``; clients override it to encode once."""
         return lambda: self.infer(model, inputs)
 
+    def stream(self, model: str, inputs: Mapping[str, np.ndarray], *,
+               version: str | None = None) -> StreamAnswer:
+        """Call a decoupled model; wait for the end of its responses. Raises EndpointError
+        (an error response, or no end within the client's timeout)."""
+        raise NotImplementedError
+
+    def stream_sender(self, model: str, inputs: Mapping[str, np.ndarray],
+                      **route: Any) -> Callable[[], list[float]]:
+        """For load on a decoupled model: each call is one streamed request; returns the
+        seconds to each of its responses."""
+        return lambda: self.stream(model, inputs, **route).times
+
+    def sequence_sender(self, model: str, steps: list[Mapping[str, np.ndarray]],
+                        **route: Any) -> Callable[[], list[float]]:
+        """For load on a stateful model: each call runs one whole sequence (every step, in
+        order, under a correlation id no other call uses), so none is left open between
+        calls. Returns each step's seconds."""
+        import itertools
+        import random
+        import time
+
+        ids = itertools.count(random.randrange(1, 2 ** 40))
+
+        def send() -> list[float]:
+            correlation, took = next(ids), []
+            for index, inputs in enumerate(steps):
+                began = time.perf_counter()
+                self.infer(model, inputs, sequence={
+                    "sequence_id": correlation, "sequence_start": index == 0,
+                    "sequence_end": index == len(steps) - 1}, **route)
+                took.append(time.perf_counter() - began)
+            return took
+
+        return send
+
     def close(self) -> None:
         pass
+
+
+def _json_value(array: np.ndarray) -> Any:
+    """An input as Triton's generate routes take it: a scalar, or a flat list."""
+    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            for v in array.reshape(-1).tolist()]
+    return flat[0] if len(flat) == 1 else flat
+
+
+def _named(model: str, version: str | None) -> str:
+    return f"{model} version {version}" if version else model
 
 
 def _datatype(array: np.ndarray) -> str:
@@ -69,11 +152,19 @@ def _datatype(array: np.ndarray) -> str:
 
 class KServeClient(EndpointClient):
     """KServe v2 over HTTP(S). ``headers`` go on every request (auth, routing); a callable
-    returning them is called before each request instead (credentials that expire)."""
+    returning them is called before each request instead (credentials that expire).
+
+    Decoupled models stream over gRPC (``stream_infer``) when ``grpc`` names Triton's gRPC
+    address (``host:port``), else over HTTP with Triton's ``generate_stream`` route (Server-Sent
+    Events: inputs travel as JSON scalars or 1-D lists, outputs come back flattened)."""
+
+    routes_versions = True
+    passes_sequences = True
+    streams = True
 
     def __init__(self, url: str,
                  headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, grpc: str | None = None):
         import tritonclient.http as httpclient
 
         parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
@@ -88,6 +179,9 @@ class KServeClient(EndpointClient):
         self._client = httpclient.InferenceServerClient(
             url=self._netloc + self._prefix, ssl=self._ssl, connection_timeout=timeout,
             network_timeout=timeout)
+        self._grpc = grpc
+        self._local = threading.local()
+        self._grpc_clients: list = []
 
     def headers(self) -> dict[str, str]:
         """The headers for the next request."""
@@ -121,9 +215,10 @@ class KServeClient(EndpointClient):
         except (OSError, ValueError):
             return False
 
-    def metadata(self, model: str) -> dict[str, Any]:
-        return self._call(f"metadata of {model}",
-                          lambda: self._client.get_model_metadata(model, headers=self.headers()))
+    def metadata(self, model: str, *, version: str | None = None) -> dict[str, Any]:
+        return self._call(f"metadata of {_named(model, version)}",
+                          lambda: self._client.get_model_metadata(
+                              model, model_version=version or "", headers=self.headers()))
 
     def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list:
         built = []
@@ -133,13 +228,19 @@ class KServeClient(EndpointClient):
             built.append(item)
         return built
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._call(f"inference on {model}", lambda: self._client.infer(
-            model, self._inputs(inputs), headers=self.headers()))
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: str | None = None,
+              sequence: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        sequence = sequence or {}
+        result = self._call(f"inference on {_named(model, version)}", lambda: self._client.infer(
+            model, self._inputs(inputs), model_version=version or "", headers=self.headers(),
+            sequence_id=sequence.get("sequence_id", 0),
+            sequence_start=bool(sequence.get("sequence_start")),
+            sequence_end=bool(sequence.get("sequence_end"))))
         response = result.get_response()
         return {out["name"]: result.as_numpy(out["name"]) for out in response.get("outputs", [])}
 
-    def sender(self, model: str, inputs: Mapping[str, np.ndarray]) -> Callable[[], None]:
+    def sender(self, model: str, inputs: Mapping[str, np.ndarray], *,
+               version: str | None = None) -> Callable[[], None]:
         """Encode the request once; each thread keeps its own persistent connection."""
         body, json_size = self._httpclient.InferenceServerClient.generate_request_body(
             self._inputs(inputs))
@@ -149,13 +250,168 @@ class KServeClient(EndpointClient):
         source = self._header_source
         headers: Any = {**self._headers, **fixed} if source is None else \
             (lambda: {**source(), **fixed})  # static headers: the request stays prebuilt
-        path = f"{self._prefix}/v2/models/{urllib.parse.quote(model)}/infer"
+        path = self._route(model, version, "infer")
         if self._ssl:
             return _https_sender(self._netloc, path, headers, body, self._timeout)
         return _RawSender(self._netloc, path, headers, body, self._timeout)
 
+    def _route(self, model: str, version: str | None, action: str) -> str:
+        return f"{self._prefix}/v2/models/{urllib.parse.quote(model)}" + (
+            f"/versions/{urllib.parse.quote(version)}" if version else "") + f"/{action}"
+
+    def stream(self, model: str, inputs: Mapping[str, np.ndarray], *,
+               version: str | None = None) -> StreamAnswer:
+        if self._grpc:
+            return self._grpc_stream(model, inputs, version)
+        return self._http_stream(model, inputs, version)
+
+    def _grpc_stream(self, model, inputs, version) -> StreamAnswer:
+        import queue
+        import time
+
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = getattr(self._local, "grpc", None)
+        if client is None:   # one per thread: a stream belongs to its client
+            client = self._local.grpc = grpcclient.InferenceServerClient(self._grpc)
+            self._grpc_clients.append(client)
+        built = []
+        for name, array in inputs.items():
+            item = grpcclient.InferInput(name, list(array.shape), _datatype(array))
+            item.set_data_from_numpy(array)
+            built.append(item)
+        arrived: queue.Queue = queue.Queue()
+        answer = StreamAnswer([], [], False)
+        what = f"stream from {_named(model, version)}"
+        try:
+            client.start_stream(callback=lambda result, error: arrived.put(
+                (time.perf_counter(), result, error)))
+            began = time.perf_counter()
+            client.async_stream_infer(model, built, model_version=version or "",
+                                      enable_empty_final_response=True)
+            while not answer.final:
+                try:
+                    at, result, error = arrived.get(timeout=self._timeout)
+                except queue.Empty:
+                    raise EndpointError(f"{what}: no final response within "
+                                        f"{self._timeout:.0f}s", kind="timeout") from None
+                if error is not None:
+                    said = error.message() if hasattr(error, "message") else error
+                    raise EndpointError(f"{what}: {said}", kind="stream-error")
+                response = result.get_response()
+                answer.final = response.parameters["triton_final_response"].bool_param
+                outputs = {o.name: result.as_numpy(o.name) for o in response.outputs}
+                if outputs:
+                    answer.responses.append(outputs)
+                    answer.times.append(at - began)
+        except InferenceServerException as exc:
+            raise EndpointError(f"{what}: {exc.message() or exc}", kind="stream-error") \
+                from None
+        finally:
+            client.stop_stream()
+        return answer
+
+    def _http_stream(self, model, inputs, version) -> StreamAnswer:
+        import time
+
+        import numpy as np
+
+        what = f"stream from {_named(model, version)}"
+        body = json.dumps({name: _json_value(array) for name, array in inputs.items()})
+        kind = http.client.HTTPSConnection if self._ssl else http.client.HTTPConnection
+        conn = kind(self._netloc, timeout=self._timeout)
+        answer = StreamAnswer([], [], False)
+        try:
+            began = time.perf_counter()
+            conn.request("POST", self._route(model, version, "generate_stream"), body=body,
+                         headers={**self.headers(), "Content-Type": "application/json",
+                                  "Accept": "text/event-stream"})
+            reply = conn.getresponse()
+            if reply.status != 200:
+                raise EndpointError(f"{what}: HTTP {reply.status}: "
+                                    f"{reply.read()[:300].decode('utf-8', 'replace')}",
+                                    kind=f"http-{reply.status}")
+            while True:
+                line = reply.readline()
+                if not line:
+                    break
+                if not line.startswith(b"data:"):
+                    continue
+                event = json.loads(line[5:])
+                if "error" in event:   # an error mid-stream: the status stayed 200
+                    raise EndpointError(f"{what}: {event['error']}", kind="stream-error")
+                answer.times.append(time.perf_counter() - began)
+                answer.responses.append({k: np.asarray(v) for k, v in event.items()
+                                         if k not in ("model_name", "model_version", "id")})
+            answer.final = True   # the event stream ended as Triton ends it
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise EndpointError(f"{what}: {exc}", kind="connection") from None
+        finally:
+            conn.close()
+        return answer
+
+    def sequence_sender(self, model: str, steps: list[Mapping[str, np.ndarray]], *,
+                        version: str | None = None) -> Callable[[], list[float]]:
+        """As :meth:`EndpointClient.sequence_sender`, each thread on its own keep-alive
+        connection (the tritonclient connection pool is not for threads)."""
+        import itertools
+        import random
+        import time
+
+        generate = self._httpclient.InferenceServerClient.generate_request_body
+        built = [self._inputs(inputs) for inputs in steps]
+        path = self._route(model, version, "infer")
+        post = _Poster(self._netloc, self._ssl, self._timeout)
+        ids = itertools.count(random.randrange(1, 2 ** 40))
+
+        def send() -> list[float]:
+            correlation, took = next(ids), []
+            for index, inputs in enumerate(built):
+                body, json_size = generate(inputs, sequence_id=correlation,
+                                           sequence_start=index == 0,
+                                           sequence_end=index == len(built) - 1)
+                headers = {**self.headers(), "Content-Type": "application/octet-stream"}
+                if json_size is not None:
+                    headers["Inference-Header-Content-Length"] = str(json_size)
+                began = time.perf_counter()
+                post(path, headers, body)
+                took.append(time.perf_counter() - began)
+            return took
+
+        return send
+
     def close(self) -> None:
         self._client.close()
+        for client in self._grpc_clients:
+            client.close()
+
+
+class _Poster:
+    """POST on a keep-alive connection of the calling thread's own; EndpointError unless the
+    answer is 200."""
+
+    def __init__(self, netloc: str, ssl: bool, timeout: float):
+        self.netloc, self.ssl, self.timeout = netloc, ssl, timeout
+        self.local = threading.local()
+
+    def __call__(self, path: str, headers: Mapping[str, str], body: bytes) -> bytes:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self.ssl else http.client.HTTPConnection
+            conn = self.local.conn = kind(self.netloc, timeout=self.timeout)
+        try:
+            conn.request("POST", path, body=body, headers=dict(headers))
+            answer = conn.getresponse()
+            payload = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self.local.conn = None
+            raise EndpointError(str(exc) or type(exc).__name__, kind="connection") from None
+        if answer.status != 200:
+            raise EndpointError(payload[:200].decode("utf-8", "replace"),
+                                kind=f"http-{answer.status}")
+        return payload
 
 
 def _https_sender(netloc: str, path: str, headers: Any, body: bytes,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from . import load, samples
 from .errors import DeployerError, Interrupted, UsageError
 from .state import name_from
-from .tester import TestOptions
+from .tester import TestOptions, load_sender
 
 if TYPE_CHECKING:
     from .api import Deployer
@@ -58,6 +58,9 @@ class TargetResult:
     cost_per_hour: float | None = None
     cost_per_million: float | None = None
     cost_note: str = ""
+    #: a decoupled model, at the first concurrency level: responses, responses_per_s,
+    #: first_ms and between_ms (see load.LoadResult.stream); {} otherwise
+    stream: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: model → how the target serves it when not by its own backend (see deployer.shim)
     served_by: dict[str, str] = dataclasses.field(default_factory=dict)
     test_passed: bool | None = None
@@ -126,12 +129,19 @@ def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict) -
             result.cost_per_hour / (result.throughput_rps * 3600) * 1_000_000, 4)
 
 
-def _first_inference(client, model: str, inputs, timeout: float) -> float:
+def _first_inference(client, model, inputs, timeout: float) -> float:
+    """Seconds to the first successful inference of ``inputs[0]`` on ``model`` (a stateful
+    model: a sequence of that one step; a decoupled one: a whole stream)."""
     started = time.monotonic()
     last: Exception | None = None
     while time.monotonic() - started < timeout:
         try:
-            client.infer(model, inputs)
+            if model.decoupled:
+                client.stream(model.name, inputs[0])
+            else:
+                client.infer(model.name, inputs[0], **({"sequence": {
+                    "sequence_id": 1, "sequence_start": True, "sequence_end": True}}
+                    if model.stateful else {}))
             return round(time.monotonic() - started, 4)
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last = exc
@@ -159,7 +169,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
         impls[target] = core.registry.create(target, options[target], progress)
         impls[target].validate(repo)
     table = price_table(prices)
-    inputs = samples.generated_inputs(repo.models[model])
+    inputs = samples.generated_steps(repo.models[model])
     tag = secrets.token_hex(2)
     results = {t: TargetResult(target=t, name=name_from(f"cmp-{repo.path.name}-{t}-{tag}"),
                                runs_here=type(impls[t]).runs_here) for t in targets}
@@ -175,20 +185,24 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             try:
                 with measure_lock:
                     progress(f"{target}: cold start, test step and load")
-                    result.cold_start_seconds = _first_inference(client, model, inputs,
-                                                                 cold_start_timeout)
+                    result.cold_start_seconds = _first_inference(
+                        client, repo.models[model], inputs, cold_start_timeout)
                     report = core.test(result.name, TestOptions(ready_timeout=60))
                     result.test_passed = report.passed
                     for level in concurrency:
-                        measured = load.run(model, client.sender(model, inputs), requests, level)
+                        send, kind = load_sender(client, repo.models[model], inputs)
+                        measured = load.run(model, send, requests, level, kind=kind)
                         result.load.append({"concurrency": level,
                                             "throughput_rps": measured.throughput_rps,
                                             "latency_ms": measured.latency_ms,
                                             "errors": measured.errors,
-                                            "stable": measured.stable})
+                                            "stable": measured.stable,
+                                            "stream": measured.stream,
+                                            "latency_by_step": measured.latency_by_step})
             finally:
                 client.close()
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
+            result.stream = result.load[0]["stream"] if result.load else {}
             result.throughput_rps = max((x["throughput_rps"] for x in result.load), default=None)
             result.errors = sum(sum(x["errors"].values()) for x in result.load)
             _cost(result, impl.instances(deployment), table)

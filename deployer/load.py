@@ -38,6 +38,13 @@ class LoadResult:
     #: whether the last windows agreed within 10 %; windows measured in all
     stable: bool = True
     windows: int = 1
+    #: a stateful model's load (each request a whole sequence): step (1-based, as text) →
+    #: p50, p90, p99, mean (ms) of that step's requests; {} otherwise
+    latency_by_step: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: a decoupled model's load (each request one stream): ``responses``, ``responses_per_s``,
+    #: ``first_ms`` (time to the first response) and ``between_ms`` (between responses), each
+    #: p50, p90, p99, mean; {} otherwise
+    stream: dict[str, object] = dataclasses.field(default_factory=dict)
 
     @property
     def error_count(self) -> int:
@@ -67,6 +74,8 @@ class _Workers:
         self.limit = 0
         self.stop = False
         self.latencies: list[list[float]] = [[] for _ in range(concurrency)]
+        #: the per-step seconds ``send`` returned (a sequence's steps), when it returns them
+        self.labels: list[list] = [[] for _ in range(concurrency)]
         self.errors: list[Counter] = [Counter() for _ in range(concurrency)]
         self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True)
                         for i in range(concurrency)]
@@ -82,12 +91,12 @@ class _Workers:
                 return
             if self.stop:
                 return
-            mine, failed = self.latencies[slot], self.errors[slot]
+            mine, failed, labels = self.latencies[slot], self.errors[slot], self.labels[slot]
             counter = self.counter
             while next(counter) < self.limit:
                 began = clock()
                 try:
-                    send()
+                    label = send()
                 except EndpointError as exc:
                     failed[exc.kind] += 1
                     continue
@@ -95,20 +104,25 @@ class _Workers:
                     failed[type(exc).__name__] += 1
                     continue
                 mine.append(clock() - began)
+                if label is not None:
+                    labels.append(label)
             try:
                 self.end.wait()
             except threading.BrokenBarrierError:
                 return
 
-    def window(self, count: int) -> tuple[list[float], Counter, float]:
+    def window(self, count: int) -> tuple[list[float], Counter, float, list]:
         self.latencies = [[] for _ in range(self.concurrency)]
+        self.labels = [[] for _ in range(self.concurrency)]
         self.errors = [Counter() for _ in range(self.concurrency)]
         self.counter, self.limit = itertools.count(), count
         began = self.clock()
         self.start.wait()
         self.end.wait()
         seconds = self.clock() - began
-        return [x for part in self.latencies for x in part], sum(self.errors, Counter()), seconds
+        steps = [took for part in self.labels for took in part]
+        return ([x for part in self.latencies for x in part], sum(self.errors, Counter()),
+                seconds, steps)
 
     def close(self) -> None:
         """Stop the workers, also mid-window (Ctrl-C): each ends after its current request."""
@@ -120,22 +134,25 @@ class _Workers:
             thread.join()
 
 
-def run(model: str, send: Callable[[], None], requests: int, concurrency: int,
+def run(model: str, send: Callable[[], object], requests: int, concurrency: int,
         warmup: int | None = None, max_windows: int = 10,
-        clock: Callable[[], float] = time.perf_counter) -> LoadResult:
+        clock: Callable[[], float] = time.perf_counter, kind: str = "request") -> LoadResult:
     """Measure ``send`` at ``concurrency`` with at least ``requests`` requests (``clock``
-    reads seconds; tests pass one they control)."""
+    reads seconds; tests pass one they control). ``kind`` says what ``send`` returns:
+    ``request`` (nothing), ``sequence`` (each step's seconds: latencies are also reported per
+    step) or ``stream`` (the seconds to each response: time to first response, time between
+    responses and responses per second are reported)."""
     concurrency = max(1, min(concurrency, requests))
     size = max(concurrency, math.ceil(requests / STABLE_WINDOWS))
     workers = _Workers(send, concurrency, clock)
     try:
         workers.window(min(size, 50 * concurrency) if warmup is None else warmup)
-        measured: list[tuple[list[float], Counter, float]] = []
+        measured: list[tuple[list[float], Counter, float, list]] = []
         stable = False
         while len(measured) < max_windows:
             measured.append(workers.window(size))
             if len(measured) >= STABLE_WINDOWS:
-                rates = [len(lat) / sec if sec else 0.0 for lat, _, sec in
+                rates = [len(lat) / sec if sec else 0.0 for lat, _, sec, _ in
                          measured[-STABLE_WINDOWS:]]
                 mean = statistics.fmean(rates)
                 if mean and all(abs(r - mean) <= TOLERANCE * mean for r in rates):
@@ -144,9 +161,25 @@ def run(model: str, send: Callable[[], None], requests: int, concurrency: int,
     finally:
         workers.close()
     kept = measured[-STABLE_WINDOWS:]
-    ordered = sorted(x * 1000 for lat, _, _ in kept for x in lat)
-    seconds = sum(sec for _, _, sec in kept)
-    errors = sum((err for _, err, _ in kept), Counter())
+    ordered = sorted(x * 1000 for lat, _, _, _ in kept for x in lat)
+    seconds = sum(sec for _, _, sec, _ in kept)
+    errors = sum((err for _, err, _, _ in kept), Counter())
+    returned = [took for _, _, _, calls in kept for took in calls]
+    by_step: dict[str, dict[str, float]] = {}
+    stream: dict[str, object] = {}
+    if kind == "sequence":
+        steps: dict[int, list[float]] = {}
+        for took in returned:
+            for index, step_seconds in enumerate(took, 1):
+                steps.setdefault(index, []).append(step_seconds * 1000)
+        by_step = {str(index): _summary(values) for index, values in sorted(steps.items())}
+    elif kind == "stream":
+        first = [times[0] * 1000 for times in returned if times]
+        between = [(b - a) * 1000 for times in returned for a, b in zip(times, times[1:])]
+        count = sum(len(times) for times in returned)
+        stream = {"responses": count,
+                  "responses_per_s": round(count / seconds, 1) if seconds else 0.0,
+                  "first_ms": _summary(first), "between_ms": _summary(between)}
     latency = {f"p{p}": percentile(ordered, p) for p in (50, 90, 95, 99)}
     latency["mean"] = statistics.fmean(ordered) if ordered else float("nan")
     latency["max"] = ordered[-1] if ordered else float("nan")
@@ -154,4 +187,12 @@ def run(model: str, send: Callable[[], None], requests: int, concurrency: int,
                       concurrency=concurrency, seconds=round(seconds, 4),
                       throughput_rps=round(len(ordered) / seconds, 1) if seconds else 0.0,
                       latency_ms={k: round(v, 3) for k, v in latency.items()},
-                      errors=dict(errors), stable=stable, windows=len(measured))
+                      errors=dict(errors), stable=stable, windows=len(measured),
+                      latency_by_step=by_step, stream=stream)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and mean of milliseconds (NaN when there are none)."""
+    ordered = sorted(values)
+    return {**{f"p{p}": round(percentile(ordered, p), 3) for p in (50, 90, 99)},
+            "mean": round(statistics.fmean(ordered), 3) if ordered else float("nan")}

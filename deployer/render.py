@@ -14,21 +14,42 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def test_report(report: dict[str, Any]) -> str:
-    rows = [["(server)", "ready", _mark(report["ready"]["passed"]), report["ready"]["message"]]]
+    versioned = any(model.get("version") for model in report["models"])
+    rows = [["(server)", *([""] if versioned else []), "ready",
+             _mark(report["ready"]["passed"]), report["ready"]["message"]]]
     for model in report["models"]:
         for check in model["checks"]:
-            rows.append([model["model"], check["name"], _mark(check["passed"]),
-                         check["message"] or f"{check['seconds'] * 1000:.0f} ms"])
-    text = table(["model", "check", "result", "detail"], rows)
+            detail = check["message"] or f"{check['seconds'] * 1000:.0f} ms"
+            if check["name"] == "infer" and model.get("steps", 1) > 1 and check["passed"]:
+                detail += f" ({model['steps']} steps, one sequence)"
+            if check["name"] == "stream" and check["passed"]:
+                detail += (f" ({model['responses']} responses, the first after "
+                           f"{model['first_response_ms']:.0f} ms)")
+            rows.append([model["model"], *([model.get("version", "")] if versioned else []),
+                         check["name"], _mark(check["passed"]), detail])
+    text = table(["model", *(["version"] if versioned else []), "check", "result", "detail"],
+                 rows)
     text += "".join(f"\n{model['model']}: served by {model['served']}"
                     for model in report["models"] if model.get("served"))
     for load in report["load"]:
         lat = load["latency_ms"]
-        text += (f"\nload on {load['model']}: {load['requests']} requests, concurrency "
-                 f"{load['concurrency']}: {load['throughput_rps']} req/s, latency ms p50 "
+        unit = (f"sequences of {len(load['latency_by_step'])} steps"
+                if load.get("latency_by_step") else "streamed requests" if load.get("stream")
+                else "requests")
+        text += (f"\nload on {load['model']}: {load['requests']} {unit}, concurrency "
+                 f"{load['concurrency']}: {load['throughput_rps']}/s, latency ms p50 "
                  f"{lat['p50']} p90 {lat['p90']} p99 {lat['p99']}, errors "
                  f"{sum(load['errors'].values())}"
                  + (f" {load['errors']}" if load["errors"] else ""))
+        text += "".join(f"\n  step {step}: p50 {lat['p50']} p99 {lat['p99']} mean {lat['mean']}"
+                        for step, lat in load.get("latency_by_step", {}).items())
+        stream = load.get("stream")
+        if stream:
+            first, between = stream["first_ms"], stream["between_ms"]
+            text += (f"\n  streams: {stream['responses']} responses, "
+                     f"{stream['responses_per_s']} responses/s; first response ms p50 "
+                     f"{first['p50']} p99 {first['p99']}; between responses ms p50 "
+                     f"{between['p50']} p99 {between['p99']}")
     return text + f"\n{'PASSED' if report['passed'] else 'FAILED'}: {report['name']} " \
                   f"({report['target']})"
 

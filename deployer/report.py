@@ -163,6 +163,13 @@ def render(report: dict[str, Any]) -> str:
                   f"{_fmt(i['usd_per_hour'], 4)} USD/h ({_esc((i['source'] or {}).get('source', 'no source'))}, "
                   f"{_esc((i['source'] or {}).get('date', ''))})" for i in t["instances"])
         + "</li>" for t in targets)
+    streamed = "".join(
+        f"<tr><td>{_esc(t['target'])}</td><td>{_fmt(t['stream']['first_ms']['p50'], 3)}</td>"
+        f"<td>{_fmt(t['stream']['first_ms']['p99'], 3)}</td>"
+        f"<td>{_fmt(t['stream']['between_ms']['p50'], 3)}</td>"
+        f"<td>{_fmt(t['stream']['between_ms']['p99'], 3)}</td>"
+        f"<td>{_fmt(t['stream']['responses_per_s'], 1)}</td></tr>"
+        for t in targets if t.get("stream"))
     served = "".join(f"<li>{_esc(t['target'])}: <code>{_esc(model)}</code> served by "
                      f"{_esc(how)}</li>" for t in targets
                      for model, how in sorted(t.get("served_by", {}).items()))
@@ -192,6 +199,9 @@ level ({", ".join(map(str, report['concurrency']))}). Overall:
 <tbody>{"".join(rows)}</tbody></table>
 <p class="note">{_esc(schedule)} Cold start: from the deploy returning to the first successful
 inference.</p>
+{"<h2>Streams</h2><table><thead><tr><th>target</th><th>first response p50 ms</th>"
+ "<th>p99 ms</th><th>between responses p50 ms</th><th>p99 ms</th><th>responses/s</th></tr>"
+ "</thead><tbody>" + streamed + "</tbody></table>" if streamed else ""}
 {"<h2>How models are served</h2><ul>" + served + "</ul>" if served else ""}
 <h2>Cost (estimates)</h2><ul>{costs}</ul>
 <p class="note">* {_esc(report['price_note'])} Cost per million inferences = cost per hour ÷

@@ -99,6 +99,31 @@ class Model:
     def is_ensemble(self) -> bool:
         return self.backend == "ensemble"
 
+    @property
+    def stateful(self) -> bool:
+        """Whether requests belong to sequences (``sequence_batching``): each needs a
+        correlation id, with start and end flags."""
+        return self.config.HasField("sequence_batching")
+
+    @property
+    def decoupled(self) -> bool:
+        """Whether the model answers a request with any number of responses
+        (``model_transaction_policy { decoupled: true }``): it needs a streaming call."""
+        return self.config.model_transaction_policy.decoupled
+
+    def served_versions(self) -> tuple[int, ...]:
+        """The version folders Triton serves under the config's ``version_policy``: the
+        newest one by default (``latest { num_versions: N }``: the N newest), every one
+        (``all``), or the ``specific`` ones that exist."""
+        policy = self.config.version_policy
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return self.versions
+        if kind == "specific":
+            return tuple(v for v in self.versions if v in set(policy.specific.versions))
+        count = policy.latest.num_versions if kind == "latest" else 1
+        return self.versions[-max(count, 1):]
+
 
 @dataclass(frozen=True)
 class Repository:

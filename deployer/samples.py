@@ -109,6 +109,56 @@ def sample_inputs(document: Any, model: Model, where: str) -> dict[str, np.ndarr
     return given
 
 
+#: the key of a stateful model's sample or expected outputs: ``{"sequence": [step, ...]}``
+SEQUENCE = "sequence"
+#: how many steps a generated sequence has
+GENERATED_STEPS = 3
+
+
+def _is_sequence(document: Any) -> bool:
+    return isinstance(document, dict) and set(document) == {SEQUENCE}
+
+
+def sample_steps(document: Any, model: Model, where: str) -> list[dict[str, np.ndarray]]:
+    """A sample as the requests to send: ``{"sequence": [step, ...]}`` (a stateful model:
+    each step is a sample of its own, sent in order under one correlation id), or one
+    request."""
+    if not _is_sequence(document):
+        return [sample_inputs(document, model, where)]
+    steps = document[SEQUENCE]
+    if not model.stateful:
+        raise UsageError(f"{where}: a sequence sample is for a stateful model "
+                         f"(sequence_batching); {model.name!r} is not",
+                         hint="give its inputs directly")
+    if not isinstance(steps, list) or not steps:
+        raise UsageError(f'{where}: "sequence" must be a non-empty list of steps')
+    return [sample_inputs(step, model, f"{where} (step {i})") for i, step in
+            enumerate(steps, 1)]
+
+
+def generated_steps(model: Model, batch_size: int = 1) -> list[dict[str, np.ndarray]]:
+    """Generated requests: a short sequence for a stateful model, else one request."""
+    count = GENERATED_STEPS if model.stateful else 1
+    return [generated_inputs(model, batch_size=batch_size, seed=i) for i in range(count)]
+
+
+def expected_steps(document: Any, steps: int, where: str) -> list[dict[str, Any] | None]:
+    """Expected outputs per step: ``{"sequence": [outputs or null, ...]}`` with one entry
+    per step of the sample, or one set of outputs for a single request."""
+    if not _is_sequence(document):
+        if steps != 1:
+            raise UsageError(f"{where}: the sample is a sequence of {steps} steps; give the "
+                             'expected outputs as {"sequence": [...]}, one entry per step '
+                             "(null to skip one)")
+        return [expected_outputs(document, where)]
+    listed = document[SEQUENCE]
+    if not isinstance(listed, list) or len(listed) != steps:
+        raise UsageError(f'{where}: "sequence" must list {steps} step(s), as the sample has; '
+                         f"got {len(listed) if isinstance(listed, list) else 'no list'}")
+    return [None if step is None else expected_outputs(step, f"{where} (step {i})")
+            for i, step in enumerate(listed, 1)]
+
+
 def generated_inputs(model: Model, batch_size: int = 1, dynamic: int = 2,
                      seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic inputs for every required input: -1 dims become ``dynamic``."""

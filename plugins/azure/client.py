@@ -96,8 +96,8 @@ class AzureClient(KServeClient):
     def ready(self) -> bool:
         return self._again_on_401(super().ready)
 
-    def sender(self, model, inputs):
-        send = super().sender(model, inputs)  # headers taken per request
+    def sender(self, model, inputs, **route):
+        send = super().sender(model, inputs, **route)  # headers taken per request
         return lambda: self._again_on_401(send)
 
     def probe(self) -> None:

@@ -169,6 +169,21 @@ def check_repository(repository) -> None:
         if not model.versions:
             raise ValidationError(f"model {model.name!r} has no numeric version folder",
                                   path=str(model.path), hint="add e.g. 1/ with the model file")
+        if model.decoupled:
+            # only HTTP reaches the deployment: a stream is Triton's generate_stream route,
+            # which takes scalar or 1-D inputs and carries no sequence id
+            shaped = [s.name for s in model.inputs if len(s.dims) > 1]
+            if model.stateful or shaped:
+                raise ValidationError(
+                    f"model {model.name!r} is decoupled and "
+                    + ("stateful" if model.stateful else
+                       f"has inputs of more than one dimension ({', '.join(shaped)})")
+                    + ": an Azure endpoint is reached over HTTP only, where a stream is "
+                    "Triton's generate_stream route, which "
+                    + ("carries no sequence id" if model.stateful else
+                       "takes scalars and flat lists only"),
+                    path=str(model.config_path),
+                    hint="stream it on --target local or docker (gRPC)")
         for version in model.versions:
             # azure-ai-ml uploads the files it walks: a folder without one never arrives
             folder = model.path / str(version)

@@ -358,7 +358,7 @@ class DockerTarget(Target):
     def client(self, deployment):
         from deployer.triton import KServeClient
 
-        return KServeClient(deployment.endpoint["url"])
+        return KServeClient(deployment.endpoint["url"], grpc=deployment.endpoint.get("grpc"))
 
     def delete(self, resource, deployment) -> bool:
         from . import engine

@@ -107,7 +107,7 @@ class LocalTarget(Target):
     def client(self, deployment):
         from deployer.triton import KServeClient
 
-        return KServeClient(deployment.endpoint["url"])
+        return KServeClient(deployment.endpoint["url"], grpc=deployment.endpoint.get("grpc"))
 
     def delete(self, resource, deployment) -> bool:
         import shutil

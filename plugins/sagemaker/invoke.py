@@ -21,8 +21,11 @@ BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 NOT_READY_DEADLINE = 360.0
 
 
-def encode(model, inputs: Mapping[str, Any]) -> tuple[bytes, str]:
-    """The request body and its Content-Type; refuses a body InvokeEndpoint would reject."""
+def encode(model, inputs: Mapping[str, Any],
+           sequence: Mapping[str, Any] | None = None) -> tuple[bytes, str]:
+    """The request body and its Content-Type; refuses a body InvokeEndpoint would reject.
+    ``sequence``: a stateful model's correlation id and flags, as KServe v2 parameters of
+    the JSON header (the SageMaker frontend parses the header as the infer route does)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import np_to_triton_dtype
 
@@ -33,7 +36,11 @@ def encode(model, inputs: Mapping[str, Any]) -> tuple[bytes, str]:
         built.append(item)
     outputs = [httpclient.InferRequestedOutput(spec.name, binary_data=True)
                for spec in model.outputs]
-    body, json_size = httpclient.InferenceServerClient.generate_request_body(built, outputs)
+    sequence = sequence or {}
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        built, outputs, sequence_id=sequence.get("sequence_id", 0),
+        sequence_start=bool(sequence.get("sequence_start")),
+        sequence_end=bool(sequence.get("sequence_end")))
     if len(body) > MAX_BODY:
         raise EndpointError(
             f"request body for {model.name} is {len(body):,} bytes; SageMaker InvokeEndpoint "
@@ -73,12 +80,14 @@ class _InvokeClient(EndpointClient):
     """Both clients send the same binary+JSON body; only ``_invoke`` differs."""
 
     repository: Any
+    # /invocations names no version: the endpoint answers with the one Triton serves
+    passes_sequences = True
 
     def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def infer(self, model, inputs):
-        body, content_type = encode(self.repository.models[model], inputs)
+    def infer(self, model, inputs, *, sequence=None):
+        body, content_type = encode(self.repository.models[model], inputs, sequence)
         return self._invoke(model, body, content_type)
 
     def sender(self, model, inputs):

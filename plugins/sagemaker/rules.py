@@ -162,3 +162,18 @@ def cloud(settings, session) -> str:
             hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
                  "'aws configure' / 'aws sso login'")
     return region
+
+
+def decoupled(repository) -> None:
+    """A decoupled model answers with a stream, which the image's SageMaker frontend cannot
+    send before Triton 25.03 (501 on /invocations; a multi-model endpoint refuses it in
+    every release); from 25.03 only a single-model endpoint in its generate_stream mode can,
+    which this target does not drive."""
+    for model in repository.models.values():
+        if model.decoupled:
+            raise ValidationError(
+                f"model {model.name!r} is decoupled (it streams its responses): SageMaker's "
+                "Triton container cannot answer it through InvokeEndpoint (HTTP 501), and this "
+                "target does not drive the generate_stream mode of Triton 25.03 and later",
+                path=str(model.config_path),
+                hint="stream it on --target local, docker or azure")

@@ -84,6 +84,7 @@ def check_repository(settings, repository) -> None:
     from . import rules
 
     rules.options(settings)
+    rules.decoupled(repository)
     if settings.mode == "multi":
         rules.multi_models(repository)
         return
