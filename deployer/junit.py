@@ -11,7 +11,8 @@ from .tester import TestReport
 def write(report: TestReport, path: str | Path) -> None:
     suite = ET.Element("testsuite", name=f"deployer.{report.target}.{report.name}")
     cases = [("server", report.ready)] + [
-        (model.model, check) for model in report.models for check in model.checks]
+        (model.model + (f".v{model.version}" if model.version else ""), check)
+        for model in report.models for check in model.checks]
     failures = 0
     for classname, check in cases:
         case = ET.SubElement(suite, "testcase", classname=classname, name=check.name,

@@ -143,8 +143,14 @@ if ! docker_err="$(docker info 2>&1 >/dev/null)"; then
 fi
 
 if [ "$FORCE" -eq 0 ] && docker image inspect "$TAG" >/dev/null 2>&1; then
-    log "image ${TAG} already exists: nothing to do (use --force to rebuild)"
-    exit 0
+    # an image built before, or with other frameworks, is rebuilt: its label says which
+    HAS="$(docker image inspect --format '{{ index .Config.Labels "triton-deployer.shim" }}' "$TAG" 2>/dev/null || true)"
+    WANT="$([ -n "$PINS" ] && printf '%s' "$FRAMEWORKS" || true)"
+    if [ "$HAS" = "$WANT" ] || { [ "$HAS" = "<no value>" ] && [ -z "$WANT" ]; }; then
+        log "image ${TAG} already exists: nothing to do (use --force to rebuild)"
+        exit 0
+    fi
+    log "image ${TAG} serves frameworks '${HAS}', not '${WANT}': rebuilding it"
 fi
 
 mkdir -p "$CACHE"
