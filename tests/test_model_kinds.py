@@ -160,3 +160,30 @@ def test_a_target_that_names_no_version_checks_the_one_it_serves(cli, tmp_path):
     (model,) = result.json()["models"]
     assert model["version"] == "" and model["outputs"]["OUT"]["first"] == [6, 8]
     assert "names no version in its requests" in result.err
+
+
+def test_sequences_on_several_cloud_instances_are_warned(cli):
+    for target in ("sagemaker-twin", "azure-twin"):
+        result = cli("validate", REPOS / "acc", "-t", target, "-o", "instance_count=2")
+        assert result.code == 0, result
+        assert "warning: acc keep(s) state per sequence" in result.err
+        assert "use instance_count=1" in result.err
+
+
+def test_compare_shows_what_the_streams_did(cli, tmp_path):
+    report = tmp_path / "report.html"
+    result = cli("compare", REPOS / "stream", "-t", "local", "-t", "sagemaker-twin",
+                 "--requests", "20", "--concurrency", "2", "--report", report)
+    assert result.code == 2, result   # refused for sagemaker before anything is deployed
+    assert "is decoupled" in one_line_error(result)
+    result = cli("compare", REPOS / "stream", "-t", "local", "-t", "azure-twin",
+                 "--requests", "20", "--concurrency", "2", "--report", report, "--json")
+    assert result.code == 0, result
+    for target in result.json()["targets"]:
+        stream = target["stream"]
+        assert stream["responses"] > 0 and stream["responses_per_s"] > 0, target
+        assert stream["first_ms"]["p50"] <= stream["first_ms"]["p99"]
+    assert "<h2>Streams</h2>" in report.read_text()
+    text = cli("compare", REPOS / "stream", "-t", "local", "--requests", "20",
+               "--concurrency", "1")
+    assert text.code == 0 and "first response ms p50" in text.out, text

@@ -72,6 +72,7 @@ class AzureTarget(Target):
     # -- what would be sent ----------------------------------------------------------------
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository)
+        spec.warn_sequences(self.settings, repository, self.progress)
 
     def plan(self, repository, name):
         return spec.plan(self.settings, repository, name, self.progress)

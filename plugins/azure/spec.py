@@ -194,6 +194,15 @@ def check_repository(repository) -> None:
                     path=str(folder), hint="add a file to it, e.g. an empty .gitkeep")
 
 
+def warn_sequences(settings, repository, progress) -> None:
+    """Several instances behind the endpoint split a sequence (no sticky routing)."""
+    stateful = [m.name for m in repository.models.values() if m.stateful]
+    if stateful and settings.instance_count > 1:
+        progress(f"warning: {', '.join(stateful)} keep(s) state per sequence, and with "
+                 f"instance_count {settings.instance_count} the endpoint may send a "
+                 "sequence's requests to different instances; use instance_count=1")
+
+
 def parse_tags(items: list[str]) -> dict[str, str]:
     tags = {}
     for item in items:

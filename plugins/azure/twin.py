@@ -181,6 +181,7 @@ class AzureTwin(Target):
 
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository)
+        spec.warn_sequences(self.settings, repository, self.progress)
         triton.check_backends(repository, self.settings.server,
                               hint="it cannot be rehearsed here; name a server that has it "
                                    "with -o server=PATH")

@@ -72,6 +72,7 @@ class SageMakerTarget(Target):
         _, region = self._session_region()
         rules.image(self.settings, region)
         rules.multi_gpu(self.settings, region, self.progress)
+        rules.sequences(self.settings, repository, self.progress)
 
     def _names(self, name: str, deployment_id: str, revision: int = 0) -> dict[str, str]:
         """Endpoint, config and model names; an update's revision N adds ``-rN`` to the

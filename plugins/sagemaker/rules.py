@@ -177,3 +177,13 @@ def decoupled(repository) -> None:
                 "target does not drive the generate_stream mode of Triton 25.03 and later",
                 path=str(model.config_path),
                 hint="stream it on --target local, docker or azure")
+
+
+def sequences(settings, repository, progress) -> None:
+    """Several instances split a sequence: SageMaker pins requests to one only through
+    stateful sessions, whose ids the container must issue, and Triton issues none."""
+    stateful = [m.name for m in repository.models.values() if m.stateful]
+    if stateful and settings.instance_count > 1:
+        progress(f"warning: {', '.join(stateful)} keep(s) state per sequence, and with "
+                 f"instance_count {settings.instance_count} SageMaker may send a sequence's "
+                 "requests to different instances; use instance_count=1")

@@ -43,6 +43,7 @@ class SageMakerTwin(Target):
 
         spec.check_repository(self.settings, repository)
         rules.multi_gpu(self.settings, self.settings.region or "us-east-1", self.progress)
+        rules.sequences(self.settings, repository, self.progress)
         triton.check_backends(repository, hint="it cannot be rehearsed here; set "
                                                "DEPLOYER_TRITONSERVER to a server that has it")
 
