@@ -59,18 +59,6 @@ def cli():
     return invoke
 
 
-def onnx_repository(root: Path) -> Path:
-    """A repository whose one model needs the ONNX Runtime backend (which the embedded and the
-    CPU Docker Triton lack)."""
-    (root / "resnet" / "1").mkdir(parents=True)
-    (root / "resnet" / "1" / "model.onnx").write_bytes(b"onnx")
-    (root / "resnet" / "config.pbtxt").write_text(
-        'name: "resnet"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
-        'input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]\n'
-        'output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]\n')
-    return root
-
-
 def tensorrt_repository(root: Path) -> Path:
     """A repository whose one model needs the TensorRT backend (GPU only: no Triton here has
     it, and the shim does not stand in for it)."""
