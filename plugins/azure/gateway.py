@@ -4,8 +4,10 @@ Run as ``python -m deployer_plugins.azure.gateway --key-file F --routes F --port
 demands ``Authorization: Bearer <key>`` (401 otherwise) and routes on the
 ``azureml-model-deployment`` header: a named deployment it knows (404 for an unknown one), or,
 without the header, a deployment holding traffic, by weight (404 when none has any). Everything
-else is proxied to that deployment's Triton unchanged. ``GET /-/gateway`` answers 200 without
-auth: it is how the deployer waits for the gateway, and no Azure route.
+else is proxied to that deployment's Triton unchanged; a streamed answer (Server-Sent Events
+from ``generate_stream``, or any body of unknown length) is passed on piece by piece as it
+arrives, chunked. ``GET /-/gateway`` answers 200 without auth: it is how the deployer waits for
+the gateway, and no Azure route.
 
 The routes file is JSON ``{"deployments": {"blue": "http://127.0.0.1:PORT"}, "traffic":
 {"blue": 100}}``; it and the key file are read again whenever they change (traffic moves, keys
@@ -34,6 +36,15 @@ from .spec import DEPLOYMENT_HEADER
 HEALTH_PATH = "/-/gateway"
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
         "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+def _streamed(method: str, answer: http.client.HTTPResponse) -> bool:
+    """Whether an upstream answer comes as a stream: Server-Sent Events, or a body of unknown
+    length (chunked, or until close). HEAD, 204 and 304 answers have none."""
+    if method == "HEAD" or answer.status in (204, 304):
+        return False
+    kind = (answer.getheader("Content-Type") or "").lower()
+    return answer.length is None or kind.startswith("text/event-stream")
 
 
 class _Watched:
@@ -149,7 +160,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 answer = conn.getresponse()
-                payload = answer.read()
+                streamed = _streamed(self.command, answer)
+                payload = None if streamed else answer.read()
                 break
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
@@ -159,11 +171,40 @@ class Handler(BaseHTTPRequestHandler):
         for key_, value in answer.getheaders():
             if key_.lower() not in _HOP:
                 self.send_header(key_, value)
+        if streamed:
+            return self._relay(conn, answer, deployment)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header(DEPLOYMENT_HEADER, deployment)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _relay(self, conn: http.client.HTTPConnection, answer: http.client.HTTPResponse,
+               deployment: str) -> None:
+        """Pass a streamed answer on piece by piece as it arrives: chunked to an HTTP/1.1
+        client, until close to an older one. A stream cut short upstream stays cut short here
+        (no last chunk, connection closed), and its upstream connection is never reused."""
+        chunked = self.request_version == "HTTP/1.1"
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+        self.send_header(DEPLOYMENT_HEADER, deployment)
+        self.end_headers()
+        try:
+            while piece := answer.read1(65536):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.wfile.flush()
+            if answer.length:  # a Content-Length the upstream did not fill
+                raise http.client.IncompleteRead(b"", answer.length)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            answer.close()  # read to its end: the connection may serve the next request
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self.close_connection = True
+            self.log_error("stream from deployment %r cut short: %r", deployment, exc)
 
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _handle
 
