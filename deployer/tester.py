@@ -254,7 +254,7 @@ def prepare(repository: Repository, served: Sequence[str], options: TestOptions)
                     hint="pass one of those to --model-version, or leave it out")
             versions[model_name] = [options.model_version]
     expected = {m: samples.expected_steps(doc, len(inputs[m]), str(options.expect))
-                for m, doc in expect_doc.items()}
+                for m, doc in expect_doc.items() if m in inputs}   # others are not tested
     return Prepared(models, inputs, expected, versions)
 
 

@@ -187,3 +187,17 @@ def test_compare_shows_what_the_streams_did(cli, tmp_path):
     text = cli("compare", REPOS / "stream", "-t", "local", "--requests", "20",
                "--concurrency", "1")
     assert text.code == 0 and "first response ms p50" in text.out, text
+
+
+def test_files_keyed_by_more_models_than_are_tested(cli, tmp_path):
+    """A sample and expected outputs written for the whole repository also serve a run of one
+    of its models (the others' entries are not read)."""
+    sample = _write(tmp_path, "sample.json", {"scale": {"X": [[[1, 2, 3]]]},
+                                              "text_len": ["hello"]})
+    expect = _write(tmp_path, "expect.json", {"scale": {"Y": [[[2, 4, 6]]]},
+                                              "text_len": {"LENGTH": [[5]]}})
+    result = cli("run", REPOS / "multi", "--model", "scale", "--sample", sample, "--expect",
+                 expect, "--json")
+    assert result.code == 0, result
+    (model,) = result.json()["models"]
+    assert [c["name"] for c in model["checks"] if c["passed"]] == ["metadata", "infer", "expect"]
