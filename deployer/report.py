@@ -145,7 +145,7 @@ def render(report: dict[str, Any]) -> str:
     for t in targets:
         lat = t["latency_ms"]
         status = ('<span class="ok">passed</span>' if t["passed"]
-                  else f'<span class="fail">failed</span>')
+                  else '<span class="fail">failed</span>')
         rows.append(
             f"<tr><td>{_esc(t['target'])}</td><td>{status}</td>"
             f"<td>{_fmt(t['deploy_seconds'])}</td><td>{_fmt(t['cold_start_seconds'], 3)}</td>"
