@@ -387,7 +387,9 @@ def serve_folder(server: Server, repository, destination: Path,
             server = install(missing, progress=progress)
     site = _site_packages(server.root) if server.root else None
     shim.stage(repository, destination, have)
-    return destination, shim.describe_all(models, site, where, progress)
+    versions = {m.backend: shim.installed_version(site, shim.FRAMEWORKS[m.backend].distribution)
+                for m in models}
+    return destination, shim.describe_all(models, versions, where, progress)
 
 
 def managed_server(root: Path | None = None) -> Server | None:

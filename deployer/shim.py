@@ -17,7 +17,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 if TYPE_CHECKING:
     from .repository import Model, Repository
@@ -154,14 +154,13 @@ def stage(repository: Repository, destination: Path, have: Iterable[str]) -> lis
     return list(models.values())
 
 
-def describe_all(models: Iterable[Model], site_packages: Path | None, where: str,
+def describe_all(models: Iterable[Model], versions: Mapping[str, str | None], where: str,
                  warn: Callable[[str], None]) -> dict[str, str]:
-    """model → how it is served; one warning per model whose config the shim does not fully
-    honour."""
+    """model → how it is served (``versions``: backend → the framework's version where it
+    runs); one warning per model whose config the shim does not fully honour."""
     served = {}
     for model in models:
-        version = installed_version(site_packages, FRAMEWORKS[model.backend].distribution)
-        served[model.name] = served_by(model, version, where)
+        served[model.name] = served_by(model, versions.get(model.backend), where)
         dropped = unhonoured(model)
         if dropped:
             warn(f"warning: {model.name}: served with {served[model.name]}; not applied: "

@@ -226,14 +226,7 @@ class DockerTarget(Target):
                 raise self._lacks(model, have, through)
         folder = Path(context.work_dir) / "served"
         shim.stage(repository, folder, have)
-        served = {}
-        for model in models:
-            served[model.name] = shim.served_by(model, through[model.backend],
-                                                f"docker image {self.image}")
-            dropped = shim.unhonoured(model)
-            if dropped:
-                self.progress(f"warning: {model.name}: served with {served[model.name]}; "
-                              f"not applied: {', '.join(dropped)}")
+        served = shim.describe_all(models, through, f"docker image {self.image}", self.progress)
         self.progress(f"  {', '.join(m.name for m in models)} through the Python backend of "
                       f"{self.image} (staged copy: {folder})")
         return folder, served
