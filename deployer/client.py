@@ -416,24 +416,10 @@ class _Poster:
 
 def _https_sender(netloc: str, path: str, headers: Any, body: bytes,
                   timeout: float) -> Callable[[], None]:
-    local = threading.local()
+    post = _Poster(netloc, True, timeout)
 
     def send() -> None:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPSConnection(netloc, timeout=timeout)
-        try:
-            conn.request("POST", path, body=body,
-                         headers=headers() if callable(headers) else headers)
-            answer = conn.getresponse()
-            payload = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            local.conn = None
-            raise EndpointError(str(exc), kind="connection") from None
-        if answer.status != 200:
-            raise EndpointError(payload[:200].decode("utf-8", "replace"),
-                                kind=f"http-{answer.status}")
+        post(path, headers() if callable(headers) else headers, body)
 
     return send
 
