@@ -93,6 +93,19 @@ class Options(Mapping[str, Any]):
         return len(self._values)
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """The limits an endpoint applies to requests (see :meth:`Target.request_limits`)."""
+
+    #: requests in flight it serves at once; past it (after any queue wait) it answers 429
+    concurrency: int | None
+    #: milliseconds a request may take; past it it answers 408
+    timeout_ms: int | None
+    #: the settings these come from, in the cloud's words, e.g.
+    #: "max_concurrent_requests_per_instance 4 x 2 instances"
+    source: str
+
+
 @dataclasses.dataclass
 class PlannedResource:
     """Something ``deploy`` would create: its kind, the name it would get, and details."""
@@ -282,6 +295,15 @@ class Target:
         ``compare`` prices these from its price table. Default: nothing (runs here for free).
         """
         return []
+
+    def request_limits(self, deployment: Deployment) -> RequestLimits | None:
+        """What the endpoint accepts before it refuses a request on its own (a throttle of
+        the cloud's, not an error of the model), or None when it sets no such limit.
+
+        ``compare`` counts the refusals apart from other errors and warns before a load
+        level whose concurrency is above ``concurrency``. Default: None.
+        """
+        return None
 
     @classmethod
     def orphans(cls, known: set[str]) -> list[dict[str, str]]:
