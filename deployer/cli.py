@@ -371,9 +371,11 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
             rows.append([t["target"], "passed" if t["passed"] else "FAILED",
                          t["deploy_seconds"], t["cold_start_seconds"], lat.get("p50"),
                          lat.get("p90"), lat.get("p95"), lat.get("p99"), t["throughput_rps"],
-                         t["errors"], t["cost_per_hour"], t["cost_per_million"]])
+                         t["errors"], t["throttled"], t["timed_out"], t["cost_per_hour"],
+                         t["cost_per_million"]])
         lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
-                        "p99 ms", "max req/s", "errors", "USD/h*", "USD/M*"], rows)]
+                        "p99 ms", "max req/s", "errors", "429", "408", "USD/h*", "USD/M*"],
+                       rows)]
         streamed = [t for t in data["targets"] if t.get("stream")]
         if streamed:   # a decoupled model: what its streams did at the first level
             lines.append(table(["target", "first response ms p50", "p99",
@@ -383,6 +385,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
                                  t["stream"]["between_ms"]["p50"],
                                  t["stream"]["between_ms"]["p99"],
                                  t["stream"]["responses_per_s"]] for t in streamed]))
+        lines += [f"{t['target']}: warning: {w}" for t in data["targets"] for w in t["warnings"]]
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
         lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]
                   for model, how in sorted(t.get("served_by", {}).items())]

@@ -51,8 +51,17 @@ class TargetResult:
     latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     #: the best throughput over the concurrency levels
     throughput_rps: float | None = None
+    #: requests that failed under load, other than the endpoint's own refusals below
     errors: int = 0
-    #: one entry per concurrency level: concurrency, throughput_rps, latency_ms, errors
+    #: requests the endpoint refused by its own limits (``Target.request_limits``): HTTP 429
+    #: past its concurrency, HTTP 408 past its timeout
+    throttled: int = 0
+    timed_out: int = 0
+    #: the target's request limits (concurrency, timeout_ms, source), or None
+    limits: dict[str, Any] | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: one entry per concurrency level: concurrency, throughput_rps, latency_ms, errors (by
+    #: kind, without the refusals), throttled, timed_out
     load: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     cost_per_hour: float | None = None
@@ -129,6 +138,51 @@ def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict) -
             result.cost_per_hour / (result.throughput_rps * 3600) * 1_000_000, 4)
 
 
+#: error kinds (``EndpointError.kind``) that are the endpoint's own refusals, not failures
+REFUSALS = {"http-429": "throttled", "http-408": "timed_out"}
+
+
+def _limits(result: TargetResult, limits, concurrency: Sequence[int],
+            progress: Callable[[str], None]) -> None:
+    """Record the target's request limits, and warn about the levels they will refuse."""
+    if limits is None:
+        return
+    result.limits = dataclasses.asdict(limits)
+    above = [level for level in concurrency if limits.concurrency and level > limits.concurrency]
+    if above:
+        result.warnings.append(
+            f"concurrency {', '.join(map(str, above))} is above the {limits.concurrency} "
+            f"request(s) in flight its settings allow ({limits.source}): expect HTTP 429 "
+            "(counted as throttled); raise the setting to measure the model, not the throttle")
+        progress(f"warning: {result.target}: {result.warnings[-1]}")
+
+
+def _level(level: int, measured) -> dict[str, Any]:
+    """One concurrency level's figures, the endpoint's refusals counted apart."""
+    errors = dict(measured.errors)
+    refused = {field: errors.pop(kind, 0) for kind, field in REFUSALS.items()}
+    return {"concurrency": level, "throughput_rps": measured.throughput_rps,
+            "latency_ms": measured.latency_ms, "errors": errors, **refused,
+            "stable": measured.stable, "stream": measured.stream,
+            "latency_by_step": measured.latency_by_step}
+
+
+def _failed_load(result: TargetResult) -> str | None:
+    """Why the load failed, in words, or None."""
+    parts = []
+    if result.errors:
+        parts.append(f"{result.errors} requests failed")
+    if result.throttled:
+        parts.append(f"{result.throttled} were throttled (HTTP 429)")
+    if result.timed_out:
+        parts.append(f"{result.timed_out} timed out (HTTP 408)")
+    if not parts:
+        return None
+    source = f" by its request settings ({result.limits['source']})" if result.limits and (
+        result.throttled or result.timed_out) else ""
+    return f"under load {', '.join(parts)}{source}"
+
+
 def _first_inference(client, model, inputs, timeout: float) -> float:
     """Seconds to the first successful inference of ``inputs[0]`` on ``model`` (a stateful
     model: a sequence of that one step; a decoupled one: a whole stream)."""
@@ -181,6 +235,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             deployment = core.deploy(repo.path, target, result.name, options[target])
             result.deploy_seconds = deployment.deploy_seconds
             result.served_by = dict(deployment.endpoint.get("served_by") or {})
+            _limits(result, impl.request_limits(deployment), concurrency, progress)
             client = impl.client(deployment)
             try:
                 with measure_lock:
@@ -192,27 +247,24 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                     for level in concurrency:
                         send, kind = load_sender(client, repo.models[model], inputs)
                         measured = load.run(model, send, requests, level, kind=kind)
-                        result.load.append({"concurrency": level,
-                                            "throughput_rps": measured.throughput_rps,
-                                            "latency_ms": measured.latency_ms,
-                                            "errors": measured.errors,
-                                            "stable": measured.stable,
-                                            "stream": measured.stream,
-                                            "latency_by_step": measured.latency_by_step})
+                        result.load.append(_level(level, measured))
             finally:
                 client.close()
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
             result.stream = result.load[0]["stream"] if result.load else {}
             result.throughput_rps = max((x["throughput_rps"] for x in result.load), default=None)
             result.errors = sum(sum(x["errors"].values()) for x in result.load)
+            result.throttled = sum(x["throttled"] for x in result.load)
+            result.timed_out = sum(x["timed_out"] for x in result.load)
             _cost(result, impl.instances(deployment), table)
-            result.passed = bool(result.test_passed) and result.errors == 0
+            failed_load = _failed_load(result)
+            result.passed = bool(result.test_passed) and failed_load is None
             if not result.test_passed:
                 failed = [f"{m.model} {c.name}: {c.message}" for m in report.models
                           for c in m.checks if not c.passed] or ["not ready"]
                 result.error = "the test step failed: " + "; ".join(failed)
-            elif result.errors:
-                result.error = f"{result.errors} requests failed under load"
+            elif failed_load:
+                result.error = failed_load
         except Interrupted:
             raise
         except DeployerError as exc:

@@ -151,6 +151,7 @@ def render(report: dict[str, Any]) -> str:
             f"<td>{_fmt(t['deploy_seconds'])}</td><td>{_fmt(t['cold_start_seconds'], 3)}</td>"
             + "".join(f"<td>{_fmt(lat.get(p), 3)}</td>" for p in PERCENTILES)
             + f"<td>{_fmt(t['throughput_rps'], 1)}</td><td>{t['errors']}</td>"
+            f"<td>{t.get('throttled', 0)}</td><td>{t.get('timed_out', 0)}</td>"
             f"<td>{_fmt(t['cost_per_hour'], 4)}</td><td>{_fmt(t['cost_per_million'], 4)}</td>"
             "</tr>")
     failures = "".join(
@@ -173,6 +174,8 @@ def render(report: dict[str, Any]) -> str:
     served = "".join(f"<li>{_esc(t['target'])}: <code>{_esc(model)}</code> served by "
                      f"{_esc(how)}</li>" for t in targets
                      for model, how in sorted(t.get("served_by", {}).items()))
+    warned = "".join(f"<li>{_esc(t['target'])}: {_esc(w)}</li>" for t in targets
+                     for w in t.get("warnings", ()))
     schedule = (f"Measured one at a time (on this machine): {', '.join(report['sequential']) or '—'}."
                 f" Deployed in parallel (cloud): {', '.join(report['parallel']) or '—'}; "
                 "their measurements never overlapped.")
@@ -195,13 +198,15 @@ level ({", ".join(map(str, report['concurrency']))}). Overall:
 <h2>Side by side</h2>
 <table><thead><tr><th>target</th><th>result</th><th>deploy s</th><th>cold start s</th>
 <th>p50 ms</th><th>p90 ms</th><th>p95 ms</th><th>p99 ms</th><th>max req/s</th>
-<th>errors</th><th>USD/hour*</th><th>USD per million*</th></tr></thead>
+<th>errors</th><th title="refused by the endpoint's concurrency limit">429</th>
+<th title="past the endpoint's request timeout">408</th><th>USD/hour*</th><th>USD per million*</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <p class="note">{_esc(schedule)} Cold start: from the deploy returning to the first successful
 inference.</p>
 {"<h2>Streams</h2><table><thead><tr><th>target</th><th>first response p50 ms</th>"
  "<th>p99 ms</th><th>between responses p50 ms</th><th>p99 ms</th><th>responses/s</th></tr>"
  "</thead><tbody>" + streamed + "</tbody></table>" if streamed else ""}
+{"<h2>Warnings</h2><ul>" + warned + "</ul>" if warned else ""}
 {"<h2>How models are served</h2><ul>" + served + "</ul>" if served else ""}
 <h2>Cost (estimates)</h2><ul>{costs}</ul>
 <p class="note">* {_esc(report['price_note'])} Cost per million inferences = cost per hour ÷

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from . import hookimpl
 from .api import Deployer
 from .client import EndpointClient, EndpointError
 from .errors import DeployFailed, Interrupted
-from .target import DeployContext, Option, PlannedResource, Target
+from .target import DeployContext, Option, PlannedResource, RequestLimits, Target
 
 
 class TargetContract:
@@ -148,8 +149,11 @@ class FakeWorld:
 class FakeClient(EndpointClient):
     """Answers from the repository's config: outputs are ``sum of inputs`` broadcast."""
 
-    def __init__(self, world: FakeWorld, deployment_id: str, models: dict[str, Any]):
+    def __init__(self, world: FakeWorld, deployment_id: str, models: dict[str, Any],
+                 max_concurrent: int | None = None):
         self.world, self.deployment_id, self.models = world, deployment_id, models
+        # a throttle like a cloud's: past ``max_concurrent`` requests in flight, HTTP 429
+        self.max_concurrent, self.in_flight, self.lock = max_concurrent, 0, threading.Lock()
 
     def _up(self) -> bool:
         return self.deployment_id in self.world.read().get("servers", [])
@@ -163,6 +167,20 @@ class FakeClient(EndpointClient):
         return self.models[model]
 
     def infer(self, model, inputs):
+        if self.max_concurrent is None:
+            return self._answer(model, inputs)
+        with self.lock:
+            if self.in_flight >= self.max_concurrent:
+                raise EndpointError("Too many pending requests", kind="http-429")
+            self.in_flight += 1
+        try:
+            threading.Event().wait(0.002)  # a request takes a while, so requests overlap
+            return self._answer(model, inputs)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, model, inputs):
         import numpy as np
 
         meta = self.metadata(model)
@@ -187,11 +205,18 @@ class FakeTarget(Target):
         Option("stuck", bool, False, "delete does nothing (to test teardown verification)"),
         Option("token", str, None, "a secret that must never reach state", secret=True),
         Option("instance_type", str, None, "an instance type it pretends to bill (for compare)"),
+        Option("max_concurrent", int, None, "requests in flight it serves; past it, HTTP 429"),
     )
     runs_here = False
 
     def instances(self, deployment):
         return [(self.settings.instance_type, 2)] if self.settings.instance_type else []
+
+    def request_limits(self, deployment):
+        if self.settings.max_concurrent is None:
+            return None
+        return RequestLimits(self.settings.max_concurrent, None,
+                             f"max_concurrent {self.settings.max_concurrent}")
 
     @property
     def world(self) -> FakeWorld:
@@ -226,7 +251,7 @@ class FakeTarget(Target):
                                         "shape": list(s.shape(m.max_batch_size))}
                                        for s in m.outputs]}
                   for m in repo.models.values()}
-        return FakeClient(self.world, deployment.id, models)
+        return FakeClient(self.world, deployment.id, models, self.settings.max_concurrent)
 
     def delete(self, resource, deployment):
         if self.settings.stuck:

@@ -91,6 +91,30 @@ def test_cost_uses_the_table_and_overrides(tmp_path, repo):
     assert unknown.cost_per_hour is None and "--price ml.unknown=" in unknown.cost_note
 
 
+def test_the_endpoints_own_refusals_are_counted_apart_and_warned_of(tmp_path, repo):
+    world = FakeWorld(tmp_path / "world.json")
+    said = []
+    core = Deployer(state_dir=tmp_path / "s", plugins=[FakePlugin()], progress=said.append)
+    report = compare(core, repo, ["fake"], {"fake": {"world": str(world.path),
+                                                     "max_concurrent": "1"}},
+                     requests=200, concurrency=[1, 4], progress=said.append)
+    fake = report.to_dict()["targets"][0]
+    assert fake["limits"] == {"concurrency": 1, "timeout_ms": None,
+                              "source": "max_concurrent 1"}
+    assert [w for w in said if w.startswith("warning: fake: concurrency 4 is above the 1 ")]
+    assert fake["warnings"] and "expect HTTP 429" in fake["warnings"][0]
+    one, four = fake["load"]
+    assert one["throttled"] == 0 and four["throttled"] > 0, fake["load"]
+    assert "http-429" not in four["errors"] and fake["errors"] == 0
+    assert fake["throttled"] == four["throttled"] and fake["timed_out"] == 0
+    assert not fake["passed"] and fake["error"] == (
+        f"under load {four['throttled']} were throttled (HTTP 429) by its request settings "
+        "(max_concurrent 1)")
+    page = render(report.to_dict())
+    assert "<h2>Warnings</h2>" in page and f"<td>{four['throttled']}</td>" in page
+    assert fake["torn_down"] and world.read() == {"buckets": [], "servers": []}
+
+
 def test_bad_compare_input_creates_nothing(cli, repo):
     result = cli("compare", repo, "--target", "local", "--target", "nope")
     assert result.code == 2 and "unknown target 'nope'" in one_line_error(result)
