@@ -1,12 +1,15 @@
 """An HTTP proxy in front of moto's server that answers chosen operations with AWS's own wire
 errors, so real boto3 meets the errors a real account returns and moto never raises.
 
-Everything else is forwarded to moto unchanged. Point ``AWS_ENDPOINT_URL_SAGEMAKER``, ``_S3``
-and ``_CLOUDWATCH_LOGS`` at :attr:`FaultProxy.url`. Operations are matched as AWS routes them:
-JSON 1.1 services (SageMaker, CloudWatch Logs) by the ``X-Amz-Target`` header
-(``SageMaker.CreateEndpoint``), S3 (REST-XML) by method and path. The bodies are what those
-protocols send: ``{"__type": CODE, "message": ...}`` with ``X-Amzn-ErrorType`` for JSON, and
-``<Error><Code>...</Code><Message>...</Message>...</Error>`` for S3 (no body for HEAD).
+Everything else is forwarded to moto unchanged. Point ``AWS_ENDPOINT_URL_SAGEMAKER``, ``_S3``,
+``_IAM`` and ``_CLOUDWATCH_LOGS`` at :attr:`FaultProxy.url`. Operations are matched as AWS
+routes them: JSON 1.1 services (SageMaker, CloudWatch Logs) by the ``X-Amz-Target`` header
+(``SageMaker.CreateEndpoint``), query services (IAM) by the signing name and the form's
+``Action`` (``iam.GetRole``), S3 (REST-XML) by method and path. The bodies are what those
+protocols send: ``{"__type": CODE, "message": ...}`` with ``X-Amzn-ErrorType`` for JSON,
+``<ErrorResponse><Error><Type/><Code/><Message/></Error><RequestId/></ErrorResponse>`` for
+query (botocore's QueryParser), and ``<Error><Code>...</Code><Message>...</Message>...</Error>``
+for S3 (no body for HEAD).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class Fault:
 
 class FaultProxy:
     """``FaultProxy(upstream_url)``; ``seen[operation]`` counts every request by operation
-    (``SageMaker.CreateEndpoint``, or ``PUT /bucket/key`` for S3), failed or forwarded."""
+    (``SageMaker.CreateEndpoint``, ``iam.GetRole``, or ``PUT /bucket/key`` for S3), failed or
+    forwarded."""
 
     def __init__(self, upstream: str):
         parsed = urllib.parse.urlparse(upstream)
@@ -101,7 +105,8 @@ class FaultProxy:
                    times: int | None = None) -> Fault:
         """Fail the JSON 1.1 operation ``target`` (e.g. ``SageMaker.CreateModel``)."""
         body = json.dumps({"__type": code, "message": message}).encode()
-        return self._add(Fault(lambda method, path, headers: headers.get("X-Amz-Target") == target,
+        return self._add(Fault(lambda method, path, headers, _: headers.get("X-Amz-Target")
+                               == target,
                                status, {"Content-Type": "application/x-amz-json-1.1",
                                         "X-Amzn-ErrorType": code,
                                         "x-amzn-RequestId": str(uuid.uuid4())}, body, times))
@@ -119,9 +124,22 @@ class FaultProxy:
                 f"</RequestId><HostId>proxy</HostId></Error>").encode()
         pattern = re.compile(path)
         return self._add(Fault(
-            lambda m, p, h: m == method and pattern.search(p) is not None, status,
+            lambda m, p, h, _: m == method and pattern.search(p) is not None, status,
             {"Content-Type": "application/xml", "x-amz-request-id": request_id,
              **(headers or {})}, b"" if method == "HEAD" else body, times))
+
+    def query_error(self, operation: str, code: str, message: str, *, status: int = 400,
+                    times: int | None = None) -> Fault:
+        """Fail the query-protocol operation ``operation`` (e.g. ``iam.GetRole``: the signing
+        name, then the Action) with AWS's XML ErrorResponse (Type Sender)."""
+        request_id = str(uuid.uuid4())
+        namespace = "https://iam.amazonaws.com/doc/2010-05-08/"
+        body = (f'<ErrorResponse xmlns="{namespace}"><Error><Type>Sender</Type>'
+                f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
+                f"<RequestId>{request_id}</RequestId></ErrorResponse>").encode()
+        return self._add(Fault(
+            lambda m, p, h, b: self.operation(m, p, h, b) == operation, status,
+            {"Content-Type": "text/xml", "x-amzn-RequestId": request_id}, body, times))
 
     def _add(self, fault: Fault) -> Fault:
         with self.lock:
@@ -135,15 +153,23 @@ class FaultProxy:
 
     # -- the proxy -----------------------------------------------------------------------------
     @staticmethod
-    def operation(method: str, path: str, headers) -> str:
-        return headers.get("X-Amz-Target") or f"{method} {path.split('?')[0]}"
+    def operation(method: str, path: str, headers, body: bytes = b"") -> str:
+        if headers.get("X-Amz-Target"):
+            return headers["X-Amz-Target"]
+        if "x-www-form-urlencoded" in headers.get("Content-Type", ""):  # the query protocol
+            action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action")
+            scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/",
+                              headers.get("Authorization", ""))
+            if action and scope:
+                return f"{scope.group(1)}.{action[0]}"
+        return f"{method} {path.split('?')[0]}"
 
     def answer(self, method: str, path: str, headers, body: bytes):
         with self.lock:
-            self.seen[self.operation(method, path, headers)] += 1
+            self.seen[self.operation(method, path, headers, body)] += 1
             for fault in self.faults:
                 if (fault.times is None or fault.hits < fault.times) and \
-                        fault.match(method, path, headers):
+                        fault.match(method, path, headers, body):
                     fault.hits += 1
                     return fault.status, fault.headers, fault.body
         return self._forward(method, path, headers, body)

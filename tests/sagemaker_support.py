@@ -29,6 +29,10 @@ from deployer_plugins.sagemaker import artefacts, container
 
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+#: the trust policy an execution role needs: SageMaker may assume it
+SAGEMAKER_TRUST = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+    "Action": "sts:AssumeRole"}]}
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +51,10 @@ def moto_url():
 @contextlib.contextmanager
 def aws_environment(url: str, runtime_url: str | None = None,
                     **extra: str) -> Iterator[dict[str, str]]:
-    """Fake credentials and region, SageMaker, S3 and CloudWatch Logs at ``url`` (moto, or a
-    proxy in front of it), InvokeEndpoint at ``runtime_url``, ``extra`` variables, and a fresh
-    bucket: yields ``{"bucket", "role"}``. A MonkeyPatch of its own: the contract suite calls
+    """Fake credentials and region, SageMaker, S3, IAM and CloudWatch Logs at ``url`` (moto, or
+    a proxy in front of it), InvokeEndpoint at ``runtime_url``, ``extra`` variables, a fresh
+    bucket, and :data:`ROLE` in moto's IAM, trusting SageMaker: yields ``{"bucket", "role"}``.
+    A MonkeyPatch of its own: the contract suite calls
     ``monkeypatch.undo()`` mid-test."""
     import boto3
 
@@ -61,6 +66,7 @@ def aws_environment(url: str, runtime_url: str | None = None,
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true",
                "AWS_ENDPOINT_URL_SAGEMAKER": url, "AWS_ENDPOINT_URL_S3": url,
+               "AWS_ENDPOINT_URL_IAM": url,
                # CloudWatch Logs: botocore derives the name from the service id
                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": url, **extra}
         if runtime_url:
@@ -69,7 +75,21 @@ def aws_environment(url: str, runtime_url: str | None = None,
             patch.setenv(key, value)
         bucket = f"tdeploy-{uuid.uuid4().hex[:12]}"
         boto3.client("s3").create_bucket(Bucket=bucket)
+        make_role(ROLE.rsplit("/", 1)[1], SAGEMAKER_TRUST)
         yield {"bucket": bucket, "role": ROLE}
+
+
+def make_role(name: str, trust: dict, path: str = "/") -> str:
+    """Create (or reset the trust policy of) IAM role ``name`` in moto; returns its ARN."""
+    import boto3
+
+    iam = boto3.client("iam")
+    try:
+        return iam.create_role(RoleName=name, Path=path,
+                               AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
 
 
 def _split(uri: str) -> tuple[str, str]:

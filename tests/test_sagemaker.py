@@ -538,10 +538,12 @@ def test_update_is_blue_green_exact_calls(aws, state, capsys, stubbed, change):
     _clean_after_stub(aws, state, capsys, names, "sm-bg")
 
 
-@pytest.mark.parametrize("how", ["refused", "failed"])
+@pytest.mark.parametrize("how", ["refused", "failed", "rollback-failed"])
 def test_update_that_fails_leaves_the_old_version(aws, state, capsys, stubbed, how):
-    """update_endpoint refused, or the waiter sees Failed: exit 3, one line with the reason,
-    the deployment still ready with ``error`` set, nothing of the old version touched."""
+    """update_endpoint refused, or the waiter sees Failed, or UpdateRollbackFailed (the
+    rollback failed too: the waiter stops at its first sight of it, not after 40 minutes):
+    exit 3, one line with the state and reason, the deployment still ready with ``error`` set,
+    nothing of the old version touched."""
     import time
 
     import boto3
@@ -565,14 +567,19 @@ def test_update_that_fails_leaves_the_old_version(aws, state, capsys, stubbed, h
     else:
         reason = ("The primary container for production variant AllTraffic did not pass the "
                   "ping health check.")
+        status = "Failed" if how == "failed" else "UpdateRollbackFailed"
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/e"},
                           update_params)
-        for _ in range(2):  # the waiter sees Failed; then the failure report
+        for _ in range(2):  # the waiter's one poll sees the state; then the failure report
             stub.add_response("describe_endpoint", _described(
-                "sm-keep", names["old_config"], "Failed", FailureReason=reason),
+                "sm-keep", names["old_config"], status, FailureReason=reason),
                 {"EndpointName": "sm-keep"})
         expected += ["DescribeEndpoint", "DescribeEndpoint"]
-        wanted = f"status Failed: {reason}"
+        wanted = f"status {status}: {reason}"
+        if how == "rollback-failed":
+            wanted = (f"update of endpoint sm-keep to {names['config']} failed and so did "
+                      f"SageMaker's rollback (status UpdateRollbackFailed: {reason}); it serves "
+                      f"a mix of {names['old_config']} and {names['config']}")
         logs = boto3.client("logs")
         group = "/aws/sagemaker/Endpoints/sm-keep"
         logs.create_log_group(logGroupName=group)
@@ -590,7 +597,7 @@ def test_update_that_fails_leaves_the_old_version(aws, state, capsys, stubbed, h
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and wanted in lines[0], err
     assert names["old_config"] in lines[0], "the line names what still serves"
-    if how == "failed":
+    if how != "refused":
         assert "model add_sub: bad config" in err  # the CloudWatch lines, after the error line
         boto3.client("logs").delete_log_group(logGroupName="/aws/sagemaker/Endpoints/sm-keep")
 

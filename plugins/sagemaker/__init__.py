@@ -48,8 +48,8 @@ class SageMakerTarget(Target):
                          instance_type=self.settings.instance_type)
 
     def _preflight(self, session, region, endpoint: str) -> None:
-        """Checks before anything is created (exit 2): the endpoint name is free, and the
-        bucket exists, in ``region``."""
+        """Checks before anything is created (exit 2): the endpoint name is free, the bucket
+        exists, in ``region``, and the execution role exists and trusts SageMaker."""
         from botocore.exceptions import ClientError
 
         from . import aws
@@ -64,6 +64,7 @@ class SageMakerTarget(Target):
                 raise AlreadyDeployed(f"SageMaker endpoint {endpoint} already exists in "
                                       f"{region}", hint="pass another --name, or delete it first")
             aws.check_bucket(session.client("s3"), self.settings.bucket, region)
+            aws.check_role(session.client("iam"), self.settings.role, self.progress)
 
     def validate(self, repository) -> None:
         from . import rules
@@ -97,7 +98,7 @@ class SageMakerTarget(Target):
         return f"{prefix}/{digest}" if prefix else digest
 
     def plan(self, repository, name):
-        from . import rules
+        from . import aws, rules
 
         _, region = self._session_region()
         layout, items = spec.layout(self.settings, repository)
@@ -117,7 +118,9 @@ class SageMakerTarget(Target):
                                       "instance_count": self.settings.instance_count,
                                       "startup_timeout": self.settings.startup_timeout}),
             PlannedResource("endpoint", name, {
-                "region": region, "models": spec.models_served(self.settings, repository)}),
+                "region": region, "models": spec.models_served(self.settings, repository),
+                "log_group": aws.log_group(name),
+                "log_group_kept_on_teardown": not self.settings.delete_logs}),
         ]
 
     # -- deploy's steps: upload → model → endpoint config → endpoint → wait -----------------
@@ -219,11 +222,12 @@ class SageMakerTarget(Target):
         context.created(resource, arn=arn)
 
     def _wait_in_service(self, sm, endpoint: str) -> None:
-        """The ``endpoint_in_service`` waiter; raises botocore's WaiterError."""
+        """The ``endpoint_in_service`` waiter, which also stops at UpdateRollbackFailed and
+        Deleting; raises botocore's WaiterError."""
+        from . import aws
+
         delay = 15
-        sm.get_waiter("endpoint_in_service").wait(
-            EndpointName=endpoint, WaiterConfig={
-                "Delay": delay, "MaxAttempts": (self.settings.startup_timeout + 1800) // delay})
+        aws.wait_in_service(sm, endpoint, delay, (self.settings.startup_timeout + 1800) // delay)
 
     def deploy(self, repository, context) -> None:
         """Checks (exit 2, nothing created), then upload → model → endpoint config → endpoint;
@@ -250,7 +254,9 @@ class SageMakerTarget(Target):
 
     def _create_endpoint(self, sm, names: dict[str, str], region, context):
         """``create_endpoint`` on the new config; the resource stays ``creating`` until it
-        serves (or is not waited for)."""
+        serves (or is not waited for). With ``-o delete_logs`` the log group SageMaker will
+        write is recorded first, so teardown removes it after the endpoint."""
+        logs = self._record_logs(names["endpoint"], region, context)
         resource = context.record("endpoint", names["endpoint"], region=region)
         self.progress(f"  creating endpoint {names['endpoint']} on "
                       f"{self.settings.instance_count} x {self.settings.instance_type}")
@@ -258,7 +264,20 @@ class SageMakerTarget(Target):
                                  EndpointConfigName=names["endpoint-config"],
                                  Tags=self._tags(context.deployment))["EndpointArn"]
         context.update(resource, arn=arn)
+        if logs is not None:
+            context.created(logs)
         return resource
+
+    def _record_logs(self, endpoint: str, region, context):
+        """The ``log-group`` resource (``-o delete_logs=true`` only, once per deployment)."""
+        from . import aws
+
+        group = aws.log_group(endpoint)
+        if not self.settings.delete_logs or any(
+                r.kind == "log-group" and r.id == group and r.status != "deleted"
+                for r in context.deployment.resources):
+            return None
+        return context.record("log-group", group, region=region)
 
     def _wait_created(self, sm, session, endpoint: str, name: str) -> None:
         from botocore.exceptions import WaiterError
@@ -306,6 +325,9 @@ class SageMakerTarget(Target):
             names = self._names(deployment.name, deployment.id,
                                 sum(r.kind == "model" for r in deployment.resources))
             details = self._model_and_config(repository, session, region, names, context)
+            logs = self._record_logs(endpoint, region, context)  # -o delete_logs given now
+            if logs is not None:
+                context.created(logs)
             new_config = names["endpoint-config"]
             self._switch(sm, endpoint, current, new_config, facts, deployment.name)
             if not self.settings.wait:
@@ -313,7 +335,7 @@ class SageMakerTarget(Target):
                               "until the next update or teardown")
                 context.set_endpoint(**details)
                 return
-            self._wait_switched(sm, session, endpoint, current, new_config)
+            self._wait_switched(sm, session, endpoint, current, new_config, deployment.name)
             context.set_endpoint(**details)
             self._retire(context, previous, details["artifacts"])
 
@@ -332,8 +354,9 @@ class SageMakerTarget(Target):
                                                "and deploy again")
 
     def _check_updatable(self, sm, session, region: str, endpoint: str, name: str) -> str:
-        """The endpoint still exists (DeployFailed), the bucket is usable (UsageError) and the
-        endpoint is InService (DeployFailed). Returns the config it serves now."""
+        """The endpoint still exists (DeployFailed), the bucket and the execution role are
+        usable (UsageError) and the endpoint is InService (DeployFailed). Returns the config
+        it serves now."""
         from botocore.exceptions import ClientError
 
         from . import aws
@@ -348,6 +371,7 @@ class SageMakerTarget(Target):
             raise
         with aws.failures(UsageError, self._facts(region)):
             aws.check_bucket(session.client("s3"), self.settings.bucket, region)
+            aws.check_role(session.client("iam"), self.settings.role, self.progress)
         if described.get("EndpointStatus") != "InService":
             raise DeployFailed(
                 f"endpoint {endpoint} is {described.get('EndpointStatus')}; only an InService "
@@ -377,7 +401,8 @@ class SageMakerTarget(Target):
             raise DeployFailed(f"{line}; {current} still serves", hint="; ".join(filter(None, (
                 hint, self._rerun_hint(name))))) from None
 
-    def _wait_switched(self, sm, session, endpoint: str, current: str, new_config: str) -> None:
+    def _wait_switched(self, sm, session, endpoint: str, current: str, new_config: str,
+                       name: str) -> None:
         """Wait until the endpoint is InService on ``new_config``; DeployFailed with its
         reason and CloudWatch lines if it failed or rolled back to ``current``."""
         from botocore.exceptions import WaiterError
@@ -386,21 +411,29 @@ class SageMakerTarget(Target):
 
         self.progress("  waiting for the endpoint to be InService on the new config "
                       "(often 5-15 minutes)")
-        serving = None
+        serving, status = None, None
         try:
             self._wait_in_service(sm, endpoint)
             serving = sm.describe_endpoint(EndpointName=endpoint).get("EndpointConfigName")
-        except WaiterError:
-            pass
+        except WaiterError as exc:
+            status = (getattr(exc, "last_response", None) or {}).get("EndpointStatus")
         if serving == new_config:
             return
-        # Failed, or rolled back to the previous config (InService with a FailureReason)
+        # Failed, rolled back to the previous config (InService with a FailureReason), or
+        # UpdateRollbackFailed: the rollback failed too, and it serves a mix of both configs
         reason, tail = aws.failure_parts(sm, session.client("logs"), endpoint)
+        details = (f"last log lines of {aws.log_group(endpoint)}:\n{tail}" if tail else None)
+        if status == "UpdateRollbackFailed":
+            raise DeployFailed(
+                f"update of endpoint {endpoint} to {new_config} failed and so did SageMaker's "
+                f"rollback ({reason}); it serves a mix of {current} and {new_config}, both left "
+                "in place", hint="restore it as SageMaker's 'rolling deployments' guide says "
+                "(it must be InService before another update), or run 'deployer teardown "
+                f"{name}'", details=details)
         raise DeployFailed(
             f"update of endpoint {endpoint} to {new_config} failed ({reason}); {current} "
             "and its model were left in place", hint="fix the cause and run the update again",
-            details=(f"last log lines of /aws/sagemaker/Endpoints/{endpoint}:\n{tail}"
-                     if tail else None))
+            details=details)
 
     def _retire(self, context, previous: list, new_artifacts: str) -> None:
         """Remove the previous config, model and artefacts (not those the new model reads, nor
@@ -450,9 +483,9 @@ class SageMakerTarget(Target):
 
         region = self._region(resource, deployment)
         with aws.failures(TeardownIncomplete, self._facts(region)):
-            return self._delete(aws.session(region), resource)
+            return self._delete(aws.session(region), resource, deployment)
 
-    def _delete(self, session, resource) -> bool:
+    def _delete(self, session, resource, deployment) -> bool:
         from botocore.exceptions import WaiterError
 
         from . import aws
@@ -461,8 +494,13 @@ class SageMakerTarget(Target):
             return aws.unless_gone(lambda: aws.delete_keys(
                 session.client("s3"), resource.data["bucket"],
                 resource.data.get("keys", [])) > 0)
+        if resource.kind == "log-group":
+            return aws.unless_gone(lambda: session.client("logs").delete_log_group(
+                logGroupName=resource.id) or True)
         sm = session.client("sagemaker")
         call, key = self._sm_call(sm, "delete", resource.kind)
+        if resource.kind == "endpoint":
+            self._name_logs(resource, deployment, session.region_name)
         if not aws.unless_gone(lambda: call(**{key: resource.id}) or True):
             return False
         if resource.kind == "endpoint":
@@ -477,6 +515,20 @@ class SageMakerTarget(Target):
                     from None
         return True
 
+    def _name_logs(self, endpoint, deployment, region) -> None:
+        """Say what becomes of the endpoint's CloudWatch log group: it goes when recorded
+        (``-o delete_logs=true``), else it stays, and the line says how to remove it."""
+        from . import aws
+
+        group = aws.log_group(endpoint.id)
+        if any(r.kind == "log-group" and r.id == group and r.status != "deleted"
+               for r in deployment.resources):
+            self.progress(f"  CloudWatch log group {group} goes too (-o delete_logs=true)")
+        else:
+            self.progress(f"  CloudWatch log group {group} stays (deployed without -o "
+                          "delete_logs=true); to remove it: aws logs delete-log-group "
+                          f"--log-group-name {group} --region {region}")
+
     def exists(self, resource, deployment) -> bool:
         from . import aws
 
@@ -487,6 +539,8 @@ class SageMakerTarget(Target):
                 return aws.unless_gone(lambda: aws.any_key(
                     session.client("s3"), resource.data["bucket"],
                     resource.data.get("keys", [])))
+            if resource.kind == "log-group":
+                return aws.log_group_exists(session.client("logs"), resource.id)
             call, key = self._sm_call(session.client("sagemaker"), "describe", resource.kind)
             return aws.unless_gone(lambda: call(**{key: resource.id}) or True)
 

@@ -210,6 +210,128 @@ def check_bucket(s3, bucket: str, region: str) -> None:
                  f"--region {region}")
 
 
+SAGEMAKER_SERVICE = "sagemaker.amazonaws.com"
+TRUST_POLICY = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":'
+                '{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}')
+
+
+def role_name(arn: str) -> tuple[str, str]:
+    """``(account, name)`` of a role ARN; the path goes (``role/service-role/Name`` → Name),
+    as GetRole takes the bare name."""
+    _, _, _, _, account, resource = arn.split(":", 5)
+    return account, resource.rsplit("/", 1)[-1]
+
+
+def check_role(iam, role: str, progress) -> None:
+    """The execution role exists (the very ARN: path and account too) and its trust policy
+    lets SageMaker assume it. A caller that may not read it gets a warning, not a failure;
+    other errors are left to :func:`failures`."""
+    from botocore.exceptions import ClientError
+
+    from deployer.errors import ValidationError
+
+    account, name = role_name(role)
+    try:
+        found = iam.get_role(RoleName=name)["Role"]
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code == "NoSuchEntity":
+            raise ValidationError(
+                f"execution role {name} does not exist in account {account} ({role})",
+                hint="pass -o role= an existing role, or create one SageMaker may assume: aws "
+                     f"iam create-role --role-name {name} --assume-role-policy-document "
+                     f"'{TRUST_POLICY}'") from None
+        if code in ("AccessDenied", "AccessDeniedException"):
+            progress(f"warning: cannot check execution role {name} (GetRole: {code}); "
+                     "SageMaker refuses it at CreateModel if it is missing or does not trust "
+                     f"{SAGEMAKER_SERVICE}")
+            return
+        raise
+    if found.get("Arn") and found["Arn"] != role:
+        raise ValidationError(
+            f"execution role {role} does not exist: the role named {name} is {found['Arn']}",
+            hint=f"pass -o role={found['Arn']}")
+    if not trusts(found.get("AssumeRolePolicyDocument"), SAGEMAKER_SERVICE):
+        raise ValidationError(
+            f"execution role {name} does not trust {SAGEMAKER_SERVICE}: its trust policy "
+            "allows that service no sts:AssumeRole, so SageMaker cannot assume it",
+            hint=f"aws iam update-assume-role-policy --role-name {name} --policy-document "
+                 f"'{TRUST_POLICY}'")
+
+
+def trusts(document, service: str) -> bool:
+    """Whether a trust policy (a dict as boto3 decodes it, or the URL-encoded JSON IAM sends)
+    lets ``service`` call sts:AssumeRole: an Allow that names it (or ``*``), and no
+    unconditional Deny."""
+    import fnmatch
+    import json
+    import urllib.parse
+
+    if isinstance(document, str):
+        try:
+            document = json.loads(urllib.parse.unquote(document))
+        except ValueError:
+            return False
+    if not isinstance(document, dict):
+        return False
+
+    def listed(value) -> list:
+        return value if isinstance(value, list) else [value] if value is not None else []
+
+    statements = listed(document.get("Statement"))
+    allowed = False
+    for statement in statements:
+        if not isinstance(statement, dict):
+            continue
+        actions = [str(a).lower() for a in listed(statement.get("Action"))]
+        if not any(fnmatch.fnmatchcase("sts:assumerole", a) for a in actions):
+            continue
+        principal = statement.get("Principal")
+        named = principal == "*" or isinstance(principal, dict) and (
+            service in listed(principal.get("Service")) or "*" in listed(principal.get("AWS")))
+        if not named:
+            continue
+        if statement.get("Effect") == "Deny" and not statement.get("Condition"):
+            return False
+        allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
+
+
+#: DescribeEndpoint states that end a wait for InService besides botocore's own ``Failed``:
+#: a failed rolling update whose rollback failed too, and an endpoint being deleted. The
+#: others (Creating, Updating, SystemUpdating, RollingBack) end in InService or Failed.
+STOP_STATES = ("UpdateRollbackFailed", "Deleting")
+
+
+def wait_in_service(sm, endpoint: str, delay: int, attempts: int) -> None:
+    """botocore's ``endpoint_in_service`` waiter with :data:`STOP_STATES` as failures too;
+    raises its WaiterError (``last_response`` is the last DescribeEndpoint answer)."""
+    import copy
+
+    from botocore.loaders import create_loader
+    from botocore.waiter import WaiterModel, create_waiter_with_client
+
+    model = create_loader().load_service_model("sagemaker", "waiters-2")
+    config = copy.deepcopy(model["waiters"]["EndpointInService"])
+    config["acceptors"] += [{"matcher": "path", "argument": "EndpointStatus",
+                             "state": "failure", "expected": state} for state in STOP_STATES]
+    config.update(delay=delay, maxAttempts=attempts)
+    waiter = create_waiter_with_client(
+        "EndpointInService", WaiterModel({"version": 2, "waiters": {
+            "EndpointInService": config}}), sm)
+    waiter.wait(EndpointName=endpoint)
+
+
+def log_group(endpoint: str) -> str:
+    """The CloudWatch log group SageMaker writes an endpoint's container logs to."""
+    return f"/aws/sagemaker/Endpoints/{endpoint}"
+
+
+def log_group_exists(logs, group: str) -> bool:
+    pages = logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=group)
+    return any(g["logGroupName"] == group for page in pages for g in page.get("logGroups", []))
+
+
 def session(region: str | None = None):
     import boto3
 
@@ -291,7 +413,7 @@ def _common_prefix(keys: list[str]) -> str:
 
 def log_tail(logs, endpoint: str, lines: int = 20) -> str:
     """The last lines of the endpoint's CloudWatch group, newest stream first ('' if none)."""
-    group = f"/aws/sagemaker/Endpoints/{endpoint}"
+    group = log_group(endpoint)
     try:
         streams = logs.describe_log_streams(logGroupName=group, orderBy="LastEventTime",
                                             descending=True, limit=3)["logStreams"]

@@ -17,6 +17,15 @@ from types import ModuleType
 from deployer.errors import Unavailable
 
 FRAMEWORK = "sagemaker-tritonserver"
+#: the Triton image version a deploy uses unless ``-o image_version``/``-o image`` say
+#: otherwise: the one we test (Triton 2.50; the twins run 2.51). Pinned, not "the newest the
+#: installed SDK lists": that moves with every SDK upgrade, and newer images need newer
+#: GPU drivers than older instance families have.
+DEFAULT_VERSION = "24.09"
+#: the Python each image's Python backend runs (its Ubuntu's: 22.04 → 3.10, 24.04 → 3.12),
+#: per NVIDIA's release notes and compatibility matrix; versions not verified are absent
+IMAGE_PYTHON = {"23.12": "3.10", "24.01": "3.10", "24.03": "3.10", "24.05": "3.10",
+                "24.09": "3.10", "25.04": "3.12", "25.09": "3.12"}
 #: where to look, first found wins: sagemaker-core 2.x, then the SageMaker Python SDK v2
 PACKAGES = ("sagemaker.core", "sagemaker")
 INSTALL = "pip install 'sagemaker-core>=2' (or the SageMaker Python SDK v2: 'sagemaker<3')"
@@ -62,6 +71,20 @@ def image_uris() -> ModuleType:
 def triton_config() -> dict:
     """The ``sagemaker-tritonserver`` image config: ``versions`` → ``registries`` by region."""
     return image_uris().config_for_framework(FRAMEWORK)
+
+
+def ordered(versions) -> list[str]:
+    """Image versions oldest first (``23.12`` < ``24.09`` < ``25.04``)."""
+    return sorted(versions, key=_key)
+
+
+def nearest(version: str, versions: list[str]) -> str:
+    """The first of ``versions`` (ordered) at or above ``version``, else the newest."""
+    return next((v for v in versions if _key(v) >= _key(version)), versions[-1])
+
+
+def _key(version: str) -> list[int]:
+    return [int(p) for p in version.split(".")]
 
 
 def triton_uri(version: str, region: str, instance_type: str) -> str:

@@ -11,6 +11,8 @@ ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 ENV_PREFIX = "SAGEMAKER_TRITON_"
 #: instance families with GPUs (the rest get the -cpu image and may not host a GPU MME)
 GPU_FAMILIES = ("ml.p", "ml.g")
+#: AWS Inferentia and Trainium: the Triton image map has no image for their Neuron chips
+NO_TRITON_FAMILIES = ("ml.inf", "ml.trn")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -85,6 +87,12 @@ def options(settings) -> None:
                          f"{settings.startup_timeout}")
     if settings.instance_count < 1:
         raise UsageError("instance_count must be at least 1")
+    if settings.instance_type.startswith(NO_TRITON_FAMILIES):
+        raise ValidationError(
+            f"{settings.instance_type} is an AWS Inferentia/Trainium instance: SageMaker has no "
+            "Triton image for it (the image map has cpu and gpu images only)",
+            hint="pass -o instance_type= a GPU type (ml.g5.xlarge, ml.g4dn.xlarge) or a CPU "
+                 "type (ml.m5.xlarge, ml.c5.xlarge)")
     if settings.uncompressed and settings.mode == "multi":
         raise UsageError("uncompressed applies to single-model endpoints only",
                          hint="drop -o uncompressed, or use -o mode=single")
@@ -119,28 +127,33 @@ def multi_gpu(settings, region: str, progress) -> None:
 
 
 def image(settings, region: str) -> str:
-    """The Triton image URI: ``-o image``, else from the SDK's image map (the newest version
-    for the region, or ``-o image_version``). No map installed: one line, exit 5."""
+    """The Triton image URI: ``-o image``, else version ``-o image_version`` (default: the
+    pinned :data:`images.DEFAULT_VERSION`) from the SDK's image map, if the map has it for the
+    region. No map installed: one line, exit 5."""
     if settings.image:
         return settings.image
     from . import images
 
-    config = images.triton_config()
-    versions = sorted(config["versions"], key=lambda v: [int(p) for p in v.split(".")],
-                      reverse=True)
-    if settings.image_version:
-        if settings.image_version not in config["versions"]:
+    known = images.triton_config()["versions"]
+    version = settings.image_version or images.DEFAULT_VERSION
+    which = "" if settings.image_version else " (the default)"
+    if version not in known:
+        raise ValidationError(
+            f"no SageMaker Triton image version {version!r}{which} in the SDK's image map; "
+            f"known: {', '.join(images.ordered(known))}",
+            hint="pass another -o image_version, or -o image=URI")
+    if region not in known[version].get("registries", {}):
+        here = [v for v in images.ordered(known) if region in known[v].get("registries", {})]
+        if not here:
             raise ValidationError(
-                f"no SageMaker Triton image version {settings.image_version!r}; known: "
-                f"{', '.join(versions)}", hint="pass another -o image_version, or -o image=URI")
-        versions = [settings.image_version]
-    for version in versions:
-        if region in config["versions"][version].get("registries", {}):
-            return images.triton_uri(version, region, settings.instance_type)
-    raise ValidationError(
-        f"SageMaker has no Triton image{' ' + settings.image_version if settings.image_version else ''}"
-        f" in region {region!r} (per the SDK's image map)",
-        hint="pass another -o region, or an explicit -o image=URI")
+                f"SageMaker has no Triton image in region {region!r} (per the SDK's image map)",
+                hint="pass another -o region, or an explicit -o image=URI")
+        raise ValidationError(
+            f"SageMaker has no Triton image {version}{which} in {region}; it has "
+            f"{', '.join(here)} there (per the SDK's image map)",
+            hint=f"pass -o image_version={images.nearest(version, here)} (test it: newer "
+                 "images need newer GPU drivers), or another -o region")
+    return images.triton_uri(version, region, settings.instance_type)
 
 
 def cloud(settings, session) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from deployer.target import Option
 
+from .images import DEFAULT_VERSION
+
 #: the options of ``sagemaker`` and, unchanged, of ``sagemaker-twin``
 OPTIONS = (
     Option("region", str, None, "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / "
@@ -22,8 +24,8 @@ OPTIONS = (
     Option("instance_type", str, "ml.g4dn.xlarge", "instance type; CPU families (ml.m5, "
            "ml.c5...) get the -cpu image"),
     Option("instance_count", int, 1, "initial instance count"),
-    Option("image_version", str, None, "Triton image version, e.g. 24.09 (default: the "
-           "newest the image map lists for the region)"),
+    Option("image_version", str, None, f"Triton image version (default: {DEFAULT_VERSION}, "
+           "pinned: the one we test; any other the SDK's image map lists for the region)"),
     Option("image", str, None, "explicit container image URI (overrides image_version)"),
     Option("mode", str, "single", "single: one model.tar.gz, one default model; multi: one "
            "<model>.tar.gz per top-level model, invoked with TargetModel",
@@ -39,6 +41,8 @@ OPTIONS = (
     Option("wait", bool, True, "wait until the endpoint is InService"),
     Option("tags", list, [], "extra resource tags, KEY=VALUE items, comma-separated"),
     Option("keep_artifacts", bool, False, "leave the uploaded artefacts in S3 on teardown"),
+    Option("delete_logs", bool, False, "remove the endpoint's CloudWatch log group "
+           "(/aws/sagemaker/Endpoints/NAME) on teardown; by default it stays"),
 )
 
 
