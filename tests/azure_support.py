@@ -15,6 +15,10 @@ modelled.
 An ``aml_token``/``aad_token`` endpoint hands out a new token per ``credential`` call, valid
 ``token_lifetime`` seconds on ``wall`` (the clock a test may hand the client too); the gateway
 accepts it until ``revoke_tokens`` (``token_fetches`` counts, ``tokens_issued`` keeps when).
+A deployment keeps its ``request_settings`` and probes as the service does (Azure's defaults
+filled in for what was not sent; out-of-range values refused with 400 BadArgument) and its
+gateway route enforces them (:mod:`deployer_plugins.azure.gateway`: 429 past the concurrency,
+408 past the timeout). Traffic shares must sum to 100 or 0.
 An update of an existing deployment is a rolling update: the new server starts beside the old
 one, takes over its route once ready, and if it fails the old one keeps serving (the
 provisioning state says Failed).
@@ -200,6 +204,11 @@ class _Endpoint:
         return self.folder / "routes.json"
 
 
+#: what the service fills in for probe settings not sent (ProbeSettings' documented defaults)
+PROBE_DEFAULTS = {"initial_delay": 10, "period": 10, "timeout": 2, "success_threshold": 1,
+                  "failure_threshold": 30}
+
+
 @dataclasses.dataclass
 class _Deployment:
     name: str
@@ -209,6 +218,37 @@ class _Deployment:
     model: str
     reference: str = ""
     tags: dict = dataclasses.field(default_factory=dict)
+    instance_type: str = ""
+    instance_count: int = 1
+    #: request_settings and probes as the service keeps them (defaults filled in)
+    request: dict = dataclasses.field(default_factory=dict)
+    probes: dict = dataclasses.field(default_factory=dict)
+    #: the request_settings the create sent (what the gateway enforces)
+    sent: dict = dataclasses.field(default_factory=dict)
+
+
+def _settings(entity) -> tuple[dict, dict, dict]:
+    """(request_settings sent, kept with defaults, probes kept with defaults) of a
+    ManagedOnlineDeployment; azure_error 400 BadArgument for a value the service refuses."""
+    given = entity.request_settings
+    sent = {k: v for k, v in vars(given).items() if v is not None} if given else {}
+    request = {**spec.AZURE_REQUEST_DEFAULTS, **sent}
+    probes = {}
+    for name in ("liveness_probe", "readiness_probe"):
+        probe = getattr(entity, name, None)
+        given_probe = {k: v for k, v in vars(probe).items() if v is not None} if probe else {}
+        probes[name] = {**PROBE_DEFAULTS, **given_probe}
+    problems = [f"request_settings.{k} {v} is below 1" for k, v in request.items() if v < 1]
+    if request["request_timeout_ms"] > spec.MAX_REQUEST_TIMEOUT_MS:
+        problems.append(f"request_settings.request_timeout_ms {request['request_timeout_ms']} "
+                        f"exceeds the maximum of {spec.MAX_REQUEST_TIMEOUT_MS}")
+    problems += [f"{name}.{k} {v} is below 1" for name, probe in probes.items()
+                 for k, v in probe.items() if v < 1]
+    if probes["liveness_probe"]["success_threshold"] != 1:
+        problems.append("liveness_probe.success_threshold must be 1")
+    if problems:
+        raise azure_error(400, "BadArgument", "; ".join(problems), "PUT")
+    return sent, request, probes
 
 
 class FakeAzure(seam.Seam):
@@ -352,7 +392,8 @@ class FakeAzure(seam.Seam):
         failure = self._call("set_traffic", name)
         endpoint = self._get(name)
         unknown = [d for d in traffic if d not in endpoint.deployments]
-        if unknown or sum(traffic.values()) > 100 or any(v < 0 for v in traffic.values()):
+        if unknown or sum(traffic.values()) not in (0, 100) or any(
+                v < 0 for v in traffic.values()):
             raise azure_error(400, "BadArgument", f"Invalid traffic {traffic}: deployments "
                               "must exist and their shares sum to 100 or 0", "PUT")
         if failure is not None:
@@ -458,11 +499,15 @@ class FakeAzure(seam.Seam):
 
     # -- deployments -------------------------------------------------------------------------
     def _deployment_entity(self, endpoint: _Endpoint, deployment: _Deployment):
-        from azure.ai.ml.entities import ManagedOnlineDeployment
+        from azure.ai.ml.entities import (ManagedOnlineDeployment, OnlineRequestSettings,
+                                          ProbeSettings)
 
-        return ManagedOnlineDeployment(name=deployment.name, endpoint_name=endpoint.name,
-                                       model=deployment.reference, tags=dict(deployment.tags),
-                                       provisioning_state=deployment.state)
+        probes = {k: ProbeSettings(**v) for k, v in deployment.probes.items()}
+        return ManagedOnlineDeployment(
+            name=deployment.name, endpoint_name=endpoint.name, model=deployment.reference,
+            tags=dict(deployment.tags), provisioning_state=deployment.state,
+            instance_type=deployment.instance_type, instance_count=deployment.instance_count,
+            request_settings=OnlineRequestSettings(**deployment.request), **probes)
 
     def _begin_deployment(self, entity):
         from azure.ai.ml.entities import ManagedOnlineDeployment
@@ -472,6 +517,7 @@ class FakeAzure(seam.Seam):
         failure = self._call("create_or_update_deployment",
                              f"{entity.endpoint_name}/{entity.name}")
         endpoint = self._get(entity.endpoint_name)
+        sent, request, probes = _settings(entity)
         _, name, version = str(entity.model).split(":")
         model = self.models.get((name, version))
         if model is None:
@@ -481,7 +527,9 @@ class FakeAzure(seam.Seam):
         tag = f"{endpoint.gateway_tag}-{entity.name}-{attempt}"
         log = endpoint.folder / f"{entity.name}-{attempt}-inference-server.log"
         deployment = _Deployment(entity.name, "Updating" if old else "Creating", tag, log,
-                                 model["path"], str(entity.model), dict(entity.tags or {}))
+                                 model["path"], str(entity.model), dict(entity.tags or {}),
+                                 entity.instance_type, int(entity.instance_count or 1),
+                                 request, probes, sent)
         if not old:
             endpoint.deployments[entity.name] = deployment
         if failure is not None:  # Azure accepted it, then it failed (OutOfQuota, ...)
@@ -503,7 +551,8 @@ class FakeAzure(seam.Seam):
                 "ResourceNotReady", "User container has crashed or terminated").error())
         deployment.state = "Succeeded"
         endpoint.deployments[entity.name] = deployment
-        twin.update_routes(endpoint.routes, entity.name, url=url)
+        twin.update_routes(endpoint.routes, entity.name, url=url, limits=twin.gateway_limits(
+            sent, deployment.instance_count))
         if old:
             triton.stop(old.tag, STOP_GRACE)
         return poller(self._deployment_entity(endpoint, deployment))

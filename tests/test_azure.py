@@ -286,13 +286,23 @@ def test_run_and_rehearse(fake, run_cli):
 @pytest.mark.parametrize("option, message", [
     ("endpoint=ab", "3-32 allowed"), ("endpoint=1abc", "must start with a letter"),
     ("endpoint=ab--cd", "two dashes"), ("endpoint=" + "a" * 33, "3-32 allowed"),
-    ("deployment=blue-", "must start with a letter"), ("instance_type=Standard_X9", "not a "
-                                                       "managed online endpoint VM size"),
-    ("traffic=150", "0-100"), ("model_name=bad name", "asset name")])
+    ("deployment=blue-", "must start with a letter"), ("instance_type=NC4as T4", "is not a VM "
+                                                       "size name (Standard_<size>)"),
+    ("traffic=150", "blue 150% make 150"), ("model_name=bad name", "asset name"),
+    ("traffic=50", "traffic shares must sum to 100 or 0 on an endpoint, and blue 50% make 50"),
+    ("request_timeout_ms=180001", "above Azure's maximum of 180000"),
+    ("request_timeout_ms=0", "request_timeout_ms must be at least 1"),
+    ("max_concurrent_requests_per_instance=0", "must be at least 1"),
+    ("max_queue_wait_ms=-5", "max_queue_wait_ms must be at least 1"),
+    ("liveness_probe=initial_delay=0", "liveness_probe initial_delay must be a whole number"),
+    ("readiness_probe=period=ten", "readiness_probe period must be a whole number"),
+    ("readiness_probe=delay=5", "item 'delay=5' is not KEY=SECONDS with KEY one of"),
+    ("liveness_probe=success_threshold=2", "success_threshold must be 1")])
 def test_validation_before_any_call(fake, run_cli, option, message):
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "val", "-o", option)
     assert code == 2 and message in err, err
-    assert fake.calls == []
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
+    assert fake.calls == [] and fake.endpoints == {}
 
 
 def test_an_empty_version_folder_is_refused_before_any_call(fake, run_cli, tmp_path):
@@ -313,8 +323,29 @@ def test_names_and_instance_types():
     assert spec.endpoint_name_from("9lives--model") == "ep-9lives-model"
     assert spec.endpoint_name_from("x" * 60) == "x" * 32
     assert spec.instance_type("STANDARD_NC4AS_T4_V3") == "Standard_NC4as_T4_v3"
+    # the A10 and H100 families of Microsoft's managed online endpoints SKU list
+    assert spec.instance_type("standard_nv36ads_a10_v5") == "Standard_NV36ads_A10_v5"
+    assert spec.instance_type("STANDARD_ND96ISR_H100_V5") == "Standard_ND96isr_H100_v5"
+    # a well-formed size we do not list is Azure's to judge: sent as given, with a warning
+    assert spec.instance_type("Standard_NC999") == "Standard_NC999"
+    lines: list[str] = []
+    spec.warn_instance_type("Standard_NC999", lines.append)
+    spec.warn_instance_type("Standard_NC4as_T4_v3", lines.append)
+    assert len(lines) == 1 and lines[0].startswith("warning: instance type Standard_NC999 is "
+                                                   "not in our list")
     with pytest.raises(ValidationError, match="Standard_NC"):
-        spec.instance_type("Standard_NC999")
+        spec.instance_type("NC999")
+
+
+def test_an_unlisted_instance_type_warns_and_deploys(fake, run_cli):
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "newsize",
+                             "-o", "instance_type=Standard_NC8ads_A10_v9", "--json")
+    assert code == 0, err
+    assert "warning: instance type Standard_NC8ads_A10_v9 is not in our list" in err
+    (endpoint,) = fake.endpoints.values()
+    (deployment,) = endpoint.deployments.values()
+    assert deployment.instance_type == "Standard_NC8ads_A10_v9"
+    assert run_cli("teardown", "newsize")[0] == 0
 
 
 def test_plan_yaml_loads_with_the_sdk(tmp_path, run_cli):
@@ -338,6 +369,17 @@ def test_plan_yaml_loads_with_the_sdk(tmp_path, run_cli):
     assert (endpoint.name, endpoint.auth_mode) == ("planned", "aml_token")
     assert deployment.endpoint_name == "planned" and deployment.instance_count == 1
     assert deployment.instance_type == "Standard_NC4as_T4_v3"
+    # the Triton defaults, in the document and as the SDK reads them
+    assert resources["deployment"]["request_settings"] == {
+        "request_timeout_ms": 60000, "max_concurrent_requests_per_instance": 16}
+    assert resources["deployment"]["liveness_probe"] == {
+        "initial_delay": 600, "period": 10, "timeout": 2, "failure_threshold": 30,
+        "success_threshold": 1}
+    assert (deployment.request_settings.request_timeout_ms,
+            deployment.request_settings.max_concurrent_requests_per_instance,
+            deployment.request_settings.max_queue_wait_ms) == (60000, 16, None)
+    assert (deployment.liveness_probe.initial_delay, deployment.readiness_probe.initial_delay,
+            deployment.readiness_probe.failure_threshold) == (600, 10, 30)
     assert deployment.model.type == "triton_model" and deployment.model.version == "3"
     assert Path(deployment.model.path) == ADD_SUB.resolve()
     assert resources["traffic"] == {"blue": 100}
@@ -528,8 +570,10 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
     record = json.loads(out)
     new = record["resources"][-1]
     assert (new["kind"], new["id"], new["status"]) == ("deployment", f"{ep}/blue", "created")
+    limits = {"concurrency": 16, "timeout_ms": 60000, "queue_ms": None}  # Triton defaults
     assert json.loads(routes.read_text()) == {"deployments": {"blue": new["data"]["url"]},
-                                              "traffic": {"blue": 100}}
+                                              "traffic": {"blue": 100},
+                                              "limits": {"blue": limits}}
     assert triton.tagged(tags[0]) == [] and triton.tagged(new["data"]["tag"])
     tags.append(new["data"]["tag"])
     code, out, err = run_cli("test", "tw", "--json")
@@ -555,7 +599,8 @@ def _twin_updates(run_cli, tmp_path, ep, routes, tags, key_file, key, url):
               r["status"] == "created"]
     assert [r["id"] for r in canary] == [f"{ep}/canary"]
     assert json.loads(routes.read_text()) == {
-        "deployments": {"canary": canary[0]["data"]["url"]}, "traffic": {"canary": 100}}
+        "deployments": {"canary": canary[0]["data"]["url"]}, "traffic": {"canary": 100},
+        "limits": {"canary": limits}}
     assert triton.tagged(tags[1]) == []
     assert record["endpoint"]["url"] == url and record["endpoint"]["deployment"] == "canary"
     assert key_file.read_text() == key

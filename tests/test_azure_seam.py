@@ -162,8 +162,12 @@ def _entities(model_version=None, instance_type="Standard_DS3_v2"):
     model = {"name": "addsub", "path": str(ADD_SUB), "type": "triton_model"}
     if model_version:
         model["version"] = model_version
+    request = {"request_timeout_ms": 60000, "max_concurrent_requests_per_instance": 16}
+    probes = {"liveness_probe": {"initial_delay": 600, "period": 10, "timeout": 2,
+                                 "failure_threshold": 30, "success_threshold": 1}}
     return spec.entities(spec.endpoint_yaml("ep-seam", "key", tags),
-                         spec.deployment_yaml("blue", "ep-seam", model, instance_type, 2, tags))
+                         spec.deployment_yaml("blue", "ep-seam", model, instance_type, 2, tags,
+                                              request, probes))
 
 
 def test_the_sdk_serialises_our_entities(ml, capsys):
@@ -185,6 +189,11 @@ def test_the_sdk_serialises_our_entities(ml, capsys):
     assert sent["deployment"]["properties"]["model"] == "azureml:addsub:7"
     assert sent["deployment"]["properties"]["instanceType"] == "Standard_DS3_v2"
     assert sent["deployment"]["sku"]["capacity"] == 2
+    # request settings and probes reach the service in its own (ISO 8601) form
+    properties = sent["deployment"]["properties"]
+    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 16,
+                                             "requestTimeout": "PT1M"}
+    assert properties["livenessProbe"]["initialDelay"] == "PT10M"
     assert sent["model"]["properties"]["modelType"] == "triton_model"
     assert real.get_endpoint("missing") is None
     assert [e.name for e in real.find_endpoints({spec.ID_TAG: "abc"})] == ["ep-seam"]

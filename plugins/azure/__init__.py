@@ -72,6 +72,7 @@ class AzureTarget(Target):
     # -- what would be sent ----------------------------------------------------------------
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository)
+        spec.warn_instance_type(self.settings.instance_type, self.progress)
         spec.warn_sequences(self.settings, repository, self.progress)
 
     def plan(self, repository, name):
@@ -160,7 +161,8 @@ class AzureTarget(Target):
 
             self.progress(f"  creating deployment {ep}/{dep} on {deployment_doc['instance_type']}"
                           f" x{deployment_doc['instance_count']} (10-20 minutes)")
-            resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep)
+            resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep,
+                                      **spec.sent_limits(deployment_doc))
             try:
                 state = seam.create_or_update_deployment(deployment_e)
             except seam_module.ProvisioningFailed as exc:
@@ -297,6 +299,11 @@ class AzureTarget(Target):
                                              {"name": model_name, "version": version}))
         return found
 
+    def request_limits(self, deployment):
+        """From the settings the serving deployment was created (or last updated) with, as
+        its record keeps them; a deployment recorded without them got Azure's defaults."""
+        return update.serving_limits(deployment, spec.AZURE_REQUEST_DEFAULTS)
+
     def instances(self, deployment):
         return [(self.settings.instance_type, self.settings.instance_count)]
 
@@ -342,7 +349,7 @@ class _Cloud:
             self.target.progress(f"  creating deployment {ep}/{new} beside {old}, no traffic "
                                  "(10-20 minutes)")
             created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
-                                     model=model.id)
+                                     model=model.id, **spec.sent_limits(plan.deployment_doc))
         try:
             state = self.seam.create_or_update_deployment(self.deployment_e)
         except ProvisioningFailed as exc:
@@ -354,7 +361,8 @@ class _Cloud:
             context.created(created, provisioning_state=state)
             return created
         for resource in update.live(context.deployment, "deployment", deployment=old):
-            context.update(resource, model=model.id, provisioning_state=state)
+            context.update(resource, model=model.id, provisioning_state=state,
+                           **spec.sent_limits(plan.deployment_doc))
         return None
 
     def switch(self, plan, context, deployment) -> list:

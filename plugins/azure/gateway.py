@@ -9,8 +9,19 @@ from ``generate_stream``, or any body of unknown length) is passed on piece by p
 arrives, chunked. ``GET /-/gateway`` answers 200 without auth: it is how the deployer waits for
 the gateway, and no Azure route.
 
+Each deployment's ``request_settings`` are enforced as a managed online endpoint does (see
+:class:`Throttle`): ``concurrency`` (max_concurrent_requests_per_instance x instance_count)
+requests at the model at once; past it a request waits in a queue as deep again (Azure admits at
+most 2 x that many in parallel), and is refused with 429 "Too many pending requests" when the
+queue is full, or when it waited the deprecated ``max_queue_wait_ms`` when that was sent; a
+request not answered within ``request_timeout_ms`` (queue time included, as Azure asks to count
+it) gets 408 "Request timeout". Only POSTs (inference) are throttled: GET and HEAD (health,
+metadata, model config) pass, so a rehearsal's readiness and metadata checks never meet the
+throttle a load test provokes.
+
 The routes file is JSON ``{"deployments": {"blue": "http://127.0.0.1:PORT"}, "traffic":
-{"blue": 100}}``; it and the key file are read again whenever they change (traffic moves, keys
+{"blue": 100}, "limits": {"blue": {"concurrency": 16, "timeout_ms": 60000, "queue_ms": null}}}``
+(no limits: no throttle); it and the key file are read again whenever they change (traffic moves, keys
 are regenerated). The key file holds one accepted key or token a line, a token followed by its
 expiry (seconds since the epoch): past it, the token gets 401. The key never appears on the
 command line.
@@ -81,6 +92,51 @@ def parse_keys(text: str) -> list[tuple[str, float | None]]:
     return keys
 
 
+class Throttle:
+    """One deployment's request limits: ``concurrency`` requests at the model at once; past
+    it a request waits, at most ``concurrency`` of them (Azure admits 2 x concurrency in
+    parallel and rejects the rest), for ``queue_ms`` when set, else within its deadline."""
+
+    def __init__(self, concurrency: int, queue_ms: int | None):
+        self.concurrency, self.queue_ms = concurrency, queue_ms
+        self.active = self.waiting = 0
+        self._cond = threading.Condition()
+
+    def enter(self, deadline: float) -> int | None:
+        """None once the request may go to the model (call :meth:`leave` after), else the
+        status to answer: 429 (queue full, or queue wait over), 408 (deadline passed)."""
+        with self._cond:
+            if self.active < self.concurrency and not self.waiting:
+                self.active += 1
+                return None
+            if self.waiting >= self.concurrency:
+                return 429
+            self.waiting += 1
+            try:
+                queue_end = (deadline if self.queue_ms is None
+                             else min(deadline, time.monotonic() + self.queue_ms / 1000))
+                while self.active >= self.concurrency:
+                    left = queue_end - time.monotonic()
+                    if left <= 0:
+                        return 408 if queue_end >= deadline else 429
+                    self._cond.wait(left)
+                self.active += 1
+                return None
+            finally:
+                self.waiting -= 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify()
+
+
+#: Azure's reasons for its own refusals (troubleshoot online endpoints: HTTP status codes)
+REASONS = {408: "Request timeout", 429: "Too many pending requests"}
+#: seconds an unthrottled upstream request may take
+UPSTREAM_TIMEOUT = 180.0
+
+
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -89,13 +145,30 @@ class Gateway(ThreadingHTTPServer):
         self.key = _Watched(key_file, parse_keys)
         self.routes = _Watched(routes_file, json.loads)
         self.local = threading.local()
+        self._throttles: dict[tuple, Throttle] = {}
+        self._lock = threading.Lock()
+
+    def throttle(self, deployment: str, limits: dict) -> Throttle:
+        """The deployment's Throttle; a new one when its limits change (an update)."""
+        key = (deployment, int(limits["concurrency"]), limits.get("queue_ms"))
+        with self._lock:
+            if key not in self._throttles:
+                self._throttles[key] = Throttle(key[1], key[2])
+            return self._throttles[key]
 
     def upstream(self, base: str) -> http.client.HTTPConnection:
         pool = self.local.__dict__.setdefault("pool", {})
         if base not in pool:
             parsed = urllib.parse.urlparse(base)
-            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=180)
+            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=UPSTREAM_TIMEOUT)
         return pool[base]
+
+
+def _timeout(conn: http.client.HTTPConnection, seconds: float) -> None:
+    """Set how long each wait on ``conn`` may take, connected or not."""
+    conn.timeout = seconds
+    if conn.sock is not None:
+        conn.sock.settimeout(seconds)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -108,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, message: str, extra: dict | None = None) -> None:
         body = json.dumps({"message": message}).encode()
-        self.send_response(status)
+        self.send_response(status, REASONS.get(status))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         for key, value in (extra or {}).items():
@@ -122,6 +195,9 @@ class Handler(BaseHTTPRequestHandler):
         return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
                    and (expiry is None or now < expiry)
                    for secret, expiry in self.server.key.get(again) or [])
+
+    def _limits(self, deployment: str) -> dict | None:
+        return ((self.server.routes.get() or {}).get("limits") or {}).get(deployment)
 
     def _route(self) -> tuple[str | None, str | None]:
         """(deployment, upstream URL), or (None, why) when there is nowhere to go."""
@@ -151,6 +227,33 @@ class Handler(BaseHTTPRequestHandler):
         deployment, upstream = self._route()
         if deployment is None:
             return self._answer(404, upstream or "not found")
+        limits = self._limits(deployment) if self.command == "POST" else None
+        if not limits:
+            return self._forward(deployment, upstream, body, None)
+        timeout_ms = int(limits["timeout_ms"])
+        deadline = time.monotonic() + timeout_ms / 1000
+        throttle = self.server.throttle(deployment, limits)
+        refused = throttle.enter(deadline)
+        if refused == 429:
+            return self._answer(429, f"Too many pending requests: deployment {deployment!r} "
+                                f"serves {throttle.concurrency} requests at once "
+                                "(max_concurrent_requests_per_instance x instance_count) and "
+                                "queues as many")
+        if refused == 408:
+            return self._timed_out(deployment, timeout_ms)
+        try:
+            self._forward(deployment, upstream, body, (deadline, timeout_ms))
+        finally:
+            throttle.leave()
+
+    def _timed_out(self, deployment: str, timeout_ms: int) -> None:
+        self._answer(408, f"Request timeout: deployment {deployment!r} did not answer within "
+                          f"request_timeout_ms {timeout_ms}")
+
+    def _forward(self, deployment: str, upstream: str, body: bytes,
+                 limit: tuple[float, int] | None) -> None:
+        """Send the request to ``upstream`` and pass its answer on; with ``limit``
+        (deadline, request_timeout_ms) an answer not complete by the deadline is a 408."""
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in _HOP and k.lower() not in ("authorization",
                                                                    DEPLOYMENT_HEADER)}
@@ -158,11 +261,21 @@ class Handler(BaseHTTPRequestHandler):
         for attempt in (1, 2):  # a kept-alive upstream connection may have been closed
             conn = self.server.upstream(upstream)
             try:
+                if limit:
+                    _timeout(conn, max(0.001, limit[0] - time.monotonic()))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 answer = conn.getresponse()
                 streamed = _streamed(self.command, answer)
                 payload = None if streamed else answer.read()
+                if limit:  # a stream relays at the usual pace once it has begun
+                    _timeout(conn, UPSTREAM_TIMEOUT)
                 break
+            except TimeoutError:
+                conn.close()  # the model goes on; its answer is not awaited
+                if limit:  # it waited the rest of the request's time
+                    return self._timed_out(deployment, limit[1])
+                return self._answer(502, f"deployment {deployment!r} did not answer in "
+                                         f"{UPSTREAM_TIMEOUT:.0f}s")
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 if attempt == 2:

@@ -46,7 +46,31 @@ OPTIONS = (
     Option("instance_count", int, 1, "number of instances"),
     Option("auth_mode", str, "key", "how callers authenticate", choices=("key", "aml_token",
                                                                          "aad_token")),
-    Option("traffic", int, 100, "percent of the endpoint's traffic for the new deployment"),
+    Option("traffic", int, 100, "percent of the endpoint's traffic for the new deployment: 100 "
+           "or 0 (Azure wants an endpoint's shares to sum to 100, or 0, and the deployment is "
+           "its only one with traffic; with 0 it answers only requests naming it in the "
+           "azureml-model-deployment header)"),
+    Option("request_timeout_ms", int, 60000, "request_settings.request_timeout_ms: past it the "
+           "endpoint answers 408 (Azure: default 5000, at most 180000); a minute, for a slow "
+           "first GPU inference (CUDA and cuDNN warm-up, TensorRT engines)"),
+    Option("max_concurrent_requests_per_instance", int, 16, "request_settings."
+           "max_concurrent_requests_per_instance: requests each instance serves at once; past "
+           "it (times instance_count) requests queue, then get 429 (Azure: default 1). 16, "
+           "because Triton queues and batches requests itself: the endpoint should pass them "
+           "on, not throttle a load test of concurrency 4"),
+    Option("max_queue_wait_ms", int, None, "request_settings.max_queue_wait_ms, deprecated by "
+           "Azure for managed online endpoints (queued time counts against "
+           "request_timeout_ms: raise that instead); sent only when set"),
+    Option("liveness_probe", list, ["initial_delay=600", "period=10", "timeout=2",
+                                    "failure_threshold=30", "success_threshold=1"],
+           "liveness_probe KEY=SECONDS,... (initial_delay, period, timeout, failure_threshold, "
+           "success_threshold; keys left out keep these values). initial_delay 600 rather than "
+           "Azure's 10: Triton answers no health route until every model has loaded, and "
+           "Azure restarts a container whose liveness probe fails 30 times"),
+    Option("readiness_probe", list, ["initial_delay=10", "period=10", "timeout=2",
+                                     "failure_threshold=30", "success_threshold=1"],
+           "readiness_probe KEY=SECONDS,... (the same keys; Azure's defaults: an unready "
+           "container only gets no traffic)"),
     Option("model_name", str, None, "registered model name (default: the deployment name)"),
     Option("model_version", str, None, "registered model version (default: the next one)"),
     Option("tags", list, [], "extra tags KEY=VALUE on endpoint, deployment and model"),
@@ -68,8 +92,8 @@ NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 ASSET_RE = re.compile(r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,254}$")
 
 #: VM sizes managed online endpoints accept, from Microsoft's "Managed online endpoints SKU
-#: list" (reference-managed-online-endpoints-vm-sku-list). Compared case-insensitively. A size
-#: missing here is refused before any call: add it to this tuple when Azure adds one.
+#: list" (reference-managed-online-endpoints-vm-sku-list). Compared case-insensitively. The
+#: list informs: a well-formed size missing here is sent as given, with a warning.
 INSTANCE_TYPES: tuple[str, ...] = (
     # general purpose
     "Standard_DS1_v2", "Standard_DS2_v2", "Standard_DS3_v2", "Standard_DS4_v2", "Standard_DS5_v2",
@@ -89,7 +113,12 @@ INSTANCE_TYPES: tuple[str, ...] = (
     "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
     "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4", "Standard_ND40rs_v2",
     "Standard_NC40ads_H100_v5", "Standard_NC80adis_H100_v5",
+    "Standard_ND96is_H100_v5", "Standard_ND96isr_H100_v5",
+    "Standard_NV6ads_A10_v5", "Standard_NV12ads_A10_v5", "Standard_NV18ads_A10_v5",
+    "Standard_NV36ads_A10_v5", "Standard_NV36adms_A10_v5", "Standard_NV72ads_A10_v5",
 )
+#: what a VM size name looks like: Standard_ and underscore-separated letters and digits
+SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$", re.IGNORECASE)
 _KNOWN = {t.lower(): t for t in INSTANCE_TYPES}
 
 #: backends NVIDIA's Triton image (the one a no-code deployment runs) carries
@@ -122,17 +151,32 @@ def endpoint_name_from(name: str) -> str:
     return cleaned if len(cleaned) >= 3 else f"{cleaned}-ep"
 
 
+def _close_to(value: str) -> list[str]:
+    family = value.lower().split("_")[1][:2] if "_" in value else value.lower()[:2]
+    return [t for t in INSTANCE_TYPES if t.lower().split("_")[1].startswith(family)]
+
+
 def instance_type(value: str) -> str:
-    """The canonical spelling of a managed-endpoint VM size, or a ValidationError."""
+    """The canonical spelling of a listed VM size; a well-formed size not listed as given;
+    a ValidationError for a value that is no VM size name at all."""
     known = _KNOWN.get(value.lower())
-    if known is None:
-        family = value.lower().split("_")[1][:2] if "_" in value else value.lower()[:2]
-        close = [t for t in INSTANCE_TYPES if t.lower().split("_")[1].startswith(family)]
+    if known is not None:
+        return known
+    if not SIZE_RE.match(value):
         raise ValidationError(
-            f"instance type {value!r} is not a managed online endpoint VM size",
-            hint="use one of " + ", ".join(close[:8] or INSTANCE_TYPES[:8]) + " ..."
+            f"instance type {value!r} is not a VM size name (Standard_<size>)",
+            hint="use one of " + ", ".join(_close_to(value)[:8] or INSTANCE_TYPES[:8]) + " ..."
                  " (the list is INSTANCE_TYPES in deployer_plugins.azure.spec)")
-    return known
+    return value
+
+
+def warn_instance_type(value: str, progress: Callable[[str], None]) -> None:
+    """A warning for a well-formed VM size missing from INSTANCE_TYPES: Azure decides."""
+    if value.lower() not in _KNOWN and SIZE_RE.match(value):
+        close = _close_to(value)[:4]
+        progress(f"warning: instance type {value} is not in our list of managed online "
+                 "endpoint sizes; it is sent as given and Azure refuses it if it is not one"
+                 + (f" (listed ones like it: {', '.join(close)})" if close else ""))
 
 
 #: the quota (VM family) an instance type counts against, as Azure ML's Quota page names it;
@@ -213,17 +257,119 @@ def parse_tags(items: list[str]) -> dict[str, str]:
     return tags
 
 
+#: Azure's request_settings defaults (what a deployment sent without them gets) and limits,
+#: from the managed online deployment YAML reference (RequestSettings)
+AZURE_REQUEST_DEFAULTS = {"request_timeout_ms": 5000, "max_concurrent_requests_per_instance": 1,
+                          "max_queue_wait_ms": 500}
+MAX_REQUEST_TIMEOUT_MS = 180000
+#: the keys of a probe (ProbeSettings), all seconds or counts of at least 1
+PROBE_KEYS = ("initial_delay", "period", "timeout", "failure_threshold", "success_threshold")
+
+
+def request_settings(settings) -> dict[str, int]:
+    """The deployment's ``request_settings`` (max_queue_wait_ms only when set), checked
+    against Azure's limits."""
+    values = {"request_timeout_ms": settings.request_timeout_ms,
+              "max_concurrent_requests_per_instance":
+                  settings.max_concurrent_requests_per_instance}
+    if settings.max_queue_wait_ms is not None:
+        values["max_queue_wait_ms"] = settings.max_queue_wait_ms
+    for key, value in values.items():
+        if value < 1:
+            raise ValidationError(f"{key} must be at least 1, got {value}",
+                                  hint=f"pass -o {key}=N")
+    if values["request_timeout_ms"] > MAX_REQUEST_TIMEOUT_MS:
+        raise ValidationError(f"request_timeout_ms {values['request_timeout_ms']} is above "
+                              f"Azure's maximum of {MAX_REQUEST_TIMEOUT_MS} (3 minutes)",
+                              hint=f"pass -o request_timeout_ms={MAX_REQUEST_TIMEOUT_MS} or less")
+    return values
+
+
+def probe(option: str, items: list[str], default: list[str]) -> dict[str, int]:
+    """A probe's settings from ``KEY=VALUE`` items over ``default``; keys and values checked
+    (whole numbers of at least 1; a liveness probe's success_threshold is 1)."""
+    values: dict[str, int] = {}
+    for item in [*default, *items]:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in PROBE_KEYS:
+            raise ValidationError(f"{option} item {item!r} is not KEY=SECONDS with KEY one of "
+                                  + ", ".join(PROBE_KEYS),
+                                  hint=f"-o {option}=initial_delay=600,period=10")
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValidationError(f"{option} {key} must be a whole number of at least 1, got "
+                                  f"{raw.strip()!r}", hint=f"-o {option}={key}=N")
+        values[key] = value
+    if option == "liveness_probe" and values.get("success_threshold", 1) != 1:
+        raise ValidationError("liveness_probe success_threshold must be 1 (Azure fixes it)",
+                              hint="leave it out, or pass success_threshold=1")
+    return values
+
+
+def probes(settings) -> dict[str, dict[str, int]]:
+    """``{"liveness_probe": {...}, "readiness_probe": {...}}`` of the deployment."""
+    defaults = {o.name: o.default for o in OPTIONS}
+    return {name: probe(name, getattr(settings, name) or [], defaults[name])
+            for name in ("liveness_probe", "readiness_probe")}
+
+
+def check_traffic(split: dict[str, int]) -> None:
+    """Azure's rule: every share 0-100, and together 100 or 0."""
+    bad = {d: p for d, p in split.items() if not 0 <= p <= 100}
+    total = sum(split.values())
+    if bad or total not in (0, 100):
+        shares = ", ".join(f"{d} {p}%" for d, p in split.items())
+        raise ValidationError(f"traffic shares must sum to 100 or 0 on an endpoint, and "
+                              f"{shares} make {total}",
+                              hint="pass -o traffic=100 (or 0: only requests naming the "
+                                   "deployment in the azureml-model-deployment header)")
+
+
+def sent_limits(deployment_doc: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment's record keeps of its document for :func:`limits`."""
+    return {"request_settings": dict(deployment_doc.get("request_settings") or {}),
+            "instance_count": deployment_doc["instance_count"]}
+
+
+def limits(data: dict):
+    """The RequestLimits of a deployment from what its record keeps (``request_settings``,
+    ``instance_count``); None without them."""
+    from deployer.target import RequestLimits
+
+    request = data.get("request_settings")
+    if not request:
+        return None
+    per = int(request["max_concurrent_requests_per_instance"])
+    count = int(data.get("instance_count") or 1)
+    return RequestLimits(concurrency=per * count, timeout_ms=int(request["request_timeout_ms"]),
+                         source=f"max_concurrent_requests_per_instance {per} x {count} "
+                                f"instance{'s' if count != 1 else ''}, request_timeout_ms "
+                                f"{request['request_timeout_ms']}")
+
+
 def endpoint_yaml(name: str, auth_mode: str, tags: dict[str, str]) -> dict[str, Any]:
     return {"$schema": ENDPOINT_SCHEMA, "name": name, "auth_mode": auth_mode, "tags": tags}
 
 
 def deployment_yaml(name: str, endpoint: str, model: dict[str, Any], instance_type_: str,
-                    instance_count: int, tags: dict[str, str]) -> dict[str, Any]:
+                    instance_count: int, tags: dict[str, str],
+                    request: dict[str, int] | None = None,
+                    probes_: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """``model`` is ``{"name", "version"?, "path", "type": "triton_model"}`` (inline, as the
-    azureml-examples Triton YAML has it) or ``"azureml:NAME:VERSION"`` once registered."""
-    return {"$schema": DEPLOYMENT_SCHEMA, "name": name, "endpoint_name": endpoint,
-            "model": model, "instance_type": instance_type_, "instance_count": instance_count,
-            "tags": tags}
+    azureml-examples Triton YAML has it) or ``"azureml:NAME:VERSION"`` once registered;
+    ``request`` the ``request_settings``, ``probes_`` the liveness and readiness probes."""
+    doc = {"$schema": DEPLOYMENT_SCHEMA, "name": name, "endpoint_name": endpoint,
+           "model": model, "instance_type": instance_type_, "instance_count": instance_count,
+           "tags": tags}
+    if request:
+        doc["request_settings"] = dict(request)
+    for key, values in (probes_ or {}).items():
+        doc[key] = dict(values)
+    return doc
 
 
 def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
@@ -239,7 +385,8 @@ def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
 
     from azure.ai.ml import load_online_deployment, load_online_endpoint
     from azure.ai.ml.constants import AssetTypes
-    from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
+    from azure.ai.ml.entities import (ManagedOnlineDeployment, ManagedOnlineEndpoint, Model,
+                                      OnlineRequestSettings, ProbeSettings)
 
     try:
         # the CLI v2 schema check, as 'az ml ... create -f' would do on the same documents
@@ -257,10 +404,14 @@ def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
             reference = f"azureml:{spec['name']}:{spec.get('version') or 1}"
         else:
             reference = spec
+        request = deployment_doc.get("request_settings")
+        probes_ = {key: ProbeSettings(**deployment_doc[key])
+                   for key in ("liveness_probe", "readiness_probe") if key in deployment_doc}
         deployment = ManagedOnlineDeployment(
             name=deployment_doc["name"], endpoint_name=deployment_doc["endpoint_name"],
             model=reference, instance_type=deployment_doc["instance_type"],
-            instance_count=deployment_doc["instance_count"], tags=dict(deployment_doc["tags"]))
+            instance_count=deployment_doc["instance_count"], tags=dict(deployment_doc["tags"]),
+            request_settings=OnlineRequestSettings(**request) if request else None, **probes_)
         deployment._to_rest_object(location=location)
     except Exception as exc:  # noqa: BLE001 - the SDK's validation errors have no common base
         if not (isinstance(exc, (ValueError, TypeError, KeyError))
@@ -290,8 +441,11 @@ def check_settings(settings, repository) -> None:
     instance_type(settings.instance_type)
     if settings.instance_count < 1:
         raise ValidationError("instance_count must be at least 1")
-    if not 0 <= settings.traffic <= 100:
-        raise ValidationError(f"traffic must be 0-100 (percent), got {settings.traffic}")
+    # the deployment is the only one of the endpoint with traffic (blue/green: the old one
+    # goes to 0), so its share is the endpoint's sum
+    check_traffic({settings.new_deployment or settings.deployment: settings.traffic})
+    request_settings(settings)
+    probes(settings)
     parse_tags(settings.tags)
     if settings.endpoint:
         check_name("endpoint", settings.endpoint, "endpoint")
@@ -334,7 +488,8 @@ def documents(settings, repository, name: str, deployment_id: str | None = None,
     endpoint_doc = endpoint_yaml(names.endpoint, settings.auth_mode, tags)
     deployment_doc = deployment_yaml(names.deployment, names.endpoint, model,
                                      instance_type(settings.instance_type),
-                                     settings.instance_count, tags)
+                                     settings.instance_count, tags,
+                                     request_settings(settings), probes(settings))
     return names, endpoint_doc, deployment_doc
 
 

@@ -61,19 +61,36 @@ def write_routes(path: Path, routes: dict) -> None:
 
 
 def update_routes(path: Path, deployment: str, url: str | None = None,
-                  traffic: int | None = None, remove: bool = False) -> dict:
+                  traffic: int | None = None, remove: bool = False,
+                  limits: dict | None = None) -> dict:
+    """Edit the gateway's routes file: a deployment's upstream ``url``, its ``traffic``
+    share, its request ``limits`` (:func:`gateway_limits`), or ``remove`` it."""
     routes = read_routes(path)
     routes.setdefault("deployments", {})
     routes.setdefault("traffic", {})
+    routes.setdefault("limits", {})
     if remove:
-        routes["deployments"].pop(deployment, None)
-        routes["traffic"].pop(deployment, None)
+        for part in ("deployments", "traffic", "limits"):
+            routes[part].pop(deployment, None)
     if url is not None:
         routes["deployments"][deployment] = url
     if traffic is not None:
         routes["traffic"][deployment] = traffic
+    if limits is not None:
+        routes["limits"][deployment] = limits
     write_routes(path, routes)
     return routes
+
+
+def gateway_limits(request: dict, instance_count: int) -> dict:
+    """The gateway's limits for a deployment with ``request`` settings (Azure's
+    ``request_settings`` keys; missing ones take Azure's defaults) on ``instance_count``
+    instances: ``concurrency`` in flight, ``timeout_ms`` per request, ``queue_ms`` (the
+    deprecated max_queue_wait_ms, None unless sent)."""
+    full = {**spec.AZURE_REQUEST_DEFAULTS, **request}
+    return {"concurrency": int(full["max_concurrent_requests_per_instance"]) * instance_count,
+            "timeout_ms": int(full["request_timeout_ms"]),
+            "queue_ms": request.get("max_queue_wait_ms")}
 
 
 def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
@@ -181,6 +198,7 @@ class AzureTwin(Target):
 
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository)
+        spec.warn_instance_type(self.settings.instance_type, self.progress)
         spec.warn_sequences(self.settings, repository, self.progress)
         triton.check_backends(repository, self.settings.server,
                               hint="it cannot be rehearsed here; name a server that has it "
@@ -220,15 +238,17 @@ class AzureTwin(Target):
 
         tag = f"{record.id}-{dep}"
         log_path = work / "inference-server.log"
+        sent = spec.sent_limits(deployment_doc)
         resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep,
                                   tag=tag, log=str(log_path), routes=str(routes),
-                                  staged=str(work / "served"))
+                                  staged=str(work / "served"), **sent)
         try:
             pid, triton_url, served = self._start(model_dir, work / "served", tag, log_path)
         except DeployFailed as exc:
             raise DeployFailed(f"deployment {ep}/{dep} failed, provisioning state Failed: "
                                f"{exc.message}", hint=exc.hint) from None
-        update_routes(routes, dep, url=triton_url, traffic=0)
+        update_routes(routes, dep, url=triton_url, traffic=0,
+                      limits=gateway_limits(sent["request_settings"], sent["instance_count"]))
         context.created(resource, pid=pid, url=triton_url, provisioning_state="Succeeded")
         context.set_endpoint(served_by=served)
 
@@ -280,6 +300,11 @@ class AzureTwin(Target):
         from .client import connect
 
         return connect(deployment.endpoint, self._secret(deployment))
+
+    def request_limits(self, deployment):
+        """What the gateway enforces for the serving deployment, from the settings it was
+        made with (a deployment recorded without them had no throttle: None)."""
+        return update.serving_limits(deployment)
 
     def _secret(self, deployment):
         from .seam import Credential
@@ -386,9 +411,10 @@ class _Local:
         tag = f"{context.deployment.id}-{new}-{self.suffix}"
         log_path = self.work / f"inference-server-{new}-{self.suffix}.log"
         staged = self.work / f"served-{self.suffix}"
+        self.sent = spec.sent_limits(plan.deployment_doc)
         created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
                                  tag=tag, log=str(log_path), routes=str(self.routes),
-                                 staged=str(staged))
+                                 staged=str(staged), **self.sent)
         try:
             pid, url, self.served = self.target._start(self.model_dir, staged, tag, log_path)
         except DeployFailed as exc:
@@ -401,12 +427,15 @@ class _Local:
                                hint=f"{plan.keeps}; {exc.hint}", details=exc.details) from None
         context.created(created, pid=pid, url=url, provisioning_state="Succeeded")
         if not plan.in_place:
-            update_routes(self.routes, new, url=url, traffic=0)
+            update_routes(self.routes, new, url=url, traffic=0, limits=self._limits())
         return created
+
+    def _limits(self) -> dict:
+        return gateway_limits(self.sent["request_settings"], self.sent["instance_count"])
 
     def switch(self, plan, context, deployment) -> list:
         self.target.progress(f"  switching {plan.endpoint}/{plan.old} to the new server")
-        update_routes(self.routes, plan.old, url=deployment.data["url"])
+        update_routes(self.routes, plan.old, url=deployment.data["url"], limits=self._limits())
         return [r for r in update.live(context.deployment, "deployment", deployment=plan.old)
                 if r is not deployment]
 

@@ -92,6 +92,19 @@ class Backend(Protocol):
         """Set the endpoint's traffic split."""
 
 
+def serving_limits(record, defaults: dict | None = None):
+    """The RequestLimits of the deployment the record's endpoint serves, from its recorded
+    settings (:func:`.spec.limits`); a deployment recorded without them gets ``defaults``
+    (the cloud's) or, without those, None."""
+    serving = record.endpoint.get("deployment")
+    for resource in reversed(live(record, "deployment", deployment=serving)):
+        data = resource.data
+        if not data.get("request_settings") and defaults is not None:
+            data = {**data, "request_settings": defaults}
+        return spec.limits(data)
+    return None
+
+
 def plan(settings, repository, record) -> UpdatePlan:
     """Step 0: the names, documents and models of the update; UsageError if it cannot be."""
     ep, old, new = _deployments(settings, record)
