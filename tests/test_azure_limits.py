@@ -197,3 +197,28 @@ def test_update_records_the_new_settings(fake, run_cli, tmp_path):
     assert fake.endpoints["ep-upd"].deployments["green"].request[
         "max_concurrent_requests_per_instance"] == 5
     assert run_cli("teardown", "upd")[0] == 0
+
+
+def test_throttle_queue_rules():
+    """One slot: a second request waits (the queue is as deep as the slots), a third is
+    refused at once; a wait ends in 429 at the deprecated max_queue_wait_ms when it was sent,
+    else in 408 at the request's deadline; a freed slot goes to the waiting request."""
+    from deployer_plugins.azure.gateway import Throttle
+
+    far = time.monotonic() + 300
+    throttle = Throttle(1, None)
+    assert throttle.enter(far) is None
+    assert throttle.enter(time.monotonic()) == 408  # queued until its deadline, which passed
+    waited: list = []
+    second = threading.Thread(target=lambda: waited.append(throttle.enter(far)))
+    second.start()
+    while not throttle.waiting:  # the second request is in the queue
+        time.sleep(0.001)
+    assert throttle.enter(far) == 429  # the queue is full
+    throttle.leave()
+    second.join()
+    assert waited == [None] and throttle.active == 1
+
+    queued = Throttle(1, queue_ms=1)
+    assert queued.enter(far) is None
+    assert queued.enter(far) == 429  # waited max_queue_wait_ms for a slot
