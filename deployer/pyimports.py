@@ -25,8 +25,8 @@ import dataclasses
 import functools
 import json
 import os
+import hashlib
 import re
-import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -429,6 +429,45 @@ def check(repository: Repository, python: str = "3.10",
     return envs
 
 
+def rehearsal_server(repository: Repository, server, image: Image,
+                     progress: Callable[[str], None] = lambda _: None):
+    """The server a twin serves ``repository`` with: ``server``, or, when a model's
+    ``EXECUTION_ENV_PATH`` environment has another Python than that managed runtime, the
+    managed runtime made with the environment's Python (the Python backend runs the stub inside
+    the environment: their Pythons must match, as in the cloud). A model with its own
+    ``triton_python_backend_stub`` is left to it. ValidationError when no such runtime exists,
+    or when the environments need different Pythons. ``server`` None (no runtime yet) or not
+    the managed runtime (its Python is unknown): returned as it is."""
+    from . import runtime
+
+    current = ".".join((getattr(server, "python", "") or "").split(".")[:2])
+    if server is None or server.source != "managed" or not current:
+        return server
+    needs: dict[str, list[str]] = {}
+    for model in python_models(repository):
+        env = execution_env(model, image)
+        if env is not None and not (model.path / "triton_python_backend_stub").is_file():
+            needs.setdefault(env.python, []).append(model.name)
+    if not needs or set(needs) == {current}:
+        return server
+    if len(needs) > 1:
+        raise ValidationError(
+            "the models' EXECUTION_ENV_PATH environments need different Pythons ("
+            + "; ".join(f"{p}: {', '.join(m)}" for p, m in sorted(needs.items()))
+            + "): one tritonserver cannot run them all", hint="rehearse them apart")
+    (python, models), = needs.items()
+    other = runtime.managed_server(runtime.runtime_dir(python))
+    if other is None:
+        raise ValidationError(
+            f"model {models[0]!r}: its EXECUTION_ENV_PATH environment holds Python {python}, the "
+            f"embedded runtime runs Python {current}: the rehearsal needs a runtime made with "
+            f"Python {python}",
+            hint=f"create one: 'deployer server install --python python{python}'")
+    progress(f"serving with the Python {python} runtime ({other.root}): the "
+             f"EXECUTION_ENV_PATH environment of {', '.join(models)} needs it")
+    return other
+
+
 # -- the twins' guard ------------------------------------------------------------------------
 
 GUARD_FOLDER = "python-image-guard"
@@ -452,7 +491,8 @@ def guard(server, roots: Iterable[Path | str], image: Image, work_dir: Path,
 
     How: the stub's embedded Python ignores ``PYTHONPATH`` but finds its prefix through the
     first ``python3`` on ``PATH`` (the managed runtime puts its ``bin/`` first). The guard is a
-    virtual environment over the same interpreter, written to ``work_dir/python-image-guard``,
+    virtual environment over the same interpreter, written to
+    ``work_dir/python-image-guard-<digest of its settings>``,
     whose site-packages adds the runtime's (a .pth file) and holds the finder's
     ``sitecustomize.py``; its ``bin/`` goes first on ``PATH``. Only the managed runtime is
     guarded: for another ``tritonserver`` (``server.root`` unset) this says so through
@@ -463,21 +503,8 @@ def guard(server, roots: Iterable[Path | str], image: Image, work_dir: Path,
                  f"import what its Python has, not only what {image.describe()} has")
         return {}
     std, notes = stdlib(image.python)
-    folder = work_dir / GUARD_FOLDER
-    shutil.rmtree(folder, ignore_errors=True)
-    minor = ".".join(server.python.split(".")[:2])
-    site = folder / "lib" / f"python{minor}" / "site-packages"
-    site.mkdir(parents=True)
-    (folder / "bin").mkdir()
     interpreter = os.path.realpath(server.interpreter)
-    for name in ("python", "python3", f"python{minor}"):
-        (folder / "bin" / name).symlink_to(interpreter)
-    (folder / "pyvenv.cfg").write_text(
-        f"home = {os.path.dirname(interpreter)}\ninclude-system-site-packages = false\n"
-        f"version = {server.python}\n")
     runtime_site = sorted(Path(server.root).glob("lib/python3*/site-packages"))
-    (site / "deployer-runtime.pth").write_text(
-        "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in runtime_site))
     settings = {
         "roots": sorted({str(Path(r).absolute()) for r in roots}
                         | {os.path.realpath(r) for r in roots}),
@@ -485,10 +512,41 @@ def guard(server, roots: Iterable[Path | str], image: Image, work_dir: Path,
         "backend": sorted(BACKEND_MODULES), "notes": notes, "image": image.describe(),
         "python": image.python, "fix": FIX, "shim": SHIM_PARAMETER,
     }
-    (site / GUARD_FILE).write_text(json.dumps(settings, indent=1))
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    # one folder per settings: servers that share a work folder never change each other's
+    digest = hashlib.sha256(json.dumps([settings, interpreter, [str(p) for p in runtime_site]],
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    folder = work_dir / f"{GUARD_FOLDER}-{digest}"
+    minor = ".".join(server.python.split(".")[:2])
+    site = folder / "lib" / f"python{minor}" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    (folder / "bin").mkdir(exist_ok=True)
+    # each file replaced whole: a server already running from this folder never sees a gap
+    for name in ("python", "python3", f"python{minor}"):
+        _replace_link(folder / "bin" / name, interpreter)
+    _replace(folder / "pyvenv.cfg",
+             f"home = {os.path.dirname(interpreter)}\ninclude-system-site-packages = false\n"
+             f"version = {server.python}\n")
+    _replace(site / "deployer-runtime.pth",
+             "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in runtime_site))
+    _replace(site / GUARD_FILE, json.dumps(settings, indent=1))
+    _replace(site / "sitecustomize.py", SITECUSTOMIZE)
     path = server.process_env().get("PATH", "")
     return {"PATH": str(folder / "bin") + (os.pathsep + path if path else "")}
+
+
+def _replace(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _replace_link(path: Path, target: str) -> None:
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    os.replace(temporary, path)
 
 
 #: loaded by every Python the guarded server starts (the stub's: from the guard's site-packages)

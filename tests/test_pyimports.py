@@ -5,6 +5,7 @@ tritonserver."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -212,8 +213,14 @@ def test_an_execution_env_brings_its_packages(tmp_path):
     (folder / "1" / "model.py").write_text(ENV_MODEL + "import filelock\n")
     assert "imports 'filelock', which neither its env.tar.gz nor " \
         f"{SAGEMAKER} (Python 3.10) has" in str(refused(tmp_path / "repo"))
-    # the archive travels with the artefact: every repository file is uploaded
-    assert "tiny/env.tar.gz" in dict(Repository.load(tmp_path / "repo").files())
+    # the archive travels with the artefact: SageMaker's archives (single and per model) and
+    # Azure's upload (the repository's files) carry it
+    from deployer_plugins.sagemaker import artefacts
+
+    loaded = Repository.load(tmp_path / "repo")
+    assert "tiny/env.tar.gz" in dict(loaded.files())
+    assert "tiny/env.tar.gz" in dict(artefacts.single(loaded).members)
+    assert "tiny/env.tar.gz" in dict(artefacts.multi(loaded)[0].members)
     # without the parameter, the same model is refused
     config = folder / "config.pbtxt"
     config.write_text(config.read_text().split("\nparameters")[0])
@@ -257,6 +264,39 @@ def test_execution_env_of_another_python_with_its_own_stub(tmp_path):
     (folder / "triton_python_backend_stub").write_bytes(b"\x7fELF")
     assert pyimports.check(Repository.load(tmp_path / "repo"), "3.10", SAGEMAKER)["m"].python \
         == "3.12"
+
+
+def test_a_twin_serves_an_environment_with_a_runtime_of_its_python(tmp_path, monkeypatch):
+    from deployer import runtime
+
+    monkeypatch.setenv("DEPLOYER_CACHE_DIR", str(tmp_path / "cache"))
+    folder = add_model(tmp_path / "repo", "m", "import tinypkg\n",
+                       ENV_PARAMETER % "$$TRITON_MODEL_DIRECTORY/env.tar.gz")
+    build_env(folder / "env.tar.gz", "3.10")
+    repository = Repository.load(tmp_path / "repo")
+    own = triton.Server(executable=Path("tritonserver"), source="managed", python="3.11.7")
+    with pytest.raises(ValidationError) as caught:
+        pyimports.rehearsal_server(repository, own, IMAGE)
+    assert str(caught.value) == (
+        "model 'm': its EXECUTION_ENV_PATH environment holds Python 3.10, the embedded runtime "
+        "runs Python 3.11: the rehearsal needs a runtime made with Python 3.10 (create one: "
+        "'deployer server install --python python3.10')")
+    # a runtime made with Python 3.10 serves it
+    root = runtime.runtime_dir("3.10")
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "python").write_text("")
+    (root / runtime.MARKER).write_text(json.dumps({
+        "complete": True, "python": "3.10.13", "interpreter": "/x/python3.10", "libpython": "",
+        "site_packages": str(root / "lib" / "python3.10" / "site-packages"), "packages": []}))
+    said = []
+    chosen = pyimports.rehearsal_server(repository, own, IMAGE, said.append)
+    assert chosen.root == root and chosen.python == "3.10.13"
+    assert said == [f"serving with the Python 3.10 runtime ({root}): the EXECUTION_ENV_PATH "
+                    "environment of m needs it"]
+    # a server that is not the managed runtime, or none yet: as it is
+    named = triton.Server(executable=Path("x"), source="named")
+    assert pyimports.rehearsal_server(repository, named, IMAGE) is named
+    assert pyimports.rehearsal_server(repository, None, IMAGE) is None
 
 
 # -- the twins' guard, on the real tritonserver ------------------------------------------------
@@ -337,23 +377,30 @@ def test_guard_lets_the_image_packages_local_modules_and_the_shim_through(manage
         triton.stop(tag)
 
 
-def test_execution_env_on_the_embedded_server(managed, tmp_path):
+@pytest.mark.parametrize("python", ["runtime", "3.10"])
+def test_execution_env_on_the_embedded_server(managed, tmp_path, python):
     """The embedded Python backend (Triton 24.10's) extracts the archive, sources its
-    bin/activate and runs the stub in it: the model imports the archive's package."""
-    minor = ".".join(managed.python.split(".")[:2])
-    site = sorted(Path(managed.root).glob("lib/python3*/site-packages"))[0]
+    bin/activate and runs the stub in it: the model imports the archive's package. An
+    environment of the cloud image's Python (3.10) is served by the runtime made with it."""
+    python = ".".join(managed.python.split(".")[:2]) if python == "runtime" else python
+    image = pyimports.Image(python, f"the Python {python} test image")
     folder = add_model(tmp_path / "repo", "tiny", ENV_MODEL,
                        ENV_PARAMETER % "$$TRITON_MODEL_DIRECTORY/env.tar.gz")
-    build_env(folder / "env.tar.gz", minor, numpy_from=site, interpreter=managed.interpreter)
-    image = pyimports.Image(minor, "the test image")
-    assert pyimports.check(Repository.load(tmp_path / "repo"), minor, "the test image")
-    url, tag = serve(managed, tmp_path / "repo", tmp_path / "work", image)
+    build_env(folder / "env.tar.gz", python)   # rebuilt below, once the runtime is known
+    try:
+        server = pyimports.rehearsal_server(Repository.load(tmp_path / "repo"), managed, image)
+    except ValidationError as exc:
+        pytest.skip(f"no runtime for Python {python} here: {exc}")
+    site = sorted(Path(server.root).glob("lib/python3*/site-packages"))[0]
+    build_env(folder / "env.tar.gz", python, numpy_from=site, interpreter=server.interpreter)
+    assert pyimports.check(Repository.load(tmp_path / "repo"), python, image.where)
+    url, tag = serve(server, tmp_path / "repo", tmp_path / "work", image)
     try:
         assert add_sub(url, "tiny")["OUTPUT0"].tolist() == [[3.0, 5.0, 7.0, 9.0]]
     finally:
         triton.stop(tag)
-    # inside the environment only its packages exist: torch, in the runtime, is not there
-    (folder / "1" / "model.py").write_text("import torch\n" + ENV_MODEL)
+    # inside the environment only its packages exist: pip, in every runtime, is not there
+    (folder / "1" / "model.py").write_text("import pip\n" + ENV_MODEL)
     with pytest.raises(DeployFailed) as caught:
-        serve(managed, tmp_path / "repo", tmp_path / "work2", image)
-    assert "ModuleNotFoundError: No module named 'torch'" in str(caught.value)
+        serve(server, tmp_path / "repo", tmp_path / "work2", image)
+    assert "ModuleNotFoundError: No module named 'pip'" in str(caught.value)
