@@ -12,10 +12,11 @@ A model that needs more brings it in an ``EXECUTION_ENV_PATH`` archive (conda-pa
 folder; the stub then runs in that environment, which sees its own packages and not the
 image's (:func:`execution_env`).
 
-:func:`check` is the static check a cloud target runs before creating anything; :func:`guard`
-is the environment a twin gives its ``tritonserver`` so the stub refuses, at import time, what
-the image would not have (a ``sitecustomize`` that installs an import finder; see
-:data:`SITECUSTOMIZE`).
+:func:`check` is the static check a cloud target (and its twin) runs before creating anything.
+A twin then serves with :func:`rehearsal_server` (the managed runtime whose Python can enter
+the models' environments) and passes :func:`guard`'s environment to its ``tritonserver``, so
+the stub refuses, at import time, what the image would not have (a ``sitecustomize`` that
+installs an import finder; see :data:`SITECUSTOMIZE`).
 """
 
 from __future__ import annotations
