@@ -121,6 +121,9 @@ INSTANCE_TYPES: tuple[str, ...] = (
 SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$", re.IGNORECASE)
 _KNOWN = {t.lower(): t for t in INSTANCE_TYPES}
 
+#: the Python a no-code deployment's Triton image runs Python models with, and how messages
+#: name that image (Azure does not document the image's version; NOT VERIFIED: Ubuntu 22.04's)
+IMAGE_PYTHON, IMAGE_NAME = "3.10", "Azure's no-code Triton image"
 #: backends NVIDIA's Triton image (the one a no-code deployment runs) carries
 IMAGE_BACKENDS = frozenset({"python", "onnxruntime", "pytorch", "tensorflow", "tensorrt",
                             "openvino", "fil", "dali", "ensemble"})
@@ -435,9 +438,18 @@ def sdk_installed() -> bool:
     return all(importable(m) for m in REQUIRES)
 
 
+def python_imports(repository) -> None:
+    """Every Python model imports only what the image has, or brings it in an
+    EXECUTION_ENV_PATH archive (:func:`deployer.pyimports.check`)."""
+    from deployer import pyimports
+
+    pyimports.check(repository, IMAGE_PYTHON, IMAGE_NAME)
+
+
 def check_settings(settings, repository) -> None:
     """The repository and option rules a deploy checks before any call."""
     check_repository(repository)
+    python_imports(repository)
     instance_type(settings.instance_type)
     if settings.instance_count < 1:
         raise ValidationError("instance_count must be at least 1")

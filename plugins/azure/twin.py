@@ -26,11 +26,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from deployer import triton
+from deployer import pyimports, triton
 from deployer.errors import DeployFailed, UsageError
 from deployer.target import Option, Target
 
 from . import spec, update
+
+#: the Python-backend view of the image a no-code deployment runs (deployer/pyimports.py)
+IMAGE = pyimports.Image(spec.IMAGE_PYTHON, spec.IMAGE_NAME)
 
 
 def write_key(path: Path) -> None:
@@ -151,7 +154,8 @@ def serve_model(model_dir: Path, destination: Path, progress: Callable[[str], No
                            hint="Azure uploads files only, so an empty folder (an ensemble's "
                                 "version folder) never reaches the deployment: put a file in "
                                 "it, e.g. .gitkeep") from None
-    server = triton.find_server(server_path, progress, create=True)
+    server = pyimports.rehearsal_server(
+        downloaded, triton.find_server(server_path, progress, create=True), IMAGE, progress)
     folder, served = triton.serve_folder(server, downloaded, destination, progress,
                                          where="azure rehearsal")
     return server, folder, served
@@ -169,7 +173,9 @@ def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[
     log_path = work_dir / log_name
     command = triton.tritonserver_command(server, model_dir, host=host, http_port=http_port,
                                           grpc_port=grpc_port, metrics_port=metrics_port)
-    pid = triton.start(command, server.process_env(), log_path, tag)
+    # the image's Python packages only (deployer/pyimports.py)
+    guard = pyimports.guard(server, [model_dir], IMAGE, work_dir, progress)
+    pid = triton.start(command, server.process_env(guard), log_path, tag)
     url = f"http://{host}:{http_port}"
     triton.wait_ready(url, pid, log_path, timeout, progress, what="the deployment's tritonserver")
     return pid, url
@@ -200,6 +206,8 @@ class AzureTwin(Target):
         spec.check_settings(self.settings, repository)
         spec.warn_instance_type(self.settings.instance_type, self.progress)
         spec.warn_sequences(self.settings, repository, self.progress)
+        pyimports.rehearsal_server(repository, triton.find_server(self.settings.server,
+                                                                  create=False), IMAGE)
         triton.check_backends(repository, self.settings.server,
                               hint="it cannot be rehearsed here; name a server that has it "
                                    "with -o server=PATH")

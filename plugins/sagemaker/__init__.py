@@ -70,6 +70,7 @@ class SageMakerTarget(Target):
         from . import rules
 
         spec.check_repository(self.settings, repository)
+        rules.python_imports(self.settings, repository)
         _, region = self._session_region()
         rules.image(self.settings, region)
         rules.multi_gpu(self.settings, region, self.progress)

@@ -156,6 +156,33 @@ def image(settings, region: str) -> str:
     return images.triton_uri(version, region, settings.instance_type)
 
 
+def image_python(settings) -> tuple[str, str]:
+    """(the Python the endpoint's Triton image runs Python models with, how messages name
+    that image): from ``-o image_version`` (default: the pinned one), or the tag of ``-o
+    image`` (``...:24.09-py3``). Images up to 24.10 are Ubuntu 22.04 (Python 3.10), 24.11 on
+    are Ubuntu 24.04 (Python 3.12) (server build.py)."""
+    from . import images
+
+    version = settings.image_version or images.DEFAULT_VERSION
+    if settings.image:
+        tag = re.search(r":(\d\d\.\d\d)-", settings.image)
+        if tag is None:
+            return images.IMAGE_PYTHON[images.DEFAULT_VERSION], f"the image {settings.image}"
+        version = tag.group(1)
+    python = images.IMAGE_PYTHON.get(version) or (
+        "3.10" if [int(p) for p in version.split(".")] < [24, 11] else "3.12")
+    return python, f"SageMaker's Triton image {version}"
+
+
+def python_imports(settings, repository) -> None:
+    """Before any call: every Python model imports only what the image has, or brings it in
+    an EXECUTION_ENV_PATH archive (:func:`deployer.pyimports.check`)."""
+    from deployer import pyimports
+
+    python, where = image_python(settings)
+    pyimports.check(repository, python, where)
+
+
 def cloud(settings, session) -> str:
     """Role, bucket, region and credentials; returns the region."""
     if not settings.role:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deployer import triton
+from deployer import pyimports, triton
 from deployer.errors import DeployFailed
 from deployer.target import PlannedResource, Target
 
@@ -44,6 +44,9 @@ class SageMakerTwin(Target):
         spec.check_repository(self.settings, repository)
         rules.multi_gpu(self.settings, self.settings.region or "us-east-1", self.progress)
         rules.sequences(self.settings, repository, self.progress)
+        rules.python_imports(self.settings, repository)
+        pyimports.rehearsal_server(repository, triton.find_server(None, create=False),
+                                   pyimports.Image(*rules.image_python(self.settings)))
         triton.check_backends(repository, hint="it cannot be rehearsed here; set "
                                                "DEPLOYER_TRITONSERVER to a server that has it")
 
@@ -89,7 +92,7 @@ class SageMakerTwin(Target):
 
     # -- the steps of a deploy: store, unpack, start, load ------------------------------------
     def _serve(self, repository, context, folder: str, tag: str) -> None:
-        from . import container
+        from . import container, rules
 
         layout, items = spec.layout(self.settings, repository)
         root = Path(context.work_dir) / folder
@@ -103,7 +106,10 @@ class SageMakerTwin(Target):
         if multi:
             env["SAGEMAKER_MULTI_MODEL"] = "true"
         args = container.serve_args(repo_dir, env, multi)  # the serve script's checks
-        server = triton.find_server(None, self.progress, create=True)
+        image = pyimports.Image(*rules.image_python(self.settings))
+        server = pyimports.rehearsal_server(
+            repository, triton.find_server(None, self.progress, create=True), image,
+            self.progress)
         served: dict[str, str] = {}
         if not multi:
             staged, served = container.shimmed(server, repo_dir, root / _SERVED, self.progress)
@@ -111,8 +117,10 @@ class SageMakerTwin(Target):
             loaded = repository.dependencies(env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"])
             served = {m: how for m, how in served.items() if m in loaded}
         log_path = root / "tritonserver.log"
+        # the image's Python packages only, for every model folder under root (multi too)
+        guard = pyimports.guard(server, [root], image, root, self.progress)
         resource = context.record("process", "tritonserver", tag=tag, log=str(log_path))
-        info = container.start(server, args, env, log_path, tag,
+        info = container.start(server, args, {**env, **guard}, log_path, tag,
                                float(self.settings.startup_timeout), self.progress)
         context.update(resource, id=str(info["pid"]), **info)
         if multi:
