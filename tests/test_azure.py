@@ -288,8 +288,9 @@ def test_run_and_rehearse(fake, run_cli):
     ("endpoint=ab--cd", "two dashes"), ("endpoint=" + "a" * 33, "3-32 allowed"),
     ("deployment=blue-", "must start with a letter"), ("instance_type=NC4as T4", "is not a VM "
                                                        "size name (Standard_<size>)"),
-    ("traffic=150", "blue 150% make 150"), ("model_name=bad name", "asset name"),
-    ("traffic=50", "traffic shares must sum to 100 or 0 on an endpoint, and blue 50% make 50"),
+    ("traffic=150", "these (blue 150%) sum to 150"), ("model_name=bad name", "asset name"),
+    ("traffic=50", "an endpoint's traffic shares must sum to 100 or 0, and these (blue 50%) "
+                   "sum to 50"),
     ("request_timeout_ms=180001", "above Azure's maximum of 180000"),
     ("request_timeout_ms=0", "request_timeout_ms must be at least 1"),
     ("max_concurrent_requests_per_instance=0", "must be at least 1"),

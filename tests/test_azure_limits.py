@@ -166,7 +166,7 @@ def test_fake_workspace_keeps_the_settings_and_throttles(fake, run_cli, tmp_path
     calls = len(fake.calls)
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "lim", "--update",
                            "-o", "blue_green=true", "-o", "traffic=60")
-    assert code == 2 and "traffic shares must sum to 100 or 0" in err, err
+    assert code == 2 and "traffic shares must sum to 100 or 0, and these" in err, err
     assert len(fake.calls) == calls
     assert run_cli("teardown", "lim")[0] == 0
 

@@ -326,8 +326,8 @@ def check_traffic(split: dict[str, int]) -> None:
     total = sum(split.values())
     if bad or total not in (0, 100):
         shares = ", ".join(f"{d} {p}%" for d, p in split.items())
-        raise ValidationError(f"traffic shares must sum to 100 or 0 on an endpoint, and "
-                              f"{shares} make {total}",
+        raise ValidationError(f"an endpoint's traffic shares must sum to 100 or 0, and "
+                              f"these ({shares}) sum to {total}",
                               hint="pass -o traffic=100 (or 0: only requests naming the "
                                    "deployment in the azureml-model-deployment header)")
 
