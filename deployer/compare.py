@@ -173,14 +173,14 @@ def _failed_load(result: TargetResult) -> str | None:
     if result.errors:
         parts.append(f"{result.errors} requests failed")
     if result.throttled:
-        parts.append(f"{result.throttled} were throttled (HTTP 429)")
+        parts.append(f"{result.throttled} requests were throttled (HTTP 429)")
     if result.timed_out:
-        parts.append(f"{result.timed_out} timed out (HTTP 408)")
+        parts.append(f"{result.timed_out} requests timed out (HTTP 408)")
     if not parts:
         return None
     source = f" by its request settings ({result.limits['source']})" if result.limits and (
         result.throttled or result.timed_out) else ""
-    return f"under load {', '.join(parts)}{source}"
+    return f"under load, {', '.join(parts)}{source}"
 
 
 def _first_inference(client, model, inputs, timeout: float) -> float:

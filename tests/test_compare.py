@@ -108,8 +108,8 @@ def test_the_endpoints_own_refusals_are_counted_apart_and_warned_of(tmp_path, re
     assert "http-429" not in four["errors"] and fake["errors"] == 0
     assert fake["throttled"] == four["throttled"] and fake["timed_out"] == 0
     assert not fake["passed"] and fake["error"] == (
-        f"under load {four['throttled']} were throttled (HTTP 429) by its request settings "
-        "(max_concurrent 1)")
+        f"under load, {four['throttled']} requests were throttled (HTTP 429) by its request "
+        "settings (max_concurrent 1)")
     page = render(report.to_dict())
     assert "<h2>Warnings</h2>" in page and f"<td>{four['throttled']}</td>" in page
     assert fake["torn_down"] and world.read() == {"buckets": [], "servers": []}
