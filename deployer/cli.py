@@ -254,7 +254,8 @@ def _test_exit(report: dict[str, Any], junit: str | None, obj) -> None:
 @json_option
 @pass_ctx
 def test(ctx: Context, name: str, as_json: bool, junit_xml: str | None, **kwargs) -> None:
-    """Test a deployment: ready, metadata, inference, expected outputs, load."""
+    """Test a deployment: ready, metadata, inference, the outputs the config declares, expected
+    outputs, load."""
     from .render import test_report
 
     report = ctx.deployer.test(name, make_test_options(kwargs))

@@ -35,6 +35,9 @@ class StreamAnswer:
     times: list[float]
     #: whether the end was marked: gRPC's final flag, or the end of an HTTP event stream
     final: bool
+    #: whether the outputs carry their datatype and shape (gRPC); False for JSON events
+    #: (HTTP ``generate_stream``: numbers, text or flat lists)
+    typed: bool = True
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Every output concatenated over the responses along the first axis (a scalar
@@ -54,7 +57,11 @@ class EndpointClient:
     ``routes_versions`` is true, and ``sequence`` (``{"sequence_id": int, "sequence_start":
     bool, "sequence_end": bool}``, the KServe v2 request parameters of a stateful model)
     where ``passes_sequences`` is true. A client written for neither keeps the two-argument
-    signatures."""
+    signatures.
+
+    A client whose endpoint has no metadata route sets ``serves_metadata`` false and says why
+    in ``no_metadata``: the test step reports the metadata check as skipped with that reason
+    (the outputs check, on every target, still compares what comes back with the config)."""
 
     #: requests can name a version: ``/v2/models/MODEL/versions/V/...``
     routes_versions = False
@@ -62,6 +69,10 @@ class EndpointClient:
     passes_sequences = False
     #: decoupled models can be called (:meth:`stream`)
     streams = False
+    #: :meth:`metadata` asks the server (false: the endpoint has no metadata route)
+    serves_metadata = True
+    #: why there is no metadata, for the report (where ``serves_metadata`` is false)
+    no_metadata = ""
 
     def ready(self) -> bool:
         """Whether the server answers ready. False while it cannot be reached; raises
@@ -321,7 +332,7 @@ class KServeClient(EndpointClient):
         body = json.dumps({name: _json_value(array) for name, array in inputs.items()})
         kind = http.client.HTTPSConnection if self._ssl else http.client.HTTPConnection
         conn = kind(self._netloc, timeout=self._timeout)
-        answer = StreamAnswer([], [], False)
+        answer = StreamAnswer([], [], False, typed=False)
         try:
             began = time.perf_counter()
             conn.request("POST", self._route(model, version, "generate_stream"), body=body,

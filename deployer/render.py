@@ -26,7 +26,7 @@ def test_report(report: dict[str, Any]) -> str:
                 detail += (f" ({model['responses']} responses, the first after "
                            f"{model['first_response_ms']:.0f} ms)")
             rows.append([model["model"], *([model.get("version", "")] if versioned else []),
-                         check["name"], _mark(check["passed"]), detail])
+                         check["name"], _mark(check["passed"], check.get("status")), detail])
     text = table(["model", *(["version"] if versioned else []), "check", "result", "detail"],
                  rows)
     text += "".join(f"\n{model['model']}: served by {model['served']}"
@@ -54,8 +54,9 @@ def test_report(report: dict[str, Any]) -> str:
                   f"({report['target']})"
 
 
-def _mark(passed: bool) -> str:
-    return "ok" if passed else "FAIL"
+def _mark(passed: bool, status: str | None = None) -> str:
+    """ok, FAIL, or skipped (a check this target cannot run; the detail says why)."""
+    return "skipped" if status == "skipped" else "ok" if passed else "FAIL"
 
 
 def teardown_report(report: dict[str, Any]) -> str:

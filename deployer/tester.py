@@ -1,29 +1,53 @@
-"""The test step: ready → metadata matches the repository → inference → expected outputs →
-optional load. Runs the same against every target through its EndpointClient."""
+"""The test step: ready → metadata matches the repository → inference → the outputs that came
+back are the ones the config declares → expected outputs → optional load. Runs the same against
+every target through its EndpointClient."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import samples
-from .client import EndpointError
+from .client import EndpointError, StreamAnswer
 from .errors import UsageError
 
 if TYPE_CHECKING:
     from .client import EndpointClient
     from .load import LoadResult
-    from .repository import Model, Repository
+    from .repository import Model, Repository, TensorSpec
 
 
 @dataclasses.dataclass
 class Check:
     name: str
     passed: bool
+    #: what failed, or why the check was skipped
     message: str = ""
     seconds: float = 0.0
+    #: not run on this target, for the reason in ``message``: neither passed nor failed
+    skipped: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return not self.passed and not self.skipped
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else "passed" if self.passed else "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``status`` is "passed", "failed" or "skipped"; a skipped check has ``passed``
+        false and its ``reason`` (also its ``message``)."""
+        data = {**dataclasses.asdict(self), "status": self.status}
+        if self.skipped:
+            data["reason"] = self.message
+        return data
+
+
+def _skipped(name: str, reason: str) -> Check:
+    return Check(name, False, reason, skipped=True)
 
 
 @dataclasses.dataclass
@@ -45,7 +69,8 @@ class ModelResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """No check failed (a skipped one does not count)."""
+        return not any(c.failed for c in self.checks)
 
 
 @dataclasses.dataclass
@@ -67,8 +92,10 @@ class TestReport:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["passed"] = self.passed
+        data["ready"] = self.ready.to_dict()
         for model, result in zip(data["models"], self.models):
             model["passed"] = result.passed
+            model["checks"] = [check.to_dict() for check in result.checks]
         return data
 
 
@@ -120,23 +147,44 @@ def _check_model(client: EndpointClient, model: Model, version: str | None,
                  steps: list[dict[str, Any]], expected: list[dict[str, Any] | None] | None,
                  options: TestOptions, served: str,
                  progress: Callable[[str], None]) -> ModelResult:
-    """Metadata, inference (every step of a sequence, under one correlation id) and the
-    expected outputs of one model (at one version, named in the route, when given)."""
+    """Metadata, inference (every step of a sequence, under one correlation id), the outputs
+    that came back, and the expected outputs of one model (at one version, named in the route,
+    when given)."""
     route: dict[str, Any] = {"version": version} if version is not None else {}
     shown = model.name + (f" version {version}" if version is not None else "")
     result = ModelResult(model.name, served=served, version=version or "", steps=len(steps))
     progress(shown)
-    result.checks.append(_timed(
-        "metadata", lambda: _metadata_problem(client.metadata(model.name, **route), model)))
+    if client.serves_metadata:
+        result.checks.append(_timed(
+            "metadata", lambda: _metadata_problem(client.metadata(model.name, **route), model)))
+    else:
+        result.checks.append(_skipped("metadata", (
+            client.no_metadata or "this target serves no model metadata")
+            + ": checked through the inference's outputs instead"))
     answers: list[dict[str, Any]] = []
+    streamed: list[StreamAnswer] = []
     if model.decoupled:
         result.checks.append(_timed("stream", lambda: _stream(client, model, route, steps,
-                                                              answers, result)))
+                                                              answers, streamed, result)))
     else:
         result.checks.append(_timed("infer", lambda: _infer(client, model, route, steps,
                                                             answers)))
     if answers:
         result.outputs = {k: samples.preview(v) for k, v in answers[-1].items()}
+    if not model.outputs:
+        result.checks.append(_skipped("outputs", "config.pbtxt declares no outputs (Triton "
+                                                 "completes them): nothing to check them against"))
+    elif not (streamed if model.decoupled else answers):
+        result.checks.append(_skipped("outputs", "nothing came back to check (see the "
+                                                 f"{result.checks[-1].name} check)"))
+    elif model.decoupled:
+        result.checks.append(_timed("outputs", lambda: _stream_outputs_problem(
+            model, steps[0], streamed[0])))
+    else:
+        result.checks.append(_timed("outputs", lambda: "; ".join(
+            (f"step {index}: " if len(steps) > 1 else "") + problem
+            for index, (answer, inputs) in enumerate(zip(answers, steps), 1)
+            for problem in output_problems(model, answer, _batch(model, inputs))) or None))
     if expected is not None:
         def expect() -> str | None:
             problems = []
@@ -152,11 +200,123 @@ def _check_model(client: EndpointClient, model: Model, version: str | None,
     return result
 
 
+# -- the outputs check ---------------------------------------------------------------------------
+
+#: numpy kinds of the values an untyped answer (JSON) carries for each datatype family
+_JSON_KINDS = {"BYTES": "USO", "BOOL": "b", "INT": "iu", "UINT": "iu", "FP": "f", "BF": "f"}
+
+
+def _batch(model: Model, inputs: Mapping[str, Any]) -> int | None:
+    """The request's batch size for a batching model (None: any)."""
+    if model.max_batch_size <= 0 or not inputs:
+        return None
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _expected_shape(spec: TensorSpec, model: Model, batch: int | None) -> list[int]:
+    """What the client sees: the config's dims (a ``reshape`` changes only what the model
+    sees) after the batch dimension of a batching model; -1 is any size."""
+    dims = list(spec.dims)
+    return [-1 if batch is None else batch, *dims] if model.max_batch_size > 0 else dims
+
+
+def _datatype_of(array: Any) -> str:
+    from tritonclient.utils import np_to_triton_dtype
+
+    return np_to_triton_dtype(array.dtype) or str(array.dtype)
+
+
+def output_problems(model: Model, answer: Mapping[str, Any], batch: int | None, *,
+                    requested: Sequence[str] | None = None, complete: bool = True,
+                    typed: bool = True) -> list[str]:
+    """How one answer differs from the outputs ``config.pbtxt`` declares: each a line naming
+    the model, the output, what was expected and what came back.
+
+    ``requested``: the outputs the request asked for (default: every declared one), which must
+    all come back unless ``complete`` is false (a decoupled model's response may carry some).
+    Every output that came back must be declared, with its datatype (``TYPE_STRING`` is BYTES:
+    numpy object or bytes arrays; BF16 comes back as float32) and its shape (``batch``
+    prepended for a batching model). ``typed`` false: the answer was JSON (Triton's generate
+    routes), which carries neither datatype nor shape, so only the kind of value (number,
+    text, boolean) and the number of elements are compared."""
+    import numpy as np
+
+    specs = {spec.name: spec for spec in model.outputs}
+    wanted = list(requested) if requested is not None else list(specs)
+    problems = []
+
+    def line(name: str, expected: str, got: str) -> str:
+        return f"{model.name} output {name}: expected {expected}, got {got}"
+
+    for name in wanted:
+        spec = specs.get(name)
+        if complete and spec is not None and name not in answer:
+            problems.append(line(name, f"{spec.datatype} {_expected_shape(spec, model, batch)}",
+                                 "nothing (it did not come back)"))
+    for name, value in answer.items():
+        array = np.asarray(value)
+        spec = specs.get(name)
+        if spec is None or name not in wanted:
+            who = "config.pbtxt declares" if spec is None else "the request asked for"
+            problems.append(line(name, f"no such output ({who} {', '.join(wanted)})",
+                                 f"{_datatype_of(array)} {list(array.shape)}"))
+            continue
+        shape = _expected_shape(spec, model, batch)
+        want = f"{spec.datatype} {shape}"
+        if typed:
+            datatype = _datatype_of(array)
+            if spec.datatype == "BF16" and datatype == "FP32":
+                datatype = "BF16"   # tritonclient decodes BF16 as float32
+            fits = len(shape) == array.ndim and all(
+                w in (-1, g) for w, g in zip(shape, array.shape))
+            if datatype != spec.datatype or not fits:
+                problems.append(line(name, want, f"{datatype} {list(array.shape)}"))
+            continue
+        family = spec.datatype.rstrip("0123456789")
+        count = int(np.prod(shape)) if -1 not in shape else None
+        if array.dtype.kind not in _JSON_KINDS.get(family, array.dtype.kind) or (
+                count is not None and array.size != count):
+            elements = "any number of elements" if count is None else \
+                f"{count} element{'' if count == 1 else 's'}"
+            problems.append(line(name, f"{want} ({elements})",
+                                 f"{array.size} JSON {_json_kind(array)}"))
+    return problems
+
+
+def _json_kind(array: Any) -> str:
+    kind = array.dtype.kind
+    return ("text" if kind in "USO" else "boolean" if kind == "b" else "integer"
+            if kind in "iu" else "decimal") + (" values" if array.size != 1 else "")
+
+
+def _stream_outputs_problem(model: Model, inputs: Mapping[str, Any],
+                            got: StreamAnswer) -> str | None:
+    """Each response of a decoupled model: Triton lets a response carry any of the declared
+    outputs (a stream often sends them apart), so each response is checked for what it
+    carries, and every declared output must come in some response."""
+    batch = _batch(model, inputs)
+    seen: dict[str, list[int]] = {}   # a problem → the responses that have it
+    for index, response in enumerate(got.responses, 1):
+        for problem in output_problems(model, response, batch, complete=False,
+                                       typed=got.typed):
+            seen.setdefault(problem, []).append(index)
+    problems = [f"response {where[0]}" + (f" (and {len(where) - 1} more)" if len(where) > 1
+                                          else "") + f": {problem}"
+                for problem, where in seen.items()]
+    carried = {name for response in got.responses for name in response}
+    for spec in model.outputs:
+        if spec.name not in carried:
+            problems.append(f"{model.name} output {spec.name}: expected {spec.datatype} "
+                            f"{_expected_shape(spec, model, batch)} in some response, got it "
+                            f"in none of {len(got.responses)}")
+    return "; ".join(problems) or None
+
+
 def _stream(client: EndpointClient, model: Model, route: dict[str, Any],
             steps: list[dict[str, Any]], answers: list[dict[str, Any]],
-            result: ModelResult) -> str | None:
-    """A decoupled model: responses arrive, the end is marked; ``answers`` gets the outputs
-    concatenated over the responses."""
+            streamed: list[StreamAnswer], result: ModelResult) -> str | None:
+    """A decoupled model: responses arrive, the end is marked; ``streamed`` gets the answer,
+    ``answers`` its outputs concatenated over the responses."""
     if not client.streams:
         return "this target cannot call a decoupled model (it needs a streaming call)"
     got = client.stream(model.name, steps[0], **route)
@@ -165,11 +325,12 @@ def _stream(client: EndpointClient, model: Model, route: dict[str, Any],
         return f"{len(got.responses)} response(s), but the final flag never came"
     if not got.responses:
         return "no response arrived before the final flag"
-    answers.append(got.outputs())
-    missing = [o.name for o in model.outputs if o.name not in answers[-1]]
-    if missing:
-        return f"outputs missing: {', '.join(missing)}"
+    streamed.append(got)   # the outputs check reads each response
     result.first_response_ms = round(got.times[0] * 1000, 3)
+    try:
+        answers.append(got.outputs())
+    except ValueError as exc:   # responses whose shapes do not line up
+        return f"the responses do not concatenate into one answer: {exc}"
     return None
 
 
@@ -187,12 +348,7 @@ def _infer(client: EndpointClient, model: Model, route: dict[str, Any],
                                   "sequence_start": index == 0,
                                   "sequence_end": index == len(steps) - 1}}
                     if model.stateful else {})
-        answer = client.infer(model.name, inputs, **route, **sequence)
-        answers.append(answer)
-        missing = [o.name for o in model.outputs if o.name not in answer]
-        if missing:
-            return (f"step {index + 1}: " if len(steps) > 1 else "") + \
-                f"outputs missing: {', '.join(missing)}"
+        answers.append(client.infer(model.name, inputs, **route, **sequence))
     return None
 
 

@@ -31,6 +31,8 @@ pytest.importorskip("moto.server", reason="moto[server] is needed for the SageMa
 ROOT = Path(__file__).parent
 ADD_SUB = ROOT / "repos" / "add_sub"
 MULTI = ROOT / "repos" / "multi"
+NO_METADATA = ("SageMaker has no metadata route (InvokeEndpoint only): checked through the "
+               "inference's outputs instead")
 
 
 @pytest.fixture(scope="session")
@@ -197,6 +199,8 @@ def test_run_single_model(aws, state, capsys, emulator):
                              *options(aws))
     assert code == 0, out + err
     assert "run PASSED" in out and "add_sub   infer     ok" in out
+    assert f"add_sub   metadata  skipped  {NO_METADATA}" in out
+    assert "add_sub   outputs   ok" in out
     assert_clean(aws["bucket"])
 
 
@@ -237,11 +241,30 @@ def test_run_multi_model_two_models(aws, state, capsys, tmp_path, emulator):
     assert_clean(aws["bucket"])
 
 
-def test_run_ensemble_repository_multi_model(aws, state, capsys):
-    code, out, err = run_cli(capsys, "run", str(MULTI), "--target", "sagemaker",
-                             *options(aws, "mode=multi"))
+def test_run_ensemble_repository_multi_model(aws, state, capsys, tmp_path):
+    """No metadata route: that check is skipped with its reason (not passed, not failed) in
+    --json and JUnit, and every model's outputs (an ensemble's, BYTES) are checked instead."""
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "junit.xml"
+    code, out, err = run_cli(capsys, "run", str(MULTI), "--target", "sagemaker", "--json",
+                             "--junit-xml", str(junit), *options(aws, "mode=multi"))
     assert code == 0, out + err
-    assert "pipeline  infer     ok" in out
+    report = json.loads(out)
+    assert report["passed"]
+    models = {m["model"]: m for m in report["models"]}
+    assert set(models) == {"add_sub", "pipeline", "text_len"}   # the top-level models
+    for model in models.values():
+        assert model["passed"] is True
+        assert [(c["name"], c["status"], c["passed"]) for c in model["checks"]] == [
+            ("metadata", "skipped", False), ("infer", "passed", True),
+            ("outputs", "passed", True)], model
+        assert model["checks"][0]["reason"] == NO_METADATA
+    suite = ET.parse(junit).getroot()
+    skipped = {case.get("classname"): case.find("skipped").get("message")
+               for case in suite.iter("testcase") if case.find("skipped") is not None}
+    assert skipped == {name: NO_METADATA for name in models}
+    assert (suite.get("failures"), suite.get("skipped")) == ("0", "3")
     assert_clean(aws["bucket"])
 
 

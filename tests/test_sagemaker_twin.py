@@ -105,8 +105,8 @@ def test_rehearse_single_model(state, capsys):
     assert code == 0, out + err
     report = json.loads(out)
     assert report["target"] == "sagemaker-twin" and report["passed"]
-    checks = {c["name"]: c["passed"] for m in report["models"] for c in m["checks"]}
-    assert checks == {"metadata": True, "infer": True}
+    checks = {c["name"]: c["status"] for m in report["models"] for c in m["checks"]}
+    assert checks == {"metadata": "passed", "infer": "passed", "outputs": "passed"}
 
 
 def test_rehearse_multi_model_loads_each_archive(state, capsys):
@@ -115,7 +115,8 @@ def test_rehearse_multi_model_loads_each_archive(state, capsys):
     assert code == 0, out + err
     for name in ("add_sub", "pipeline", "text_len"):
         assert f"loading {name}.tar.gz (POST /models)" in err
-        assert f"{name:<8}  infer     ok" in out
+        assert f"{name:<8}  infer     ok" in out and f"{name:<8}  outputs   ok" in out
+        assert f"{name:<8}  metadata  ok" in out   # the twin reads Triton's real metadata
 
 
 @pytest.mark.parametrize("repo, extra, expected", [
