@@ -261,7 +261,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             result.passed = bool(result.test_passed) and failed_load is None
             if not result.test_passed:
                 failed = [f"{m.model} {c.name}: {c.message}" for m in report.models
-                          for c in m.checks if not c.passed] or ["not ready"]
+                          for c in m.checks if c.failed] or ["not ready"]
                 result.error = "the test step failed: " + "; ".join(failed)
             elif failed_load:
                 result.error = failed_load

@@ -93,7 +93,8 @@ def test_run_multi_model_repository_json(cli):
     models = {m["model"]: m for m in report["models"]}
     assert set(models) == {"add_sub", "pipeline", "scale", "text_len"}
     for model in models.values():
-        assert [c["name"] for c in model["checks"]] == ["metadata", "infer"] and model["passed"]
+        assert [c["name"] for c in model["checks"]] == ["metadata", "infer", "outputs"]
+        assert model["passed"]
     assert models["text_len"]["outputs"]["UPPER"]["first"][0] == "TRITON-DEPLOYER-0"
     load = report["test"]["load"][0]
     assert load["requests"] >= 50 and load["errors"] == {}
@@ -386,7 +387,7 @@ def test_onnx_and_torchscript_through_the_python_backend(cli, tmp_path):
         models = {m["model"]: m for m in result.json()["models"]}
         assert {name: [(c["name"], c["passed"]) for c in m["checks"]]
                 for name, m in models.items()} == {
-            name: [("metadata", True), ("infer", True), ("expect", True)]
+            name: [("metadata", True), ("infer", True), ("outputs", True), ("expect", True)]
             for name in ("net_onnx", "mixed")}
         assert models["net_onnx"]["served"] == f"onnxruntime 1.20 {where}"
         assert models["mixed"]["served"] == ""   # an ensemble runs on Triton's own scheduler
@@ -397,7 +398,7 @@ def test_onnx_and_torchscript_through_the_python_backend(cli, tmp_path):
         assert result.code == 0, result
         (model,) = result.json()["models"]
         assert [(c["name"], c["passed"]) for c in model["checks"]] == [
-            ("metadata", True), ("infer", True), ("expect", True)]
+            ("metadata", True), ("infer", True), ("outputs", True), ("expect", True)]
         assert model["served"] == f"torch 2.13 {where}"
         status = cli("status", "dk-fw")
         assert status.code == 0 and f"served by torch 2.13 {where}" in status.out, status

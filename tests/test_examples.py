@@ -189,7 +189,8 @@ def test_readme_deploy_commands(built, example, label):
         served = SERVED[line.split()[2]]
         for model in report["models"]:
             checks = {c["name"]: c["passed"] for c in model["checks"]}
-            assert checks == {"metadata": True, "infer": True, "expect": True}, (line, model)
+            assert checks == {"metadata": True, "infer": True, "outputs": True,
+                              "expect": True}, (line, model)
             assert model["served"].startswith(served) and bool(model["served"]) == bool(
                 served), (line, model["model"], model["served"])
         assert report["teardown"]["found"] is True and report["teardown"]["removed"], report

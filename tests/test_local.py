@@ -59,7 +59,7 @@ def test_run_multi_model_repository_json(cli, tmp_path):
     models = {m["model"]: m for m in report["models"]}
     assert set(models) == {"add_sub", "pipeline", "scale", "text_len"}
     for model in models.values():
-        assert [c["name"] for c in model["checks"]] == ["metadata", "infer"]
+        assert [c["name"] for c in model["checks"]] == ["metadata", "infer", "outputs"]
         assert model["passed"]
     # BYTES in and out, dynamic dims: two generated strings of 17 bytes
     assert models["text_len"]["outputs"]["LENGTHS"]["first"] == [17, 17]
@@ -71,7 +71,7 @@ def test_run_multi_model_repository_json(cli, tmp_path):
     assert report["teardown"]["removed"][0]["kind"] == "process"
     assert tagged(report["deployment"]["id"]) == []
     suite = ET.parse(junit).getroot()
-    assert suite.get("failures") == "0" and int(suite.get("tests")) == 1 + 4 * 2 + 1
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 1 + 4 * 3 + 1
 
 
 def test_step_by_step_with_sample_and_expect(cli, tmp_path):
@@ -92,7 +92,8 @@ def test_step_by_step_with_sample_and_expect(cli, tmp_path):
     assert tested.code == 0, tested
     checks = tested.json()["models"][0]["checks"]
     assert [(c["name"], c["passed"]) for c in checks] == [
-        ("metadata", True), ("infer", True), ("expect", True)]
+        ("metadata", True), ("infer", True), ("outputs", True),
+        ("expect", True)]
 
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"OUTPUT0": [[0, 0, 0, 0]]}))

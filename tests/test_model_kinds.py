@@ -67,7 +67,7 @@ def test_a_stateful_model_runs_sequences(cli, tmp_path, request, target):
     (model,) = report["models"]
     assert model["steps"] == 3
     assert {c["name"]: c["passed"] for c in model["checks"]} == {
-        "metadata": True, "infer": True, "expect": True}
+        "metadata": True, "infer": True, "outputs": True, "expect": True}
     assert model["outputs"]["OUTPUT"]["first"] == [10]
     (load,) = report["test"]["load"]
     assert load["errors"] == {} and load["requests"] >= 30
@@ -110,7 +110,7 @@ def test_a_decoupled_model_streams(cli, tmp_path, request, target, how):
     report = result.json()
     (model,) = report["models"]
     assert {c["name"]: c["passed"] for c in model["checks"]} == {
-        "metadata": True, "stream": True, "expect": True}
+        "metadata": True, "stream": True, "outputs": True, "expect": True}
     assert model["responses"] == 5
     (load,) = report["test"]["load"]
     assert load["errors"] == {}
@@ -200,4 +200,5 @@ def test_files_keyed_by_more_models_than_are_tested(cli, tmp_path):
                  expect, "--json")
     assert result.code == 0, result
     (model,) = result.json()["models"]
-    assert [c["name"] for c in model["checks"] if c["passed"]] == ["metadata", "infer", "expect"]
+    assert [c["name"] for c in model["checks"] if c["passed"]] == ["metadata", "infer", "outputs",
+                                                                   "expect"]

@@ -101,7 +101,8 @@ def test_served_outputs_are_the_frameworks_own(cli, framework_repo, expected, ta
         report = result.json()
         checks = {m["model"]: {c["name"]: c["passed"] for c in m["checks"]}
                   for m in report["models"]}
-        assert checks == {m: {"metadata": True, "infer": True, "expect": True} for m in exact}
+        assert checks == {m: {"metadata": True, "infer": True, "outputs": True,
+                                "expect": True} for m in exact}
         by_model = {m["model"]: m["served"] for m in report["models"]}
         if "net_onnx" in by_model:
             assert by_model["net_onnx"].startswith(ONNX_SERVED), by_model
@@ -113,7 +114,7 @@ def test_served_outputs_are_the_frameworks_own(cli, framework_repo, expected, ta
             assert result.code == 0, result
             model = result.json()["models"][0]
             assert model["served"].startswith(TORCH_SERVED)
-            assert [c["passed"] for c in model["checks"]] == [True, True, True]
+            assert [c["passed"] for c in model["checks"]] == [True, True, True, True]
         status = cli("status", name)
         assert status.code == 0 and ("served by onnxruntime 1.20" in status.out), status
     finally:
