@@ -5,12 +5,68 @@ import io
 import json
 import os
 import re
+import threading
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 REPOS = Path(__file__).parent / "repos"
 EXAMPLES = Path(__file__).parent.parent / "examples"
+#: how long a test waits on a synchronisation point before failing (a hang, not a slow step)
+WAIT = 120.0
+
+
+def pytest_configure(config):
+    # a thread that dies of an exception fails the test it ran in, not only warns
+    config.addinivalue_line("filterwarnings",
+                            "error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+class Worker(threading.Thread):
+    """A test's worker thread: ``Worker(fn, *args).start()``; :meth:`result` joins it, re-raises
+    in the test what ``fn`` raised (an assertion too) and returns what it returned. A join that
+    times out fails the test."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str | None = None):
+        super().__init__(name=name or getattr(fn, "__name__", "worker"), daemon=True)
+        self._fn, self._args = fn, args
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result() in the test
+            self.error = exc
+
+    def result(self, timeout: float = WAIT) -> Any:
+        self.join(timeout)
+        if self.is_alive():
+            pytest.fail(f"thread {self.name} still running after {timeout:g} s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT,
+             every: float = 0.01) -> Any:
+    """Poll ``check`` until it returns something true, and return that; fails the test with
+    ``what`` when it is still false after ``timeout`` seconds."""
+    give_up = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > give_up:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+    return found
+
+
+def wait_event(event: threading.Event, what: str, timeout: float = WAIT) -> None:
+    """``event.wait`` that fails the test (in the main thread, or via :class:`Worker`) when
+    it times out."""
+    if not event.wait(timeout):
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

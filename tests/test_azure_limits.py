@@ -8,7 +8,6 @@ The slow model waits for a gate file the test creates: what the tests wait on is
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from azure_support import fake, run_cli  # noqa: F401 (fixtures)
+from conftest import Worker, wait_for
 from deployer import load
 from deployer.api import Deployer
 from deployer_plugins.azure import seam, spec
@@ -60,21 +60,19 @@ def _gated(tmp_path: Path) -> tuple[Path, Path]:
     return repo, gate
 
 
-def _open_on_429(log: Path, gate: Path, client, seen: dict) -> threading.Thread:
+def _open_on_429(log: Path, gate: Path, client) -> Worker:
     """Open the gate once the gateway has answered a 429 (its log says so); first ask for
-    readiness, which the throttle must let through while the queue is full."""
+    readiness, which the throttle must let through while the queue is full. The worker's
+    result is that readiness; it fails when no 429 comes."""
     def watch():
-        give_up = time.monotonic() + 120
-        while time.monotonic() < give_up:
-            if '" 429 ' in log.read_text(errors="replace"):
-                seen["ready"] = client.ready()
-                break
-            time.sleep(0.01)
-        gate.touch()
+        try:
+            wait_for("a 429 in the gateway's log",
+                     lambda: '" 429 ' in log.read_text(errors="replace"))
+            return client.ready()
+        finally:
+            gate.touch()
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    return Worker(watch)
 
 
 def test_twin_throttles_past_the_concurrency_and_times_out(tmp_path):
@@ -91,15 +89,15 @@ def test_twin_throttles_past_the_concurrency_and_times_out(tmp_path):
         # three at once on one slot: one at the model (held by the gate), one queued, one
         # refused with 429; the gate opens on that 429 and the other two are answered
         client = target.client(record)
-        seen: dict = {}
         log = Path(next(r.data["log"] for r in record.resources if r.kind == "endpoint"))
-        watcher = _open_on_429(log, gate, client, seen)
+        watcher = _open_on_429(log, gate, client)
+        watcher.start()
         result = load.run("gate", client.sender("gate", INPUTS), requests=9, concurrency=3,
                           warmup=0, max_windows=3)
-        watcher.join()
+        assert watcher.result() is True, "readiness was refused while the queue was full"
         client.close()
         assert set(result.errors) == {"http-429"} and result.errors["http-429"] >= 1
-        assert result.requests > result.error_count and seen == {"ready": True}
+        assert result.requests > result.error_count
 
         # an update in place with a 1 s timeout: a request the model holds gets 408
         gate.unlink()
@@ -209,15 +207,12 @@ def test_throttle_queue_rules():
     throttle = Throttle(1, None)
     assert throttle.enter(far) is None
     assert throttle.enter(time.monotonic()) == 408  # queued until its deadline, which passed
-    waited: list = []
-    second = threading.Thread(target=lambda: waited.append(throttle.enter(far)))
+    second = Worker(throttle.enter, far)
     second.start()
-    while not throttle.waiting:  # the second request is in the queue
-        time.sleep(0.001)
+    wait_for("the second request in the queue", lambda: throttle.waiting)
     assert throttle.enter(far) == 429  # the queue is full
     throttle.leave()
-    second.join()
-    assert waited == [None] and throttle.active == 1
+    assert second.result() is None and throttle.active == 1
 
     queued = Throttle(1, queue_ms=1)
     assert queued.enter(far) is None

@@ -27,16 +27,26 @@ HOLD = 60  # how long the relay holds the rest back when nobody reads the first 
 
 class Relay:
     """TCP between the gateway and Triton. The first answer's bytes after its first SSE event
-    are held until ``go`` is set (``cut``: the connection is closed there instead)."""
+    are held until ``go`` is set (``cut``: the connection is closed there instead). What its
+    threads raise is kept in ``failures`` for the test."""
 
     def __init__(self, upstream: str, cut: bool = False):
         self.upstream = urllib.parse.urlparse(upstream).netloc.rsplit(":", 1)
         self.cut, self.go = cut, threading.Event()
         self.log: list[str] = []
+        self.failures: list[BaseException] = []
         self.accepted = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread(self._accept)
+
+    def _thread(self, body, *args) -> None:
+        def run():
+            try:
+                body(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                self.failures.append(exc)
+        threading.Thread(target=run, daemon=True).start()
 
     def close(self) -> None:
         self.go.set()
@@ -49,12 +59,12 @@ class Relay:
             except OSError:
                 return
             self.accepted += 1
-            threading.Thread(target=self._pair, args=(client,), daemon=True).start()
+            self._thread(self._pair, client)
 
     def _pair(self, client: socket.socket) -> None:
         host, port = self.upstream
         upstream = socket.create_connection((host, int(port)))
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        self._thread(self._pump, client, upstream)
         held = b""
         try:
             while data := upstream.recv(65536):
@@ -70,7 +80,8 @@ class Relay:
                 self.log.append("relay passed the first event")
                 if self.cut:
                     return
-                self.go.wait(HOLD)
+                if not self.go.wait(HOLD):
+                    self.log.append(f"relay gave up after {HOLD} s waiting for the client")
                 self.log.append("relay passed the rest")
                 client.sendall(held[end + 2:])
         except OSError:
@@ -186,6 +197,7 @@ def test_generate_stream_passes_the_gateway_as_it_comes(cli):
             read_events(answer, seen.append)
         assert [e["OUT"] for e in seen] == [0]
         conn.close()
+        assert held.failures == [] and cut.failures == []
         # and the gateway serves on
         conn = connect()
         assert [e["OUT"] for e in read_events(ask(conn, ROUTE, {"N": 2}))] == [0, 1]

@@ -18,7 +18,7 @@ from deployer.triton import tagged
 from deployer.testing import TargetContract
 
 from conftest import (EXAMPLES, REPOS, crashing_repository, like_a_background_job,
-                      one_line_error, tensorrt_repository)
+                      one_line_error, tensorrt_repository, wait_for)
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -152,16 +152,18 @@ def test_kill_9_of_deploy_then_teardown_cleans(cli, tmp_path, delay):
     if isinstance(delay, float):
         time.sleep(delay)
     else:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def reached():
             try:
                 resources = json.loads(record.read_text())["resources"]
             except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                resources = []
-            if resources and (resources[0]["id"].isdigit() if delay == "spawned"
-                              else resources[0]["status"] == "created"):
-                break
-            time.sleep(0.01)
+                return False
+            return bool(resources) and (resources[0]["id"].isdigit() if delay == "spawned"
+                                        else resources[0]["status"] == "created")
+        try:
+            wait_for(f"the deploy to record its server as {delay}", reached)
+        except BaseException:
+            proc.kill()
+            raise
     proc.kill()
     proc.wait()
     torn = cli("teardown", "k9")
@@ -176,10 +178,12 @@ def test_ctrl_c_during_deploy_is_recorded(cli, tmp_path):
     shutil.copytree(REPOS / "add_sub", repo)
     proc = _deploy_process(repo, "intr", state)
     record = state / "deployments" / "intr.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (
-            record.exists() and '"creating"' in record.read_text()):
-        time.sleep(0.01)
+    try:
+        wait_for("the deploy to record a resource being created",
+                 lambda: record.exists() and '"creating"' in record.read_text())
+    except BaseException:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

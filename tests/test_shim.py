@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, tensorrt_repository
+from conftest import Worker, one_line_error, tensorrt_repository
 
 pytestmark = pytest.mark.usefixtures("tritonserver")
 
@@ -128,7 +128,6 @@ def test_a_batch_of_requests_runs_once_and_each_gets_its_own_rows(cli, framework
     """Dynamic batching hands the shim several requests at once: they run as one batch and
     each answer is that request's rows. Triton is told to wait for 8 rows (the 4 requests'
     1 + 2 + 2 + 3, or 30 s), so the batch forms whatever the machine's speed."""
-    import threading
     import urllib.request
 
     import numpy as np
@@ -148,26 +147,20 @@ def test_a_batch_of_requests_runs_once_and_each_gets_its_own_rows(cli, framework
     sizes = (1, 2, 2, 3)
     rows = [np.random.default_rng(i).normal(size=(n, 4)).astype(np.float32)
             for i, n in enumerate(sizes)]
-    answers, failures = {}, []
 
     def send(i):
         client = KServeClient(endpoint["url"])
         try:
-            answers[i] = client.infer("net_pt", {
+            return client.infer("net_pt", {
                 "INPUT__0": rows[i], "INPUT__1": np.zeros((sizes[i], 3), np.float32)})
-        except Exception as exc:   # handed to the main thread
-            failures.append(exc)
         finally:
             client.close()
 
     try:
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        threads = [Worker(send, i) for i in range(4)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join(120)
-        assert not failures, failures
-        assert not any(t.is_alive() for t in threads), "a request never came back"
+        answers = [thread.result() for thread in threads]  # a failure in one is raised here
         metrics = urllib.request.urlopen(endpoint["metrics"], timeout=10).read().decode()
     finally:
         assert cli("teardown", "batched").code == 0
