@@ -80,15 +80,26 @@ class TargetContract:
         assert sorted(set(before) - set(after)) == [], "plan removed files"
 
     def test_deploy_test_teardown(self, deployer, target_name, target_options, repository):
+        """Deploy, test and tear down; ``exists`` sees every resource before the teardown and
+        none after it, and the test step sent each model at least one inference."""
         deployment = deployer.deploy(repository, target_name, "contract-e2e", target_options)
         assert deployment.status == "ready" and deployment.resources
         assert all(r.status == "created" for r in deployment.resources)
         assert deployer.status("contract-e2e")["live"] is True
+        impl = self._impl(deployer, target_name, target_options)
+        for resource in deployment.resources:  # else "none left behind" below proves nothing
+            assert impl.exists(resource, deployment), f"exists does not see {resource.kind}"
         report = deployer.test("contract-e2e")
         assert report.passed, report.to_dict()
+        assert report.models, "the test step tested no model"
+        for result in report.models:
+            sent = [c for c in result.checks if c.name in ("infer", "stream")]
+            assert sent and all(c.passed for c in sent), \
+                f"{result.model}: no inference passed: {report.to_dict()}"
         torn = deployer.teardown("contract-e2e")
-        assert torn.found and torn.removed
-        impl = self._impl(deployer, target_name, target_options)
+        assert torn.found and not torn.failed
+        handled = {(r["kind"], r["id"]) for r in torn.removed + torn.already_gone}
+        assert handled == {(r.kind, r.id) for r in deployment.resources}, torn
         for resource in deployment.resources:
             assert not impl.exists(resource, deployment), f"{resource.kind} left behind"
         again = deployer.teardown("contract-e2e")
@@ -109,8 +120,11 @@ class TargetContract:
                 deployer.deploy(repository, target_name, "contract-int", target_options)
         stored = deployer.store.load("contract-int")
         assert stored.status == "failed" and stored.resources
-        deployer.teardown("contract-int")
         impl = self._impl(deployer, target_name, target_options)
+        if when == "created":  # the resource it was creating is there to be torn down
+            made = [r for r in stored.resources if r.status == "created"]
+            assert made and all(impl.exists(r, stored) for r in made), stored.resources
+        deployer.teardown("contract-int")
         for resource in stored.resources:
             assert not impl.exists(resource, stored), f"{resource.kind} left behind"
         assert not deployer.store.exists("contract-int")
@@ -147,7 +161,7 @@ class FakeWorld:
 
 
 class FakeClient(EndpointClient):
-    """Answers from the repository's config: outputs are ``sum of inputs`` broadcast."""
+    """Answers from the repository's config: every declared output, zeros."""
 
     def __init__(self, world: FakeWorld, deployment_id: str, models: dict[str, Any],
                  max_concurrent: int | None = None):
@@ -181,7 +195,10 @@ class FakeClient(EndpointClient):
                 self.in_flight -= 1
 
     def _answer(self, model, inputs):
+        """Every declared output, of its declared datatype, zeros (``b"fake"`` for BYTES)."""
         import numpy as np
+
+        from .samples import NUMPY_DTYPES
 
         meta = self.metadata(model)
         batch = next(iter(inputs.values())).shape[0] if inputs else 1
@@ -190,7 +207,7 @@ class FakeClient(EndpointClient):
             shape = [batch if d == -1 else d for d in out["shape"]]
             outputs[out["name"]] = (np.full(shape, b"fake", dtype=object)
                                     if out["datatype"] == "BYTES"
-                                    else np.zeros(shape, dtype=np.float32))
+                                    else np.zeros(shape, dtype=NUMPY_DTYPES[out["datatype"]]))
         return outputs
 
 

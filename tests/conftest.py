@@ -62,13 +62,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT,
     return found
 
 
-def wait_event(event: threading.Event, what: str, timeout: float = WAIT) -> None:
-    """``event.wait`` that fails the test (in the main thread, or via :class:`Worker`) when
-    it times out."""
-    if not event.wait(timeout):
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-
-
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path, monkeypatch):
     """Every test gets its own state directory; the runtime cache is shared (it is costly)."""
