@@ -46,7 +46,8 @@ class Fault:
 class FaultProxy:
     """``FaultProxy(upstream_url)``; ``seen[operation]`` counts every request by operation
     (``SageMaker.CreateEndpoint``, ``iam.GetRole``, or ``PUT /bucket/key`` for S3), failed or
-    forwarded."""
+    forwarded. ``errors`` lists what went wrong in the proxy itself (answered 502): a test
+    that uses it checks it is empty."""
 
     def __init__(self, upstream: str):
         parsed = urllib.parse.urlparse(upstream)
@@ -77,10 +78,9 @@ class FaultProxy:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def handle_one(self):
-                body = self._body()
                 try:
                     status, headers, answer = proxy.answer(self.command, self.path,
-                                                           self.headers, body)
+                                                           self.headers, self._body())
                 except Exception as exc:  # noqa: BLE001 - shown by the test that uses it
                     proxy.errors.append(f"{self.command} {self.path}: {exc!r}")
                     status, headers, answer = 502, {}, repr(exc).encode()
@@ -191,3 +191,4 @@ class FaultProxy:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the fault proxy did not stop"
