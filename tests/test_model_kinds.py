@@ -5,6 +5,7 @@ are tests/repos/acc, stream and versions."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -117,7 +118,8 @@ def test_a_decoupled_model_streams(cli, tmp_path, request, target, how):
     stream = load["stream"]
     assert stream["responses"] == 5 * load["requests"]
     assert stream["first_ms"]["p50"] <= stream["first_ms"]["p99"]
-    assert stream["between_ms"]["p50"] == stream["between_ms"]["p50"]  # not NaN: 4 gaps each
+    # measured (NaN when no gap was): 4 gaps in each stream
+    assert all(math.isfinite(v) for v in stream["between_ms"].values()), stream
 
 
 def test_a_decoupled_model_is_refused_where_it_cannot_stream(cli):
