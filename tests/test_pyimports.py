@@ -395,7 +395,8 @@ def test_execution_env_on_the_embedded_server(managed, tmp_path, python):
         pytest.skip(f"no runtime for Python {python} here: {exc}")
     site = sorted(Path(server.root).glob("lib/python3*/site-packages"))[0]
     build_env(folder / "env.tar.gz", python, numpy_from=site, interpreter=server.interpreter)
-    assert pyimports.check(Repository.load(tmp_path / "repo"), python, image.where)
+    checked = pyimports.check(Repository.load(tmp_path / "repo"), python, image.where)
+    assert list(checked) == ["tiny"] and checked["tiny"].python == python, checked
     url, tag = serve(server, tmp_path / "repo", tmp_path / "work", image)
     try:
         assert add_sub(url, "tiny")["OUTPUT0"].tolist() == [[3.0, 5.0, 7.0, 9.0]]
