@@ -107,7 +107,9 @@ class _Endpoint:
 
 
 class RuntimeEmulator:
-    """``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` for tests. Uses boto3 with the process's env."""
+    """``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` for tests. Uses boto3 with the process's env.
+    What goes wrong in the emulator itself (not in what it serves) is kept in ``faults``;
+    :meth:`close` fails when there is any."""
 
     def __init__(self):
         self.work = Path(tempfile.mkdtemp(prefix="sm-runtime-"))
@@ -115,6 +117,7 @@ class RuntimeEmulator:
         self.lock = threading.Lock()
         self.invocations = 0
         self.not_ready_answers = 0
+        self.faults: list[str] = []
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -266,7 +269,8 @@ class RuntimeEmulator:
                                    OriginalMessage=answer.decode("utf-8", "replace"))
             return 200, {"Content-Type": answer_headers.get("Content-Type",
                                                             "application/json")}, answer
-        except Exception as exc:  # noqa: BLE001 - a bug here shows up in the test
+        except Exception as exc:  # noqa: BLE001 - a bug here fails the test (close)
+            self.faults.append(f"invoke {name}: {exc!r}")
             return self._error(500, "InternalFailure", f"emulator: {exc}")
 
     def _reaper(self) -> None:
@@ -276,8 +280,13 @@ class RuntimeEmulator:
                     sm, _ = self._clients()
                     sm.describe_endpoint(EndpointName=name)
                 except Exception as exc:  # noqa: BLE001
-                    if "Could not find endpoint" in str(exc):
+                    if "Could not find endpoint" not in str(exc):
+                        self.faults.append(f"reaper, describing {name}: {exc!r}")
+                        continue
+                    try:
                         self._drop(name)
+                    except Exception as exc:  # noqa: BLE001 - kept for close()
+                        self.faults.append(f"reaper, stopping {name}: {exc!r}")
 
     def _drop(self, name: str) -> None:
         with self.lock:
@@ -295,6 +304,7 @@ class RuntimeEmulator:
             self._drop(name)
         self.httpd.shutdown()
         shutil.rmtree(self.work, ignore_errors=True)
+        assert not self.faults, f"the runtime emulator failed: {self.faults}"
 
 
 def leftovers(bucket: str) -> dict[str, list[str]]:
