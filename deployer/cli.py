@@ -531,11 +531,24 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every expected error becomes one line on stderr and its exit code."""
+    """Entry point: every expected error becomes one line on stderr and its exit code.
+
+    SIGTERM and SIGINT stop the command cleanly while it runs; the handlers the process had
+    come back when it returns (a caller in the same process, e.g. a test, keeps its own)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _terminate)
     # a shell starts background jobs with SIGINT ignored; Ctrl-C/SIGINT must still stop us
     # cleanly (what was created is recorded, run and compare tear down)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:   # None: not installed from Python, nothing to restore
+                signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="deployer", standalone_mode=False)

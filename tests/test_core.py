@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -364,6 +365,14 @@ def _reserve(args):
         return "won"
     except AlreadyDeployed:
         return "lost"
+
+
+def test_the_cli_gives_back_the_signal_handlers(cli):
+    """An in-process CLI call (as every test makes) restores the handlers it replaced: a
+    process forked after it (a multiprocessing pool) must still die on SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert cli("list", "--json").code == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_two_processes_cannot_take_one_name(tmp_path):

@@ -652,7 +652,9 @@ def test_shared_add_sub_copies_are_identical():
 
 
 def test_shared_models_import_only_numpy_and_the_backend_utils():
-    sources = sorted(REPOS.glob("*/*/*/model.py"))
+    # (tests/repos/pyimports imports what a cloud image lacks on purpose: its tests say so)
+    sources = sorted(p for p in REPOS.glob("*/*/*/model.py")
+                     if p.relative_to(REPOS).parts[0] != "pyimports")
     assert len(sources) >= 8, sources   # add_sub, multi's three, acc, stream, twice 1 and 2
     for source in sources:
         imported = set()
