@@ -45,8 +45,10 @@ def emulator(moto_url, tritonserver):
 @pytest.fixture
 def aws(moto_url, emulator):
     """Fake credentials and region, every AWS endpoint local, and a fresh bucket."""
+    emulator.faults.clear()
     with aws_environment(moto_url, emulator.url) as env:
         yield env
+    assert emulator.faults == [], "the runtime emulator failed during this test"
 
 
 @pytest.fixture
