@@ -161,7 +161,11 @@ class FakeWorld:
 
 
 class FakeClient(EndpointClient):
-    """Answers from the repository's config: every declared output, zeros."""
+    """Answers from the repository's config: every declared output, zeros. It serves no
+    metadata: made from the config, it would only compare the config with itself."""
+
+    serves_metadata = False
+    no_metadata = "the fake target serves no model metadata (it answers from the config)"
 
     def __init__(self, world: FakeWorld, deployment_id: str, models: dict[str, Any],
                  max_concurrent: int | None = None):
@@ -176,6 +180,9 @@ class FakeClient(EndpointClient):
         return self._up()
 
     def metadata(self, model: str) -> dict[str, Any]:
+        raise EndpointError(f"metadata of {model}: {self.no_metadata}", kind="unsupported")
+
+    def _declared(self, model: str) -> dict[str, Any]:
         if not self._up() or model not in self.models:
             raise EndpointError(f"model {model} not found", kind="http-404")
         return self.models[model]
@@ -200,7 +207,7 @@ class FakeClient(EndpointClient):
 
         from .samples import NUMPY_DTYPES
 
-        meta = self.metadata(model)
+        meta = self._declared(model)
         batch = next(iter(inputs.values())).shape[0] if inputs else 1
         outputs = {}
         for out in meta["outputs"]:
