@@ -25,6 +25,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
+import pytest
+
 #: headers that belong to one hop, not to the message
 HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer",
        "upgrade", "content-length"}
@@ -192,3 +194,11 @@ class FaultProxy:
         self.httpd.server_close()
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), "the fault proxy did not stop"
+
+
+@pytest.fixture(scope="module")
+def proxy(moto_url):
+    """A FaultProxy in front of moto for one test module (import it with ``moto_url``)."""
+    proxy = FaultProxy(moto_url)
+    yield proxy
+    proxy.close()

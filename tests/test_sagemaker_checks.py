@@ -12,7 +12,7 @@ import pytest
 
 from deployer.api import Deployer
 
-from aws_faults import FaultProxy
+from aws_faults import proxy  # noqa: F401 - a fixture
 from conftest import REPOS, one_line_error
 from sagemaker_support import ROLE, SAGEMAKER_TRUST, aws_environment, leftovers, make_role
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
@@ -25,13 +25,6 @@ CALLER = f"arn:aws:sts::{ACCOUNT}:assumed-role/Deployer/ci"
 EC2_TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
     "Action": "sts:AssumeRole"}]}
-
-
-@pytest.fixture(scope="module")
-def proxy(moto_url):
-    proxy = FaultProxy(moto_url)
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from deployer.api import Deployer
 from deployer.plugins import load, parse_options
 
-from aws_faults import FaultProxy
+from aws_faults import proxy  # noqa: F401 - a fixture
 from conftest import REPOS, one_line_error
 from sagemaker_support import ROLE, aws_environment, leftovers
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
@@ -35,13 +35,6 @@ PASS_ROLE = (f"User: {CALLER} is not authorized to perform: iam:PassRole on reso
              "because no identity-based policy allows the iam:PassRole action")
 REDIRECT = ("The bucket you are attempting to access must be addressed using the specified "
             "endpoint. Please send all future requests to this endpoint.")
-
-
-@pytest.fixture(scope="module")
-def proxy(moto_url):
-    proxy = FaultProxy(moto_url)
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture
