@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .errors import ValidationError
+from .shim import PARAM_FRAMEWORK
 
 if TYPE_CHECKING:
     from .repository import Model, Repository
@@ -58,9 +59,9 @@ STDLIB_CHANGES: dict[tuple[int, int], tuple[frozenset[str], frozenset[str]]] = {
         "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau", "telnetlib", "uu",
         "xdrlib", "lib2to3"})),
 }
-#: the shim's marker in a staged config (deployer/shim.py): such a model is no Python model in
-#: the cloud, where its own backend serves it
-SHIM_PARAMETER = "deployer_shim_framework"
+#: the shim's marker in a staged config: such a model is no Python model in the cloud, where
+#: its own backend serves it
+SHIM_PARAMETER = PARAM_FRAMEWORK
 
 
 @dataclasses.dataclass(frozen=True)
