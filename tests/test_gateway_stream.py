@@ -76,8 +76,9 @@ class Relay:
                 end = held.find(b"\n\n", start) if start >= 0 else -1
                 if end < 0:
                     continue
-                client.sendall(held[:end + 2])
+                # logged before it is sent: the client cannot read it before the log says so
                 self.log.append("relay passed the first event")
+                client.sendall(held[:end + 2])
                 if self.cut:
                     return
                 if not self.go.wait(HOLD):
