@@ -319,8 +319,11 @@ class FakeVertex(seam.Seam):
                                                 log_name=log.name)
         except DeployFailed as exc:
             triton.stop(tag, STOP_GRACE)
-            if not log.exists() or not log.read_text().strip():
-                log.write_text(f"{exc.message}\n")
+            # on Vertex the container prints why it stops (Triton's own message) last
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if exc.message not in text:
+                with open(log, "a") as handle:
+                    handle.write(f"E0000 00:00:00 vertex_ai_server: {exc.message}\n")
             return operation(error=exceptions.FailedPrecondition(
                 f"Model server never became ready: {exc.message}"))
         endpoint.deployed[number] = _Deployed(number, model_name, display_name, tag,
