@@ -1,0 +1,299 @@
+"""The rehearsal's stand-in for one Vertex AI endpoint: Vertex's prediction service, and
+Triton's Vertex frontend in each deployed model's container, in front of Triton's KServe port.
+
+Run as ``python -m deployer_plugins.vertex.gateway --project P --region R --tokens F --routes F
+--port-file F``. The token never appears on the command line.
+
+Vertex's side: the one route is ``/v1/projects/P/locations/R/endpoints/ID:rawPredict``. A
+request without ``Authorization: Bearer <token>`` naming the token file's token, before its
+expiry, gets 401 (Google's error body, UNAUTHENTICATED); then any other path, project, region
+or endpoint id gets 404 (NOT_FOUND). The traffic split picks the deployed model by weight
+(400 FAILED_PRECONDITION when none holds traffic). The body and Content-Type go on to the
+container's predict route; the method passes as sent, so the frontend's 405 can be seen.
+``GET /-/gateway`` answers 200 without auth: how the deployer waits for the gateway (no Vertex
+route); ``GET /-/gateway/health/DEPLOYED_ID`` is the container's health route (AIP_HEALTH_ROUTE,
+what Vertex's health checks call: Triton's server health "ready").
+
+The container's side, as Triton's Vertex frontend handles its predict route (server
+``src/vertex_ai_server.cc``, ``VertexAiAPIServer::Handle``; :func:`frontend`):
+
+- no ``X-Vertex-Ai-Triton-Redirect`` header: inference on the default model (POST only: 405);
+- with it, "/" + its value is a Triton path, and the method must be POST (405, empty body);
+  the method is switched to GET for model metadata (``/v2/models/NAME[/versions/V]``),
+  ``/ready``, ``/config``, ``/stats``, ``/v2/models/stats``, ``/v2``, ``/v2/health/live|ready``
+  and ``/metrics``; ``/infer``, the repository and shared-memory routes stay POST (a
+  shared-memory ``status``: GET); anything else: 400, empty body;
+- an inference body is binary when the Content-Type starts with
+  ``application/vnd.vertex-ai-triton.binary+json;json-header-size=N``: the first N bytes are
+  the JSON header (Triton's ``Inference-Header-Content-Length``); without it the whole body is
+  JSON (a client's own ``Inference-Header-Content-Length`` is ignored, as there).
+
+The token file holds one ``TOKEN EXPIRY`` a line (:func:`..azure.gateway.parse_keys`); it and
+the routes file (:func:`.serving.update_routes`) are read again whenever they change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import http.client
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ..azure.gateway import _Watched, parse_keys
+
+HEALTH_PATH = "/-/gateway"
+CONTAINER_HEALTH = HEALTH_PATH + "/health/"
+REDIRECT_HEADER = "X-Vertex-Ai-Triton-Redirect"
+BINARY_TYPE = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
+#: seconds an upstream request may take
+UPSTREAM_TIMEOUT = 180.0
+
+_RAW_PREDICT = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):rawPredict$")
+# Triton's own route patterns (src/http_server.cc), matched in full against "/" + the header
+_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([0-9]+))?"
+                    r"(?:/(infer|generate|generate_stream|ready|config|stats|trace/setting))?")
+_SERVER = re.compile(r"/v2(?:/health/(live|ready))?")
+_SHM = re.compile(r"/v2/(system|cuda)sharedmemory(?:/region/([^/]+))?/(status|register|"
+                  r"unregister)")
+_CONTROL = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+#: what the container never receives from the client
+_DROPPED = _HOP | {"authorization", REDIRECT_HEADER.lower(), "inference-header-content-length",
+                   "content-encoding", "accept-encoding", "content-type"}
+
+
+def frontend(method: str, redirect: str | None, default_model: str
+             ) -> tuple[str, str, bool] | int:
+    """Where Triton's Vertex frontend sends a request on its predict route: (method, KServe
+    path, whether it is an inference) or the status it answers at once (405, 400)."""
+    quote = urllib.parse.quote
+    if redirect is None:
+        if method != "POST":
+            return 405
+        return "POST", f"/v2/models/{quote(default_model)}/infer", True
+    if method != "POST":
+        return 405
+    path = "/" + redirect
+    if path == "/metrics":
+        return "GET", "/metrics", False
+    if path == "/v2/models/stats":
+        return "GET", path, False
+    found = _MODEL.fullmatch(path)
+    if found:
+        name, version, kind = found.groups()
+        base = f"/v2/models/{quote(name)}" + (f"/versions/{version}" if version else "")
+        if kind == "infer":
+            return "POST", base + "/infer", True
+        if kind in ("ready", "config", "stats"):
+            return "GET", f"{base}/{kind}", False
+        if kind is None:
+            return "GET", base, False
+    if _SERVER.fullmatch(path):
+        return "GET", path, False
+    found = _SHM.fullmatch(path)
+    if found:
+        return ("GET" if found.group(3) == "status" else "POST"), path, False
+    if _CONTROL.fullmatch(path):
+        return "POST", path, False
+    return 400
+
+
+def binary_header(content_type: str | None, length: int) -> tuple[int | None, str | None]:
+    """(Triton's Inference-Header-Content-Length or None for an all-JSON body, or the error
+    Triton's ``GetInferenceHeaderLength`` answers with 400)."""
+    if not content_type or BINARY_TYPE not in content_type:
+        return None, None
+    if not content_type.startswith(BINARY_TYPE):
+        return None, (f"expect MIME type for binary data starts with '{BINARY_TYPE}', got: "
+                      f"{content_type}")
+    given = content_type[len(BINARY_TYPE):]
+    digits = re.match(r"\s*[+-]?\d+", given)  # atoi: the leading number, 0 when none
+    value = int(digits.group(0)) if digits else 0
+    if value < 0 or value > length:
+        return None, f"inference header size should be in range (0, {length}), got: {given}"
+    return value, None
+
+
+def google_error(code: int, status: str, message: str) -> bytes:
+    """A Google API error body."""
+    return json.dumps({"error": {"code": code, "message": message, "status": status}}).encode()
+
+
+class Gateway(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, project: str, region: str, tokens_file: Path,
+                 routes_file: Path):
+        super().__init__(address, Handler)
+        self.project, self.region = project, region
+        self.tokens = _Watched(tokens_file, parse_keys)
+        self.routes = _Watched(routes_file, json.loads)
+        self.local = threading.local()
+
+    def upstream(self, base: str) -> http.client.HTTPConnection:
+        """This thread's keep-alive connection to ``base``."""
+        pool = self.local.__dict__.setdefault("pool", {})
+        if base not in pool:
+            parsed = urllib.parse.urlparse(base)
+            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=UPSTREAM_TIMEOUT)
+        return pool[base]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: Gateway
+
+    def log_message(self, fmt, *args):  # one line per request on the gateway's log
+        sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
+
+    def _send(self, status: int, body: bytes = b"", kind: str = "application/json",
+              extra: dict | None = None) -> None:
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self, again: bool = False) -> bool:
+        given, now = self.headers.get("Authorization", "").encode(), time.time()
+        return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
+                   and (expiry is None or now < expiry)
+                   for secret, expiry in self.server.tokens.get(again) or [])
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        path = urllib.parse.urlsplit(self.path).path
+        routes = self.server.routes.get() or {}
+        if path == HEALTH_PATH and self.command == "GET":
+            return self._send(200, b'{"message": "gateway up"}')
+        if path.startswith(CONTAINER_HEALTH) and self.command == "GET":
+            deployed = (routes.get("deployed") or {}).get(path[len(CONTAINER_HEALTH):])
+            if deployed is None:
+                return self._send(404, google_error(404, "NOT_FOUND", "no such deployed model"))
+            return self._forward(deployed["url"], "GET", "/v2/health/ready", b"", {})
+        if not (self._authorized() or self._authorized(again=True)):
+            return self._send(401, google_error(
+                401, "UNAUTHENTICATED", "Request had invalid authentication credentials. "
+                "Expected OAuth 2 access token, login cookie or other valid authentication "
+                "credential."), extra={"WWW-Authenticate": 'Bearer realm="https://accounts.'
+                                                           'google.com/"'})
+        found = _RAW_PREDICT.match(path)
+        endpoint = str(routes.get("endpoint"))
+        if not found:
+            return self._send(404, google_error(404, "NOT_FOUND", f"The requested URL {path} "
+                                                "was not found on this server."))
+        project, region, endpoint_id = found.groups()
+        if (project, region, endpoint_id) != (self.server.project, self.server.region,
+                                              endpoint):
+            return self._send(404, google_error(
+                404, "NOT_FOUND", f'Endpoint "projects/{project}/locations/{region}/'
+                f'endpoints/{endpoint_id}" not found.'))
+        deployed = self._pick(routes)
+        if deployed is None:
+            return self._send(400, google_error(
+                400, "FAILED_PRECONDITION", f'Endpoint "projects/{project}/locations/{region}/'
+                f'endpoints/{endpoint_id}" has no deployed model holding traffic.'))
+        self._container(deployed, body)
+
+    @staticmethod
+    def _pick(routes: dict) -> dict | None:
+        """The deployed model the traffic split sends this request to."""
+        deployed = routes.get("deployed") or {}
+        weights = {d: w for d, w in (routes.get("traffic") or {}).items()
+                   if w > 0 and d in deployed}
+        if not weights:
+            return None
+        return deployed[random.choices(list(weights), weights=list(weights.values()))[0]]
+
+    def _container(self, deployed: dict, body: bytes) -> None:
+        """What Triton's Vertex frontend does with the request on its predict route."""
+        routed = frontend(self.command, self.headers.get(REDIRECT_HEADER),
+                          deployed.get("default_model") or "")
+        if isinstance(routed, int):
+            return self._send(routed)
+        method, target, infer = routed
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _DROPPED}
+        if infer:
+            size, error = binary_header(self.headers.get("Content-Type"), len(body))
+            if error:
+                return self._send(400, json.dumps({"error": error}).encode())
+            headers["Content-Type"] = "application/json"
+            if size is not None:
+                headers["Content-Type"] = "application/octet-stream"
+                headers["Inference-Header-Content-Length"] = str(size)
+        elif method == "POST":
+            headers["Content-Type"] = self.headers.get("Content-Type") or "application/json"
+        else:
+            body = b""  # a GET handler reads no body
+        self._forward(deployed["url"], method, target, body, headers)
+
+    def _forward(self, upstream: str, method: str, target: str, body: bytes,
+                 headers: dict) -> None:
+        headers["Content-Length"] = str(len(body))
+        for attempt in (1, 2):  # a kept-alive upstream connection may have been closed
+            conn = self.server.upstream(upstream)
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                answer = conn.getresponse()
+                payload = answer.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt == 2:
+                    return self._send(503, google_error(
+                        503, "UNAVAILABLE", f"the deployed model's container did not "
+                        f"answer: {exc}"))
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in _HOP:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--tokens", type=Path, required=True)
+    parser.add_argument("--routes", type=Path, required=True)
+    parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    args = parser.parse_args(argv)
+    server = Gateway((args.host, args.port), args.project, args.region, args.tokens, args.routes)
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.server_address[1]))
+        os.replace(tmp, args.port_file)
+    sys.stderr.write(f"gateway listening on {args.host}:{server.server_address[1]}\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
