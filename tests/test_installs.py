@@ -40,7 +40,7 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
 #: the GPU image of the default instance type (ml.g4dn.xlarge), from an SDK's image map
 TRITON_IMAGE = re.compile(
     r"^763104351884\.dkr\.ecr\.us-east-1\.amazonaws\.com/sagemaker-tritonserver:\d+\.\d+-py3$")
-CLOUDS = ("docker", "sagemaker", "azure")  # the built-in targets that need an extra
+CLOUDS = ("docker", "sagemaker", "azure", "vertex")  # the built-in targets that need an extra
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 
@@ -174,6 +174,7 @@ def _specs(runner: str) -> list[Spec]:
               Spec("sagemaker", runner, ("-e", ".[sagemaker]"), ("sagemaker",),
                    "sagemaker-core 2"),
               Spec("azure", runner, ("-e", ".[azure]"), ("azure",)),
+              Spec("vertex", runner, ("-e", ".[vertex]"), ("vertex",)),
               Spec("all", runner, ("-e", ".[all]"), CLOUDS, "sagemaker-core 2"),
               # pip install 'sagemaker<3' 'triton-deployer[sagemaker]'
               Spec("sagemaker-beside-sdk-v2", runner, ("sagemaker<3", "-e", ".[sagemaker]"),
@@ -290,7 +291,7 @@ def _builtin_targets() -> set[str]:
 # -- the tests ----------------------------------------------------------------------------
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("name", ["base", "docker", "sagemaker", "azure", "all",
+@pytest.mark.parametrize("name", ["base", "docker", "sagemaker", "azure", "vertex", "all",
                                   "sagemaker-beside-sdk-v2"])
 def test_every_install_the_readme_names(installs, name, tmp_path):
     """``deployer targets`` lists every built-in target (an unusable one with what to install);
@@ -323,7 +324,7 @@ def test_every_install_the_readme_names(installs, name, tmp_path):
 
     quickstart_passes(install, state)
     if name in ("base", "all"):  # the twins rehearse with and without the clouds' SDKs
-        for cloud in ("sagemaker", "azure"):
+        for cloud in ("sagemaker", "azure", "vertex"):
             done = deployer(install, "rehearse", "examples/add_sub/models", "-t", cloud,
                             state=state, timeout=600)
             assert done.returncode == 0 and "rehearse PASSED" in done.stdout + done.stderr, done

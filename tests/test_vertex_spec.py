@@ -64,8 +64,11 @@ def test_image_refusals(add_sub):
     assert "docker.pkg.dev" in err.hint
     # the twin refuses the same images: it catches what Vertex would refuse
     refusal(add_sub, cloud=False, image="nvcr.io/nvidia/tritonserver:24.09-py3")
-    err = refusal(add_sub, image=None)
-    assert "-o image=" in err.hint
+    # no image: plan says how to copy NVIDIA's there, and deploy refuses before any call
+    spec.check_settings(settings(image=None), add_sub, cloud=True)
+    with pytest.raises(ValidationError) as refused:
+        spec.require_image(settings(image=None))
+    assert "-o image=" in refused.value.hint and "deployer plan" in refused.value.hint
     for good in ("europe-docker.pkg.dev/p/r/tritonserver@sha256:" + "a" * 64,
                  "gcr.io/p/tritonserver:24.09-py3", "eu.gcr.io/p/triton"):
         spec.check_settings(settings(image=good), add_sub, cloud=True)

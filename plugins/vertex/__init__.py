@@ -1,11 +1,415 @@
 """Target ``vertex``: a Vertex AI endpoint serving the repository with NVIDIA's Triton image
-(a custom container), and its rehearsal ``vertex-twin``."""
+(a custom container), and its rehearsal ``vertex-twin`` (:mod:`.twin`).
+
+Deploy creates, in order: the artefact (the repository under ``gs://BUCKET/PREFIX/<digest>/``,
+content addressed: an unchanged repository uploads nothing), the Vertex ``Model`` (its
+``artifact_uri`` and a container spec naming the image), the ``Endpoint``, and the deployed
+model (machine, accelerator, replicas) with all the traffic. Teardown undoes them newest first:
+undeploy, delete the endpoint, delete the model, delete the objects unless another recorded
+deployment still uses them. ``deploy --update`` deploys the new model beside the old one with
+no traffic, moves the traffic, checks every model answers, and only then undeploys the old one
+(on failure the traffic goes back and the new one is removed).
+
+Both targets run the same steps (:class:`Steps`) over a backend with the seam's contract
+(:mod:`.seam` for the cloud, :class:`.twin.LocalVertex` here) and an artefact store
+(:class:`.storage.Storage` on Cloud Storage, a folder here). google-cloud-* are imported only
+inside the seam and the store.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Callable
+
 from deployer import hookimpl
+from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
+                             UsageError)
+from deployer.target import Target
+
+from . import spec, storage
+
+#: container log lines shown with a failed deploy
+LOG_LINES = 30
+
+
+class Steps:
+    """deploy, update and teardown over ``self._backend()`` (the seam's public methods) and
+    ``self._store()`` (upload / delete / exists / users of an artefact uri)."""
+
+    settings: Any
+    progress: Callable[[str], None]
+    cloud = True
+
+    # -- what a subclass provides ------------------------------------------------------------
+    def _backend(self):
+        raise NotImplementedError
+
+    def _store(self):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _calls(self, name: str, stage: str = "create", hint: str | None = None):
+        yield
+
+    # -- the shared steps --------------------------------------------------------------------
+    def _layout(self, repository):
+        lay = storage.layout(repository)
+        return lay, storage.artefact_uri(self._bucket(), self.settings.prefix, lay.digest)
+
+    def _bucket(self) -> str:
+        return self.settings.bucket or "rehearsal"
+
+    def _upload(self, repository, context, old: list | None = None):
+        """The artefact: recorded, then uploaded (only what is missing). Returns its uri."""
+        lay, uri = self._layout(repository)
+        if old and any(r.id == uri for r in old):
+            self.progress(f"  artefact {uri} unchanged")
+            return uri
+        self.progress(f"  uploading the repository to {uri} ({lay.size:,} bytes)")
+        resource = context.record("artefact", uri, uri=uri, digest=lay.digest)
+        objects, sent = self._store().upload(lay, uri, self.progress)
+        if not sent and not objects:
+            self.progress("  every object was there already: 0 bytes sent")
+        context.created(resource, objects_sent=objects, bytes_sent=sent)
+        return uri
+
+    def _model(self, repository, context, name: str, uri: str, labels: dict):
+        container = spec.container_spec(self.settings, repository)
+        self.progress(f"  uploading model {name} (image {container['image_uri']})")
+        resource = context.record("model", name, display_name=name, artifact_uri=uri,
+                                  image=container["image_uri"], args=container["args"])
+        info = self._backend().upload_model(name, uri, container, labels)
+        context.update(resource, id=info.name)
+        context.created(resource, name=info.name)
+        return info
+
+    def _deploy_model(self, context, endpoint: str, model: str, name: str,
+                      traffic: int, teardown_hint: str):
+        from .seam import OperationFailed
+
+        machine = spec.machine(self.settings)
+        accelerator = (f" + {machine['accelerator_type']} x{machine['accelerator_count']}"
+                       if machine["accelerator_type"] else "")
+        self.progress(f"  deploying {name} on {machine['machine_type']}{accelerator}, "
+                      f"{machine['min_replica_count']}-{machine['max_replica_count']} replicas"
+                      " (10-30 minutes on Vertex)")
+        resource = context.record("deployed-model", name, endpoint=endpoint, model=model,
+                                  display_name=name, **machine)
+        backend = self._backend()
+        try:
+            deployed = backend.deploy_model(endpoint, model, name, machine, traffic,
+                                            float(self.settings.startup_timeout))
+        except (OperationFailed, DeployFailed) as exc:
+            message = getattr(exc, "message", None) or " ".join(str(exc).split())
+            details = self._failure_logs(endpoint)
+            raise DeployFailed(f"deploying {name} on {endpoint} failed: {message}",
+                               details=details or getattr(exc, "details", None),
+                               hint="; ".join(h for h in (getattr(exc, "hint", None),
+                                                          teardown_hint) if h)) from None
+        context.created(resource, deployed_id=deployed)
+        return resource, deployed
+
+    def _failure_logs(self, endpoint: str) -> str:
+        try:
+            text = self._backend().logs(endpoint, 4 * LOG_LINES)
+        except Exception:  # noqa: BLE001 - the logs only add to the failure being reported
+            return ""
+        lines = text.strip().splitlines()
+        return "\n".join(lines[-LOG_LINES:])
+
+    def deploy(self, repository, context) -> None:
+        record, s = context.deployment, self.settings
+        names = spec.Names(s, record.name)
+        labels = spec.labels(s, record.name, record.id)
+        teardown = f"run 'deployer teardown {record.name}' to remove what was created"
+        if self.cloud:
+            spec.require_image(s)
+        with self._calls(record.name, "check"):
+            self._backend().check()
+            self._check_bucket()
+        with self._calls(record.name):
+            uri = self._upload(repository, context)
+            model = self._model(repository, context, names.model, uri, labels)
+            self.progress(f"  creating endpoint {names.endpoint}")
+            resource = context.record("endpoint", names.endpoint, display_name=names.endpoint)
+            endpoint = self._backend().create_endpoint(names.endpoint, labels)
+            context.update(resource, id=endpoint.name)
+            context.created(resource, name=endpoint.name, predict_url=endpoint.predict_url)
+            context.set_endpoint(url=endpoint.predict_url, endpoint=endpoint.name,
+                                 project=spec.project(s), region=s.region)
+            _, deployed = self._deploy_model(context, endpoint.name, model.name,
+                                             names.deployed, 100, teardown)
+            context.set_endpoint(deployed_id=deployed, **self._served())
+
+    def _served(self) -> dict:
+        return {}
+
+    def _state_root(self, deployment):
+        """Where the deployments are recorded (None: the default state folder)."""
+        return None
+
+    def _check_bucket(self) -> None:
+        pass
+
+    # -- update ------------------------------------------------------------------------------
+    def update(self, repository, context) -> None:
+        """The new model beside the old one with no traffic, the traffic moved to it, every
+        model asked once, then the old one undeployed and its model (and artefact, unless the
+        new one reads the same) removed. A failure moves the traffic back and removes the new
+        model: the old one serves on."""
+        from deployer_plugins.azure.update import smoke
+
+        record, s = context.deployment, self.settings
+        old = [r for r in record.resources if r.status != "deleted"]
+        endpoint = next((r for r in old if r.kind == "endpoint"), None)
+        serving = [r for r in old if r.kind == "deployed-model"]
+        if endpoint is None or not serving:
+            raise DeployFailed(f"{record.name} has no endpoint or deployed model to update",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        ep = endpoint.data.get("name", endpoint.id)
+        keeps = "the previous model still serves all the traffic"
+        if self.cloud:
+            spec.require_image(s)
+        with self._calls(record.name, "check"):
+            backend = self._backend()
+            backend.check()
+            info = backend.get_endpoint(ep)
+        if info is None:
+            raise DeployFailed(f"endpoint {ep} is gone",
+                               hint=f"run 'deployer teardown {record.name}' and deploy again")
+        revision = sum(r.kind == "model" for r in record.resources)
+        names = spec.Names(s, record.name, revision)
+        labels = spec.labels(s, record.name, record.id)
+        start = len(record.resources)
+
+        def fresh() -> list:  # what this update recorded, newest first
+            return [r for r in record.resources[start:] if r.status != "deleted"][::-1]
+
+        with self._calls(record.name, hint=keeps):
+            uri = self._upload(repository, context, [r for r in old if r.kind == "artefact"])
+            model = self._model(repository, context, names.model, uri, labels)
+            try:
+                _, deployed = self._deploy_model(context, ep, model.name, names.deployed, 0,
+                                                 keeps)
+            except DeployFailed:
+                self._remove(context, fresh())
+                raise
+            before = dict(backend.get_endpoint(ep).traffic)
+            self.progress(f"  moving all traffic to {names.deployed}")
+            backend.set_traffic(ep, {**{k: 0 for k in before}, deployed: 100})
+        problem = smoke(lambda: self.client(record), repository, list(repository.models))
+        if problem:
+            with self._calls(record.name, hint=keeps):
+                self.progress("  the new model failed its check: moving the traffic back")
+                backend.set_traffic(ep, {**before, deployed: 0})
+            self._remove(context, fresh())
+            raise DeployFailed(f"the updated model failed its check: {problem}; the traffic "
+                               "went back and it was removed", hint=keeps)
+        context.set_endpoint(deployed_id=deployed, **self._served())
+        retired = [r for r in old if r.kind in ("deployed-model", "model")
+                   or (r.kind == "artefact" and r.id != uri)]
+        self._remove(context, sorted(retired, key=lambda r: ("deployed-model", "model",
+                                                             "artefact").index(r.kind)))
+
+    def _remove(self, context, resources: list) -> None:
+        for resource in resources:
+            try:
+                self.delete(resource, context.deployment)
+            except TeardownIncomplete as exc:
+                self.progress(f"  warning: {exc}; teardown will retry")
+                continue
+            context.deleted(resource)
+            self.progress(f"  removed {resource.kind} {resource.id}")
+
+    # -- teardown ----------------------------------------------------------------------------
+    @staticmethod
+    def _deployed(info, resource):
+        """The endpoint's deployed model a record names (its id, else its display name)."""
+        wanted = resource.data.get("deployed_id")
+        for item in info.deployed if info else ():
+            if (wanted and item.id == wanted) or (not wanted and item.display_name
+                                                  == resource.data.get("display_name")):
+                return item
+        return None
+
+    def _users(self, uri: str, deployment) -> list[str]:
+        """Other recorded deployments whose live artefact is ``uri``."""
+        from deployer.state import StateStore as Store
+
+        users = []
+        for other in Store(self._state_root(deployment)).list():
+            if other.name != deployment.name and any(
+                    r.kind == "artefact" and r.id == uri and r.status != "deleted"
+                    for r in other.resources):
+                users.append(other.name)
+        return users
+
+    def delete(self, resource, deployment) -> bool:
+        data = resource.data
+        with self._calls(deployment.name, "teardown"):
+            backend = self._backend()
+            if resource.kind == "deployed-model":
+                info = backend.get_endpoint(data["endpoint"])
+                item = self._deployed(info, resource)
+                return item is not None and backend.undeploy_model(data["endpoint"], item.id)
+            if resource.kind == "endpoint":
+                return backend.delete_endpoint(data.get("name", resource.id))
+            if resource.kind == "model":
+                name = data.get("name") or self._model_named(resource)
+                return bool(name) and backend.delete_model(name)
+            if resource.kind == "artefact":
+                users = self._users(resource.id, deployment)
+                if users:
+                    self.progress(f"  artefact {resource.id} stays: {', '.join(users)} "
+                                  "still uses it")
+                    return False
+                return self._store().delete(resource.id) > 0
+        raise UsageError(f"unknown resource kind {resource.kind!r}")
+
+    def _model_named(self, resource) -> str | None:
+        """A model recorded but not known to be created: found by its display name and
+        labels (an interrupted upload may have finished in Vertex)."""
+        labels = {spec.ID_LABEL: resource.data.get("deployment_id")} \
+            if resource.data.get("deployment_id") else None
+        for model in self._backend().find_models(labels or {}):
+            if model.display_name == resource.data.get("display_name"):
+                return model.name
+        return None
+
+    def exists(self, resource, deployment) -> bool:
+        data = resource.data
+        with self._calls(deployment.name, "teardown"):
+            backend = self._backend()
+            if resource.kind == "deployed-model":
+                return self._deployed(backend.get_endpoint(data["endpoint"]),
+                                      resource) is not None
+            if resource.kind == "endpoint":
+                return backend.get_endpoint(data.get("name", resource.id)) is not None
+            if resource.kind == "model":
+                name = data.get("name")
+                return bool(name) and backend.get_model(name) is not None
+            if resource.kind == "artefact":
+                return not self._users(resource.id, deployment) and \
+                    self._store().exists(resource.id)
+        return False
+
+    def recover(self, name, deployment_id):
+        """The models labelled with the deployment's id (or, without one, its name), then the
+        endpoints so labelled, each followed by its deployed models. The artefact's objects
+        carry no labels: they stay (content addressed, they may serve other deployments)."""
+        from deployer.state import Resource
+
+        labels = {spec.ID_LABEL: deployment_id} if deployment_id else \
+            {spec.NAME_LABEL: spec.label_value(name)}
+        found: list = []
+        with self._calls(name, "teardown"):
+            backend = self._backend()
+            for model in backend.find_models(labels):
+                found.append(Resource("model", model.name, "created",
+                                      {"name": model.name, "display_name": model.display_name,
+                                       "artifact_uri": model.artifact_uri}))
+            for endpoint in backend.find_endpoints(labels):
+                found.append(Resource("endpoint", endpoint.name, "created",
+                                      {"name": endpoint.name,
+                                       "display_name": endpoint.display_name}))
+                for item in endpoint.deployed:
+                    found.append(Resource("deployed-model", item.display_name, "created",
+                                          {"endpoint": endpoint.name, "deployed_id": item.id,
+                                           "display_name": item.display_name,
+                                           "model": item.model}))
+        return found
+
+
+class VertexTarget(Steps, Target):
+    name = "vertex"
+    description = "a Vertex AI endpoint serving NVIDIA's Triton image as a custom container"
+    options = spec.OPTIONS
+    requires = ("google.cloud.aiplatform", "google.cloud.storage")
+    install_hint = "pip install 'triton-deployer[vertex]'"
+    twin = "vertex-twin"
+    runs_here = False
+
+    def validate(self, repository) -> None:
+        spec.check_settings(self.settings, repository, cloud=True)
+        spec.warn_machine(self.settings, self.progress)
+
+    def plan(self, repository, name):
+        return spec.plan(self.settings, repository, name, self.progress, cloud=True)
+
+    def _backend(self):
+        from . import seam
+
+        if getattr(self, "_connected", None) is None:
+            self._connected = seam.connect(self.settings, self.progress)
+        return self._connected
+
+    def _store(self):
+        if getattr(self, "_storage", None) is None:
+            self._storage = storage.Storage(spec.project(self.settings))
+        return self._storage
+
+    def _check_bucket(self) -> None:
+        bucket = self.settings.bucket
+        if self._store().bucket_location(bucket) is None:
+            raise UsageError(f"bucket gs://{bucket} does not exist or is not visible to these "
+                             "credentials", hint=f"create it: gcloud storage buckets create "
+                             f"gs://{bucket} --location={self.settings.region}; nothing was "
+                             "created")
+
+    @contextlib.contextmanager
+    def _calls(self, name: str, stage: str = "create", hint: str | None = None):
+        """Seam and storage failures as one-line deployer errors, by stage: ``check``
+        (nothing created yet: exit 2 for credentials and permissions, else 3), ``create``
+        (3; the record keeps what was created), ``read`` (2, else 5), ``teardown``
+        (TeardownIncomplete, 4)."""
+        from . import seam
+
+        try:
+            yield
+        except (seam.SeamError, storage.StorageError) as exc:
+            raise self._error(exc, name, stage, hint) from None
+
+    @staticmethod
+    def _error(exc, name: str, stage: str, hint: str | None) -> DeployerError:
+        from . import seam
+
+        message = " ".join(str(exc).split())
+        hints = [exc.hint] if getattr(exc, "hint", None) else []
+        access = isinstance(exc, seam.AuthError)
+        if stage == "teardown":
+            return TeardownIncomplete(message, hint="; ".join(
+                hints + [f"then run 'deployer teardown {name}' again"]))
+        if stage == "check":
+            return (UsageError if access else DeployFailed)(
+                message, hint="; ".join(hints + ["nothing was created"]))
+        if stage == "read":
+            return (UsageError if access else Unavailable)(message,
+                                                           hint="; ".join(hints) or None)
+        return DeployFailed(message, hint="; ".join(
+            hints + [hint or f"run 'deployer teardown {name}' to remove what was created"]))
+
+    def client(self, deployment):
+        from .client import connect
+
+        def fetch():
+            with self._calls(deployment.name, "read"):
+                return self._backend().credential()
+
+        return connect(deployment.endpoint, fetch)
+
+    def instances(self, deployment):
+        return spec.instances(self.settings)
+
+    def logs(self, deployment, lines=100) -> str:
+        endpoint = deployment.endpoint.get("endpoint")
+        if not endpoint:
+            return ""
+        with self._calls(deployment.name, "read"):
+            return self._backend().logs(endpoint, lines)
 
 
 @hookimpl
 def deployer_register_targets():
-    return []
+    from .twin import VertexTwin
+
+    return [VertexTarget, VertexTwin]

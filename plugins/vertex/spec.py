@@ -316,11 +316,6 @@ def check_settings(settings, repository, cloud: bool) -> None:
     pyimports.check(repository, IMAGE_PYTHON, IMAGE_NAME)
     if settings.image:
         check_image(settings.image)
-    elif cloud:
-        raise ValidationError(
-            "vertex needs the Triton image in Artifact Registry (Vertex does not pull from "
-            "nvcr.io)", hint=f"copy {NVIDIA_IMAGE} there ('deployer plan' shows how) and pass "
-                             "-o image=REGION-docker.pkg.dev/PROJECT/REPO/tritonserver:24.09-py3")
     if cloud and not project(settings):
         raise ValidationError("vertex needs a Google Cloud project",
                               hint="pass -o project=PROJECT_ID or set GOOGLE_CLOUD_PROJECT")
@@ -342,6 +337,16 @@ def check_settings(settings, repository, cloud: bool) -> None:
     if not settings.startup_timeout > 0:
         raise ValidationError(f"startup_timeout must be positive (seconds), got "
                               f"{settings.startup_timeout}", hint="pass -o startup_timeout=1800")
+
+
+def require_image(settings) -> None:
+    """A deploy needs the image (a plan without one says how to copy NVIDIA's there)."""
+    if not settings.image:
+        raise ValidationError(
+            "vertex needs the Triton image in Artifact Registry (Vertex does not pull from "
+            "nvcr.io)", hint=f"copy {NVIDIA_IMAGE} there ('deployer plan REPO -t vertex' "
+                             "shows how) and pass "
+                             "-o image=REGION-docker.pkg.dev/PROJECT/REPO/tritonserver:24.09-py3")
 
 
 def container_spec(settings, repository) -> dict:
