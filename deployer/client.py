@@ -49,6 +49,74 @@ class StreamAnswer:
                                    if n in r]) for n in names}
 
 
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """What an endpoint wants after ``Bearer``: a key (``expires_on`` None, never refreshed)
+    or a token with its expiry (seconds since the epoch). Its repr hides the secret."""
+
+    secret: str = dataclasses.field(repr=False)
+    expires_on: float | None = None
+
+    @property
+    def is_token(self) -> bool:
+        return self.expires_on is not None
+
+
+class BearerAuth:
+    """The ``Authorization`` header from ``fetch`` (a target's credential: anything with
+    ``.secret``, ``.expires_on`` and ``.is_token``, as :class:`Credential`). A token is
+    fetched again before a request within ``margin`` seconds of its expiry (a quarter of its
+    lifetime when that is shorter), and on demand after a 401 (:meth:`renew`); a key never
+    is. ``clock`` reads seconds since the epoch (tests hand in their own). Thread-safe (the
+    load sender's threads share it); held in memory only.
+
+    The first fetch happens here: its failure is the deployer error ``fetch`` raised. A later
+    one, mid-test and maybe in a load thread, becomes an EndpointError of kind ``token``."""
+
+    def __init__(self, fetch: Callable[[], Any], clock: Callable[[], float] | None = None,
+                 margin: float = 300.0):
+        import time
+
+        self._fetch, self._lock = fetch, threading.Lock()
+        self._clock = clock or time.time
+        self._margin = margin
+        self.fetches = self.generation = 0
+        self._use(fetch())
+
+    def _renew(self) -> None:
+        from .errors import DeployerError
+
+        try:
+            credential = self._fetch()
+        except DeployerError as exc:
+            raise EndpointError(f"fetching a new token: {exc}", kind="token") from None
+        self._use(credential)
+
+    def _use(self, credential) -> None:
+        self._header = f"Bearer {credential.secret}"
+        self._expires = credential.expires_on
+        if credential.is_token:
+            lifetime = max(0.0, credential.expires_on - self._clock())
+            self._refresh_at = credential.expires_on - min(self._margin, lifetime / 4)
+        self.fetches += 1
+        self.generation += 1
+
+    def header(self) -> str:
+        """``Bearer <secret>``, fetched again first when a token is near its expiry."""
+        if self._expires is not None and self._clock() >= self._refresh_at:
+            self.renew(self.generation)
+        return self._header
+
+    def renew(self, seen: int) -> bool:
+        """Fetch a new token unless one came since generation ``seen``; False for a key."""
+        if self._expires is None:
+            return False
+        with self._lock:
+            if self.generation == seen:
+                self._renew()
+        return True
+
+
 class EndpointClient:
     """One interface for the test step across targets.
 

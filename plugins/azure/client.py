@@ -3,14 +3,14 @@ is refreshed before it expires and once after a 401. Imported only when a client
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from deployer.client import BearerAuth
+from deployer.errors import Unavailable
 from deployer.triton import EndpointError, KServeClient
-from deployer.errors import DeployerError, Unavailable
 
 from .spec import DEPLOYMENT_HEADER
 
@@ -21,55 +21,13 @@ REFRESH_MARGIN = 300.0
 CLOCK: Callable[[], float] = time.time
 
 
-class _Auth:
-    """The ``Authorization`` header from ``fetch`` (the seam's credential). A token is fetched
-    again before a request within REFRESH_MARGIN of its expiry, and on demand after a 401; a
-    key never is. Thread-safe (the load sender's threads share it); held in memory only."""
-
-    def __init__(self, fetch: Callable[[], Any], clock: Callable[[], float] | None = None):
-        self._fetch, self._lock = fetch, threading.Lock()
-        self._clock = clock or CLOCK
-        self.fetches = self.generation = 0
-        self._use(fetch())  # a failure here is the deployer error the seam call raised
-
-    def _renew(self) -> None:
-        try:
-            credential = self._fetch()
-        except DeployerError as exc:  # mid-test, maybe in a load thread: an endpoint error
-            raise EndpointError(f"fetching a new token: {exc}", kind="token") from None
-        self._use(credential)
-
-    def _use(self, credential) -> None:
-        self._header = f"Bearer {credential.secret}"
-        self._expires = credential.expires_on
-        if credential.is_token:
-            lifetime = max(0.0, credential.expires_on - self._clock())
-            self._refresh_at = credential.expires_on - min(REFRESH_MARGIN, lifetime / 4)
-        self.fetches += 1
-        self.generation += 1
-
-    def header(self) -> str:
-        if self._expires is not None and self._clock() >= self._refresh_at:
-            self.renew(self.generation)
-        return self._header
-
-    def renew(self, seen: int) -> bool:
-        """Fetch a new token unless one came since generation ``seen``; False for a key."""
-        if self._expires is None:
-            return False
-        with self._lock:
-            if self.generation == seen:
-                self._renew()
-        return True
-
-
 class AzureClient(KServeClient):
-    """KServe v2 on the scoring URI; tokens are refreshed (see _Auth); a 401 says what to
-    check."""
+    """KServe v2 on the scoring URI; tokens are refreshed (deployer.client.BearerAuth, on
+    this module's CLOCK and REFRESH_MARGIN); a 401 says what to check."""
 
     def __init__(self, url: str, fetch: Callable[[], Any], deployment: str, endpoint: str,
                  clock: Callable[[], float] | None = None):
-        self.auth = _Auth(fetch, clock)
+        self.auth = BearerAuth(fetch, clock or CLOCK, REFRESH_MARGIN)
         super().__init__(url, lambda: {"Authorization": self.auth.header(),
                                        DEPLOYMENT_HEADER: deployment})
         self._refused = (f"endpoint {endpoint} refused the credentials (HTTP 401): the key or "
