@@ -69,7 +69,7 @@ class Endpoint:
         return self
 
     def serve(self, name: str, folder: Path, spec: dict) -> serving.Served:
-        tag = f"vgw-test-{name}"
+        tag = f"vgw-test-endpoint-{name}"
         self.tags.append(tag)
         return serving.start_model_server(folder, spec, self.work, tag, print,
                                           log_name=f"{name}.log")

@@ -28,6 +28,10 @@ The container's side, as Triton's Vertex frontend handles its predict route (ser
   the JSON header (Triton's ``Inference-Header-Content-Length``); without it the whole body is
   JSON (a client's own ``Inference-Header-Content-Length`` is ignored, as there).
 
+``/metrics`` goes to the KServe port, which has no such route: the rehearsal does not expose
+Triton's metrics port. tests/test_vertex_gateway.py sends the same requests to Triton's own
+Vertex frontend (the embedded server has it) and to this gateway and compares the answers.
+
 The token file holds one ``TOKEN EXPIRY`` a line (:func:`..azure.gateway.parse_keys`); it and
 the routes file (:func:`.serving.update_routes`) are read again whenever they change.
 """

@@ -230,16 +230,23 @@ def start_model_server(folder: Path, container: dict, work_dir: Path, tag: str,
     try:
         triton.wait_ready(url, pid, log_path, timeout, progress,
                           what="the container's tritonserver")
-        chosen = default_model(ready_models(url), named)
+        ready = ready_models(url)
+    except (OSError, ValueError, KeyError) as exc:  # the index unreadable: no frontend either
+        triton.stop(tag)
+        raise DeployFailed(f"the container's tritonserver did not list its ready models: {exc}",
+                           hint=f"full log: {log_path}") from None
+    except BaseException:
+        triton.stop(tag)
+        raise
+    try:
+        chosen = default_model(ready, named)
     except ValueError as exc:
         triton.stop(tag)
         raise DeployFailed(f"the container's tritonserver exited: failed to start Vertex AI "
                            f"service: {exc}",
-                           hint="name the model requests without a redirect header reach: "
-                                "-o default_model=NAME (--vertex-ai-default-model)") from None
-    except BaseException:
-        triton.stop(tag)
-        raise
+                           hint="name the model requests without a redirect header reach, "
+                                "one of the repository's: -o default_model=NAME "
+                                "(--vertex-ai-default-model)") from None
     return Served(pid, url, chosen, served_by)
 
 
