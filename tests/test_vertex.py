@@ -301,3 +301,15 @@ def test_compare_vertex_against_the_twin(fake, gcs, run_cli, tmp_path):
     assert results["vertex"]["cost_per_hour"] == 0.219  # n1-standard-4 in deployer/prices.json
     assert results["vertex-twin"]["passed"] and results["vertex-twin"]["cost_per_hour"] == 0.0
     assert fake.endpoints == {}, "the cloud endpoint must be torn down"
+
+
+def test_plugin_import_stays_cheap():
+    """The CLI loads every plugin: registering vertex imports none of Google's SDKs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deployer_plugins.vertex as m; m.deployer_register_targets(); "
+            "print(sorted(x for x in sys.modules if x.startswith(('google.cloud.', "
+            "'google.auth', 'google.api_core', 'grpc', 'tritonclient', 'numpy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,7 +1,7 @@
 """The Vertex rehearsal's pieces on real parts: the embedded tritonserver started as NVIDIA's
-image starts on Vertex (serving.start_model_server), behind the gateway process
-(serving.start_gateway), called through VertexClient and raw HTTP. The gateway's frontend
-table is also checked against Triton's own Vertex AI frontend, which the embedded server has."""
+image starts on Vertex, with Triton's own Vertex AI frontend (serving.start_model_server),
+behind the gateway process (serving.start_gateway), called through VertexClient and raw
+HTTP."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from deployer.client import Credential, EndpointError
 from deployer.errors import DeployFailed, Unavailable
 
 from deployer_plugins.vertex import serving
-from deployer_plugins.vertex.client import VertexClient, connect
-from deployer_plugins.vertex.gateway import BINARY_TYPE, REDIRECT_HEADER
+from deployer_plugins.vertex.client import BINARY_TYPE, REDIRECT_HEADER, VertexClient, connect
 
 IMAGE = "us-central1-docker.pkg.dev/rehearsal/triton/tritonserver:24.09-py3"
 PROJECT, REGION, ENDPOINT = "proj", "us-central1", "4242"
@@ -270,9 +269,10 @@ def test_check_image():
 
 
 def test_the_table_matches_tritons_own_vertex_frontend(endpoint, tmp_path):
-    """The same requests to Triton's Vertex AI frontend (the embedded server has it) and to
-    the gateway get the same status, and the same JSON when 200; its start-up failures say
-    what serving.py says."""
+    """The gateway changes nothing on the way: the same requests sent straight to a Triton
+    Vertex AI frontend and through the gateway (to the containers' own frontends) get the
+    same status, and the same JSON when 200; its start-up failures say what serving.py
+    reports."""
     server = triton.find_server(None)
     http, grpc, metrics, vertex = triton.free_ports(4)
     routes = {"AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health"}

@@ -19,7 +19,10 @@ from typing import Any, Callable, Mapping
 from deployer.client import BearerAuth, EndpointClient, EndpointError, _https_sender, _RawSender
 from deployer.errors import Unavailable
 
-from .gateway import BINARY_TYPE, REDIRECT_HEADER
+#: Triton's Vertex frontend (server src/vertex_ai_server.cc): the header that routes a
+#: predict-route request to another Triton route, and the Content-Type of a binary body
+REDIRECT_HEADER = "X-Vertex-Ai-Triton-Redirect"
+BINARY_TYPE = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
 
 #: a token is fetched again this close to its expiry (seconds; a quarter of its lifetime when
 #: that is shorter). google.auth's tokens live an hour.

@@ -1,36 +1,21 @@
-"""The rehearsal's stand-in for one Vertex AI endpoint: Vertex's prediction service, and
-Triton's Vertex frontend in each deployed model's container, in front of Triton's KServe port.
+"""The rehearsal's stand-in for one Vertex AI endpoint: Vertex's prediction service, in front
+of each deployed model's container (the embedded tritonserver with Triton's own Vertex AI
+frontend, :func:`.serving.start_model_server`).
 
 Run as ``python -m deployer_plugins.vertex.gateway --project P --region R --tokens F --routes F
 --port-file F``. The token never appears on the command line.
 
-Vertex's side: the one route is ``/v1/projects/P/locations/R/endpoints/ID:rawPredict``. A
-request without ``Authorization: Bearer <token>`` naming the token file's token, before its
-expiry, gets 401 (Google's error body, UNAUTHENTICATED); then any other path, project, region
-or endpoint id gets 404 (NOT_FOUND). The traffic split picks the deployed model by weight
-(400 FAILED_PRECONDITION when none holds traffic). The body and Content-Type go on to the
-container's predict route; the method passes as sent, so the frontend's 405 can be seen.
+The one route is ``/v1/projects/P/locations/R/endpoints/ID:rawPredict``. A request without
+``Authorization: Bearer <token>`` naming the token file's token, before its expiry, gets 401
+(Google's error body, UNAUTHENTICATED); then any other path, project, region or endpoint id
+gets 404 (NOT_FOUND). The traffic split picks the deployed model by weight (400
+FAILED_PRECONDITION when none holds traffic). The method, body, Content-Type and
+``X-Vertex-Ai-Triton-Redirect`` header go on to the container's predict route
+(``AIP_PREDICT_ROUTE``) unchanged: what Triton's Vertex frontend answers (405, 400, the
+redirect, the ``application/vnd.vertex-ai-triton.binary+json`` bodies) is its own.
 ``GET /-/gateway`` answers 200 without auth: how the deployer waits for the gateway (no Vertex
-route); ``GET /-/gateway/health/DEPLOYED_ID`` is the container's health route (AIP_HEALTH_ROUTE,
-what Vertex's health checks call: Triton's server health "ready").
-
-The container's side, as Triton's Vertex frontend handles its predict route (server
-``src/vertex_ai_server.cc``, ``VertexAiAPIServer::Handle``; :func:`frontend`):
-
-- no ``X-Vertex-Ai-Triton-Redirect`` header: inference on the default model (POST only: 405);
-- with it, "/" + its value is a Triton path, and the method must be POST (405, empty body);
-  the method is switched to GET for model metadata (``/v2/models/NAME[/versions/V]``),
-  ``/ready``, ``/config``, ``/stats``, ``/v2/models/stats``, ``/v2``, ``/v2/health/live|ready``
-  and ``/metrics``; ``/infer``, the repository and shared-memory routes stay POST (a
-  shared-memory ``status``: GET); anything else: 400, empty body;
-- an inference body is binary when the Content-Type starts with
-  ``application/vnd.vertex-ai-triton.binary+json;json-header-size=N``: the first N bytes are
-  the JSON header (Triton's ``Inference-Header-Content-Length``); without it the whole body is
-  JSON (a client's own ``Inference-Header-Content-Length`` is ignored, as there).
-
-``/metrics`` goes to the KServe port, which has no such route: the rehearsal does not expose
-Triton's metrics port. tests/test_vertex_gateway.py sends the same requests to Triton's own
-Vertex frontend (the embedded server has it) and to this gateway and compares the answers.
+route); ``GET /-/gateway/health/DEPLOYED_ID`` is the container's health route
+(``AIP_HEALTH_ROUTE``, what Vertex's health checks call).
 
 The token file holds one ``TOKEN EXPIRY`` a line (:func:`..azure.gateway.parse_keys`); it and
 the routes file (:func:`.serving.update_routes`) are read again whenever they change.
@@ -56,76 +41,14 @@ from ..azure.gateway import _Watched, parse_keys
 
 HEALTH_PATH = "/-/gateway"
 CONTAINER_HEALTH = HEALTH_PATH + "/health/"
-REDIRECT_HEADER = "X-Vertex-Ai-Triton-Redirect"
-BINARY_TYPE = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
 #: seconds an upstream request may take
 UPSTREAM_TIMEOUT = 180.0
 
 _RAW_PREDICT = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):rawPredict$")
-# Triton's own route patterns (src/http_server.cc), matched in full against "/" + the header
-_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([0-9]+))?"
-                    r"(?:/(infer|generate|generate_stream|ready|config|stats|trace/setting))?")
-_SERVER = re.compile(r"/v2(?:/health/(live|ready))?")
-_SHM = re.compile(r"/v2/(system|cuda)sharedmemory(?:/region/([^/]+))?/(status|register|"
-                  r"unregister)")
-_CONTROL = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
         "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 #: what the container never receives from the client
-_DROPPED = _HOP | {"authorization", REDIRECT_HEADER.lower(), "inference-header-content-length",
-                   "content-encoding", "accept-encoding", "content-type"}
-
-
-def frontend(method: str, redirect: str | None, default_model: str
-             ) -> tuple[str, str, bool] | int:
-    """Where Triton's Vertex frontend sends a request on its predict route: (method, KServe
-    path, whether it is an inference) or the status it answers at once (405, 400)."""
-    quote = urllib.parse.quote
-    if redirect is None:
-        if method != "POST":
-            return 405
-        return "POST", f"/v2/models/{quote(default_model)}/infer", True
-    if method != "POST":
-        return 405
-    path = "/" + redirect
-    if path == "/metrics":
-        return "GET", "/metrics", False
-    if path == "/v2/models/stats":
-        return "GET", path, False
-    found = _MODEL.fullmatch(path)
-    if found:
-        name, version, kind = found.groups()
-        base = f"/v2/models/{quote(name)}" + (f"/versions/{version}" if version else "")
-        if kind == "infer":
-            return "POST", base + "/infer", True
-        if kind in ("ready", "config", "stats"):
-            return "GET", f"{base}/{kind}", False
-        if kind is None:
-            return "GET", base, False
-    if _SERVER.fullmatch(path):
-        return "GET", path, False
-    found = _SHM.fullmatch(path)
-    if found:
-        return ("GET" if found.group(3) == "status" else "POST"), path, False
-    if _CONTROL.fullmatch(path):
-        return "POST", path, False
-    return 400
-
-
-def binary_header(content_type: str | None, length: int) -> tuple[int | None, str | None]:
-    """(Triton's Inference-Header-Content-Length or None for an all-JSON body, or the error
-    Triton's ``GetInferenceHeaderLength`` answers with 400)."""
-    if not content_type or BINARY_TYPE not in content_type:
-        return None, None
-    if not content_type.startswith(BINARY_TYPE):
-        return None, (f"expect MIME type for binary data starts with '{BINARY_TYPE}', got: "
-                      f"{content_type}")
-    given = content_type[len(BINARY_TYPE):]
-    digits = re.match(r"\s*[+-]?\d+", given)  # atoi: the leading number, 0 when none
-    value = int(digits.group(0)) if digits else 0
-    if value < 0 or value > length:
-        return None, f"inference header size should be in range (0, {length}), got: {given}"
-    return value, None
+_DROPPED = _HOP | {"authorization"}
 
 
 def google_error(code: int, status: str, message: str) -> bytes:
@@ -190,7 +113,7 @@ class Handler(BaseHTTPRequestHandler):
             deployed = (routes.get("deployed") or {}).get(path[len(CONTAINER_HEALTH):])
             if deployed is None:
                 return self._send(404, google_error(404, "NOT_FOUND", "no such deployed model"))
-            return self._forward(deployed["url"], "GET", "/v2/health/ready", b"", {})
+            return self._forward(deployed["url"], "GET", deployed["health"], b"", {})
         if not (self._authorized() or self._authorized(again=True)):
             return self._send(401, google_error(
                 401, "UNAUTHENTICATED", "Request had invalid authentication credentials. "
@@ -226,26 +149,10 @@ class Handler(BaseHTTPRequestHandler):
         return deployed[random.choices(list(weights), weights=list(weights.values()))[0]]
 
     def _container(self, deployed: dict, body: bytes) -> None:
-        """What Triton's Vertex frontend does with the request on its predict route."""
-        routed = frontend(self.command, self.headers.get(REDIRECT_HEADER),
-                          deployed.get("default_model") or "")
-        if isinstance(routed, int):
-            return self._send(routed)
-        method, target, infer = routed
+        """The request as Vertex hands it to the container: method, body, Content-Type and the
+        redirect header, on its predict route, where Triton's Vertex frontend handles it."""
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _DROPPED}
-        if infer:
-            size, error = binary_header(self.headers.get("Content-Type"), len(body))
-            if error:
-                return self._send(400, json.dumps({"error": error}).encode())
-            headers["Content-Type"] = "application/json"
-            if size is not None:
-                headers["Content-Type"] = "application/octet-stream"
-                headers["Inference-Header-Content-Length"] = str(size)
-        elif method == "POST":
-            headers["Content-Type"] = self.headers.get("Content-Type") or "application/json"
-        else:
-            body = b""  # a GET handler reads no body
-        self._forward(deployed["url"], method, target, body, headers)
+        self._forward(deployed["url"], self.command, deployed["predict"], body, headers)
 
     def _forward(self, upstream: str, method: str, target: str, body: bytes,
                  headers: dict) -> None:

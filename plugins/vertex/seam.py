@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from deployer.client import Credential
+
 #: seconds one deploy may take; ``connect`` sets it from ``startup_timeout``
 DEADLINE = 1800.0
 #: a running deploy's progress is reported this often (seconds)
@@ -108,19 +110,6 @@ class EndpointInfo:
     traffic: dict[str, int]
     deployed: list[DeployedModel]
     predict_url: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Credential:
-    """What ``:rawPredict`` wants after ``Bearer``: an access token and its expiry (seconds
-    since the epoch). Its repr hides it."""
-
-    secret: str = dataclasses.field(repr=False)
-    expires_on: Optional[float] = None
-
-    @property
-    def is_token(self) -> bool:
-        return self.expires_on is not None
 
 
 def label_filter(labels: dict[str, str]) -> str:

@@ -6,8 +6,10 @@ The container (:func:`start_model_server`): on Vertex, NVIDIA's image runs
 ``/opt/tritonserver/bin/tritonserver "$@"`` when ``AIP_MODE`` is set (its
 ``docker/entrypoint.d/99-check-run-aip-mode.sh``), the args being the model's container args
 after Vertex expanded ``$(VAR)`` in them (``AIP_STORAGE_URI``: the copy of ``artifact_uri``).
-Here the embedded tritonserver serves the same folder on its KServe port, and the
-frontend's start-up rule on the default model is applied before anything is routed to it.
+Here the embedded tritonserver serves the same folder with Triton's own Vertex AI frontend
+(``--allow-vertex-ai``, the embedded server has it) on a free local port standing for
+``AIP_HTTP_PORT``: its predict and health routes, its redirect header, its binary content type
+and its start-up rule on the default model are NVIDIA's code, not a copy.
 
 The endpoint (:func:`start_gateway`): :mod:`.gateway`, one process per endpoint, with a token
 file (:func:`write_token`) and a routes file (:func:`update_routes`) it reads again whenever
@@ -32,20 +34,10 @@ from typing import Callable
 from deployer import pyimports, triton
 from deployer.errors import DeployFailed
 
-try:
-    from .spec import IMAGE_NAME, IMAGE_PYTHON
-except ImportError:  # pragma: no cover - spec.py is written beside this module
-    IMAGE_PYTHON, IMAGE_NAME = "3.10", "NVIDIA Triton image on Vertex AI"
+from .spec import ARTIFACT_RE, GCR_RE, IMAGE_NAME, IMAGE_PYTHON
 
 #: the Python-backend view of the image the container runs (deployer/pyimports.py)
 IMAGE = pyimports.Image(IMAGE_PYTHON, IMAGE_NAME)
-
-#: Artifact Registry: ``REGION-docker.pkg.dev/PROJECT/REPO/IMAGE[:TAG|@sha256:...]``
-#: (multi-region hosts too: us-, europe-, asia-docker.pkg.dev)
-ARTIFACT_REGISTRY = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev/[a-z0-9][a-z0-9:.-]*/[^/]+/[^/]"
-                               r"[^\s]*$")
-#: Container Registry: ``[REGION.]gcr.io/PROJECT/IMAGE[:TAG|@sha256:...]``
-CONTAINER_REGISTRY = re.compile(r"^(?:[a-z]+\.)?gcr\.io/[a-z0-9][a-z0-9:.-]*/[^/\s][^\s]*$")
 
 #: routes Vertex gives the container (``AIP_PREDICT_ROUTE``, ``AIP_HEALTH_ROUTE``), as its
 #: custom-container requirements document them
@@ -74,7 +66,7 @@ def check_image(image: str) -> str | None:
     if image.split("/", 1)[0] == "nvcr.io":
         return (f"image {image} is on nvcr.io: Vertex AI pulls only from Artifact Registry "
                 "or Container Registry")
-    if ARTIFACT_REGISTRY.match(image) or CONTAINER_REGISTRY.match(image):
+    if ARTIFACT_RE.match(image) or GCR_RE.match(image):
         return None
     return (f"image {image} is not in Artifact Registry (REGION-docker.pkg.dev/PROJECT/REPO/"
             "IMAGE) or Container Registry ([REGION.]gcr.io/PROJECT/IMAGE): Vertex AI pulls "
@@ -83,14 +75,17 @@ def check_image(image: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Served:
-    """A running container: its tritonserver's ``pid``, KServe ``url`` (where the gateway
-    sends what the Vertex frontend would handle), the ``default_model`` that requests without
-    the redirect header reach, and how shimmed models are served (``served_by``)."""
+    """A running container: its tritonserver's ``pid``; ``url``, where its Vertex AI frontend
+    listens (``AIP_HTTP_PORT``), with its ``predict`` and ``health`` routes
+    (``AIP_PREDICT_ROUTE``, ``AIP_HEALTH_ROUTE``); the ``default_model`` that requests without
+    the redirect header reach; and how shimmed models are served (``served_by``)."""
 
     pid: int
     url: str
     default_model: str
     served_by: dict[str, str]
+    predict: str = PREDICT_ROUTE.format(endpoint="rehearsal", deployed="rehearsal")
+    health: str = HEALTH_ROUTE.format(endpoint="rehearsal", deployed="rehearsal")
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -181,16 +176,17 @@ def ready_models(url: str) -> list[str]:
         return [entry["name"] for entry in json.loads(answer.read())]
 
 
-def default_model(ready: list[str], named: str | None) -> str:
-    """The Vertex frontend's rule at start: the named model must be ready; with none named the
-    index must hold exactly one entry. ValueError with Triton's message otherwise."""
-    if named:
-        if named not in ready:
-            raise ValueError(NOT_LOADED.format(name=named))
-        return named
-    if len(ready) != 1:
-        raise ValueError(SEVERAL_MODELS)
-    return ready[0]
+def _frontend_failure(log_path: Path) -> str | None:
+    """Triton's own reason its Vertex frontend did not start, from its log."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(text.splitlines()):
+        for known in (SEVERAL_MODELS, "Expect the default model"):
+            if known in line:
+                return line[line.index(known):].strip()
+    return None
 
 
 def start_model_server(folder: Path, container: dict, work_dir: Path, tag: str,
@@ -217,37 +213,47 @@ def start_model_server(folder: Path, container: dict, work_dir: Path, tag: str,
         repository, triton.find_server(server_path, progress, create=True), IMAGE, progress)
     served_folder, served_by = triton.serve_folder(server, repository, work_dir / f"{tag}.staged",
                                                    progress, where="vertex rehearsal")
-    http_port, grpc_port, metrics_port = triton.free_ports(3)
+    http_port, grpc_port, metrics_port, vertex_port = triton.free_ports(4)
+    env["AIP_HTTP_PORT"] = str(vertex_port)  # the container's port, here a free local one
     log_path = work_dir / log_name
+    frontend = ["--allow-vertex-ai=true", f"--vertex-ai-port={vertex_port}"] + (
+        [f"--vertex-ai-default-model={named}"] if named else [])
     command = triton.tritonserver_command(server, served_folder, host="127.0.0.1",
                                           http_port=http_port, grpc_port=grpc_port,
-                                          metrics_port=metrics_port, args=extra)
+                                          metrics_port=metrics_port, args=extra + frontend)
     guard = pyimports.guard(server, [served_folder], IMAGE, work_dir, progress)
-    # the spec's env, never AIP_MODE: it would turn on the server's own Vertex frontend
-    own = {k: v for k, v in env.items() if not k.startswith("AIP_")}
-    pid = triton.start(command, {**server.process_env(guard), **own}, log_path, tag)
+    # AIP_MODE only makes the image's entrypoint run tritonserver: the flags above say the rest
+    aip = {k: v for k, v in env.items() if k != "AIP_MODE"}
+    pid = triton.start(command, {**server.process_env(guard), **aip}, log_path, tag)
     url = f"http://127.0.0.1:{http_port}"
+    vertex = f"http://127.0.0.1:{vertex_port}"
     try:
         triton.wait_ready(url, pid, log_path, timeout, progress,
                           what="the container's tritonserver")
+        triton.wait_ready(vertex, pid, log_path, timeout, progress,
+                          what="the container's Vertex AI frontend",
+                          ready_path=env["AIP_HEALTH_ROUTE"], index_url=None)
         ready = ready_models(url)
-    except (OSError, ValueError, KeyError) as exc:  # the index unreadable: no frontend either
+    except DeployFailed as exc:
+        triton.stop(tag)
+        reason = _frontend_failure(log_path)
+        if reason is None:
+            raise
+        raise DeployFailed(f"the container's tritonserver exited: failed to start Vertex AI "
+                           f"service: {reason}",
+                           hint="name the model requests without a redirect header reach, "
+                                "one of the repository's: -o default_model=NAME "
+                                "(--vertex-ai-default-model)", details=exc.details) from None
+    except (OSError, ValueError, KeyError) as exc:
         triton.stop(tag)
         raise DeployFailed(f"the container's tritonserver did not list its ready models: {exc}",
                            hint=f"full log: {log_path}") from None
     except BaseException:
         triton.stop(tag)
         raise
-    try:
-        chosen = default_model(ready, named)
-    except ValueError as exc:
-        triton.stop(tag)
-        raise DeployFailed(f"the container's tritonserver exited: failed to start Vertex AI "
-                           f"service: {exc}",
-                           hint="name the model requests without a redirect header reach, "
-                                "one of the repository's: -o default_model=NAME "
-                                "(--vertex-ai-default-model)") from None
-    return Served(pid, url, chosen, served_by)
+    chosen = named or ready[0]  # the frontend started: one ready model, or the named one
+    return Served(pid, vertex, chosen, served_by, env["AIP_PREDICT_ROUTE"],
+                  env["AIP_HEALTH_ROUTE"])
 
 
 # -- the gateway ---------------------------------------------------------------------------
@@ -276,8 +282,9 @@ def update_routes(routes_file: Path, endpoint_id: str, deployed_id: str | None =
                   url: str | None = None, default_model: str | None = None,
                   traffic: dict | None = None, remove: bool = False) -> dict:
     """Edit the gateway's routes file, JSON ``{"endpoint": ID, "deployed": {DEPLOYED_ID:
-    {"url": KSERVE_URL, "default_model": NAME}}, "traffic": {DEPLOYED_ID: PERCENT}}``: the
-    endpoint id it answers for; a deployed model's container (``url``, ``default_model``) or,
+    {"url": FRONTEND_URL, "default_model": NAME, "predict": ROUTE, "health": ROUTE}},
+    "traffic": {DEPLOYED_ID: PERCENT}}``: the endpoint id it answers for; a deployed model's
+    container (its Vertex frontend's ``url`` and routes, ``default_model``) or,
     with ``remove``, its removal (route and traffic); ``traffic``, the whole new split.
     Written whole (replace), so the gateway never reads half a file; returns the routes."""
     routes = read_routes(routes_file)
@@ -288,7 +295,9 @@ def update_routes(routes_file: Path, endpoint_id: str, deployed_id: str | None =
         routes["deployed"].pop(str(deployed_id), None)
         routes["traffic"].pop(str(deployed_id), None)
     elif deployed_id is not None and url is not None:
-        routes["deployed"][str(deployed_id)] = {"url": url, "default_model": default_model}
+        routes["deployed"][str(deployed_id)] = {
+            "url": url, "default_model": default_model, "predict": Served.predict,
+            "health": Served.health}
     if traffic is not None:
         routes["traffic"] = {str(k): int(v) for k, v in traffic.items()}
     tmp = Path(str(routes_file) + ".tmp")

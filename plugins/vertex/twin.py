@@ -26,11 +26,11 @@ from deployer.errors import DeployFailed, UsageError
 from deployer.target import Option, Target
 
 from . import Steps, spec, storage
+from .serving import IMAGE
 
 TOKEN_LIFETIME = 3600.0
 #: a token this close to its expiry is replaced before it is handed out (seconds)
 TOKEN_MARGIN = 300.0
-IMAGE = pyimports.Image(spec.IMAGE_PYTHON, spec.IMAGE_NAME)
 
 
 class LocalStore:
@@ -270,6 +270,8 @@ class LocalVertex:
     # -- reading -----------------------------------------------------------------------------
     def credential(self, name: str):
         """A token for the endpoint's gateway; a fresh one when it is near its expiry."""
+        from deployer.client import Credential
+
         from . import serving
 
         entry = self._read()["endpoints"].get(name)
@@ -280,7 +282,7 @@ class LocalVertex:
         if secret is None or expiry - time.time() < TOKEN_MARGIN:
             serving.write_token(tokens, TOKEN_LIFETIME)
             secret, expiry = _last_token(tokens)
-        return _Token(secret, expiry)
+        return Credential(secret, expiry)
 
     def logs(self, name: str, lines: int = 100) -> str:
         entry = self._read()["endpoints"].get(name) or {}
@@ -297,18 +299,6 @@ def _last_token(path: Path) -> tuple[str | None, float]:
         return None, 0.0
     secret, *expiry = lines[-1]
     return secret, float(expiry[0]) if expiry else time.time() + TOKEN_LIFETIME
-
-
-class _Token:
-    """What the client puts after ``Bearer``, with its expiry; its repr hides it."""
-
-    is_token = True
-
-    def __init__(self, secret: str, expires_on: float):
-        self.secret, self.expires_on = secret, expires_on
-
-    def __repr__(self) -> str:
-        return f"_Token(expires_on={self.expires_on})"
 
 
 class VertexTwin(Steps, Target):
