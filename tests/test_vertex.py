@@ -261,7 +261,7 @@ def test_cloud_refusals_before_any_call(fake, gcs, run_cli):
     assert json.loads(run_cli("list", "--json")[1]) == []
 
 
-def test_cloud_failures_carry_their_cause(fake, gcs, run_cli):
+def test_cloud_failures_carry_their_cause(fake, gcs, run_cli, tmp_path):
     """A permission refused before anything exists is exit 2; a quota met by the deploy
     operation is exit 3 with the quota's name, and teardown removes what was made."""
     from google.api_core import exceptions
@@ -282,6 +282,16 @@ def test_cloud_failures_carry_their_cause(fake, gcs, run_cli):
     code, out, err = run_cli("teardown", "quota", "--json")
     assert code == 0, err
     assert fake.endpoints == {} and fake.models == {}
+
+    # a container that crashes at start: the operation's error, then its log lines
+    crashing = _variant(tmp_path, "crashing", "class TritonPythonModel:\n"
+                        "    def initialize(self, args):\n"
+                        "        raise RuntimeError('boom at start')\n")
+    code, _, err = run_cli("deploy", str(crashing), "-t", "vertex", "--name", "crash",
+                           *cloud(gcs))
+    assert code == 3 and "Traceback" not in err, err
+    assert "never became ready" in err and "boom at start" in err, err
+    assert run_cli("teardown", "crash")[0] == 0 and fake.endpoints == {}
 
 
 def test_compare_vertex_against_the_twin(fake, gcs, run_cli, tmp_path):

@@ -65,7 +65,8 @@ class Steps:
         if old and any(r.id == uri for r in old):
             self.progress(f"  artefact {uri} unchanged")
             return uri
-        self.progress(f"  uploading the repository to {uri} ({lay.size:,} bytes)")
+        self.progress(f"  uploading the repository to {uri} ({lay.size:,} bytes)" if self.cloud
+                      else f"  writing the artefact vertex would upload to {uri} here")
         resource = context.record("artefact", uri, uri=uri, digest=lay.digest)
         objects, sent = self._store().upload(lay, uri, self.progress)
         if not sent and not objects:
@@ -100,22 +101,26 @@ class Steps:
             deployed = backend.deploy_model(endpoint, model, name, machine, traffic,
                                             float(self.settings.startup_timeout))
         except (OperationFailed, DeployFailed) as exc:
-            message = getattr(exc, "message", None) or " ".join(str(exc).split())
+            if isinstance(exc, DeployFailed):  # the twin's container
+                message = f"deploying {name} on {endpoint} failed: {exc.message}"
+            else:  # the seam's line names the deploy already
+                message = " ".join(str(exc).split())
             details = self._failure_logs(endpoint)
-            raise DeployFailed(f"deploying {name} on {endpoint} failed: {message}",
-                               details=details or getattr(exc, "details", None),
+            raise DeployFailed(message, details=details or getattr(exc, "details", None),
                                hint="; ".join(h for h in (getattr(exc, "hint", None),
                                                           teardown_hint) if h)) from None
         context.created(resource, deployed_id=deployed)
         return resource, deployed
 
     def _failure_logs(self, endpoint: str) -> str:
+        """The container's error lines (Triton's status tables left out), else its last."""
+        from deployer import triton
+
         try:
-            text = self._backend().logs(endpoint, 4 * LOG_LINES)
+            text = self._backend().logs(endpoint, 10 * LOG_LINES)
         except Exception:  # noqa: BLE001 - the logs only add to the failure being reported
             return ""
-        lines = text.strip().splitlines()
-        return "\n".join(lines[-LOG_LINES:])
+        return triton.failure_in(text, LOG_LINES)[1] if text.strip() else ""
 
     def deploy(self, repository, context) -> None:
         record, s = context.deployment, self.settings

@@ -489,7 +489,9 @@ def translate(exc: Exception, what: str, project: str = "", region: str = "") ->
 
 
 def _default_factory(settings, progress: Callable[[str], None]) -> Seam:
-    return AiplatformSeam(settings.project, settings.region, progress=progress)
+    from .spec import project
+
+    return AiplatformSeam(project(settings), settings.region, progress=progress)
 
 
 #: ``(settings, progress) -> Seam``: the real one; tests set it to their fake
@@ -499,7 +501,9 @@ factory: Callable[[Any, Callable[[str], None]], Seam] = _default_factory
 def connect(settings, progress: Callable[[str], None]) -> Seam:
     seam = factory(settings, progress)
     seam.progress = progress
-    seam.project = getattr(settings, "project", None) or seam.project
+    from .spec import project
+
+    seam.project = project(settings) or seam.project
     seam.region = getattr(settings, "region", None) or seam.region
     seam.deadline = float(getattr(settings, "startup_timeout", None) or DEADLINE)
     return seam
