@@ -294,6 +294,21 @@ def test_cloud_failures_carry_their_cause(fake, gcs, run_cli, tmp_path):
     assert run_cli("teardown", "crash")[0] == 0 and fake.endpoints == {}
 
 
+def test_cloud_tears_down_a_corrupt_record_by_its_labels(fake, gcs, run_cli, tmp_path):
+    """The record cut short: teardown finds the model and endpoint labelled with the id, and
+    the endpoint's deployed model, and removes them newest first."""
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "lostc",
+                             *cloud(gcs), "--json")
+    assert code == 0, err
+    path = tmp_path / "state" / "deployments" / "lostc.json"
+    path.write_text(path.read_text()[:-40])
+    code, out, err = run_cli("teardown", "lostc", "--json")
+    assert code == 0, err
+    assert [r["kind"] for r in json.loads(out)["removed"]] == [
+        "deployed-model", "endpoint", "model"]
+    assert fake.endpoints == {} and fake.models == {}
+
+
 def test_compare_vertex_against_the_twin(fake, gcs, run_cli, tmp_path):
     """The cloud target (fake control plane, real Triton) beside its rehearsal; the cost of a
     CPU machine from the price table."""
