@@ -116,6 +116,17 @@ class BearerAuth:
                 self._renew()
         return True
 
+    def again_on_401(self, send: Callable[[], Any]) -> Any:
+        """``send()``; when it fails with an HTTP 401 and the credential is a token, fetch a
+        new one (unless another thread just did) and send once more."""
+        seen = self.generation
+        try:
+            return send()
+        except EndpointError as exc:
+            if exc.kind != "http-401" or not self.renew(seen):
+                raise
+        return send()
+
 
 class EndpointClient:
     """One interface for the test step across targets.

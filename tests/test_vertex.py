@@ -61,8 +61,6 @@ class TestVertexTwinContract(TargetContract):
 
 
 def _tags(record: dict) -> list[str]:
-    from deployer_plugins.vertex.twin import LocalVertex  # noqa: F401 (the twin's backend)
-
     work = Path(record["endpoint"]["work"])
     data = json.loads((work / "vertex.json").read_text())
     tags = []

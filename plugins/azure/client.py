@@ -35,13 +35,7 @@ class AzureClient(KServeClient):
 
     def _again_on_401(self, send: Callable[[], Any]) -> Any:
         """Send; on a 401 with a token, fetch a new one and send once more."""
-        seen = self.auth.generation
-        try:
-            return send()
-        except EndpointError as exc:
-            if exc.kind != "http-401" or not self.auth.renew(seen):
-                raise
-        return send()
+        return self.auth.again_on_401(send)
 
     def _call(self, what, fn):
         try:

@@ -330,12 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", type=Path, required=True)
     parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
     args = parser.parse_args(argv)
-    server = Gateway((args.host, args.port), args.key_file, args.routes)
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
+    return serve(Gateway((args.host, args.port), args.key_file, args.routes), args.host,
+                 args.port_file)
+
+
+def serve(server: ThreadingHTTPServer, host: str, port_file: Path | None) -> int:
+    """Write the port ``server`` listens on to ``port_file`` (atomically: the starter polls
+    for it), then serve until interrupted."""
+    if port_file:
+        tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(server.server_address[1]))
-        os.replace(tmp, args.port_file)
-    sys.stderr.write(f"gateway listening on {args.host}:{server.server_address[1]}\n")
+        os.replace(tmp, port_file)
+    sys.stderr.write(f"gateway listening on {host}:{server.server_address[1]}\n")
     sys.stderr.flush()
     try:
         server.serve_forever()

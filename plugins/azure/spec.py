@@ -202,16 +202,16 @@ def quota_family(value: str) -> str | None:
                  if re.fullmatch(pattern, str(name or ""))), None)
 
 
-def check_repository(repository) -> None:
-    """No-code Triton rules on top of the core's generic ones."""
+def check_repository(repository,
+                     image: str = "the Triton image of a no-code deployment") -> None:
+    """The rules of NVIDIA's Triton ``image`` on top of the core's generic ones."""
     if not repository.models:
         raise ValidationError("the repository has no model", path=str(repository.path))
     for model in repository.models.values():
         if model.backend not in IMAGE_BACKENDS:
             raise ValidationError(
-                f"model {model.name!r} uses the custom backend {model.backend!r}, which the "
-                "Triton image of a no-code deployment does not carry",
-                path=str(model.config_path),
+                f"model {model.name!r} uses the custom backend {model.backend!r}, which "
+                f"{image} does not carry", path=str(model.config_path),
                 hint="use a standard backend (" + ", ".join(sorted(IMAGE_BACKENDS)) + ")")
         if not model.versions:
             raise ValidationError(f"model {model.name!r} has no numeric version folder",

@@ -181,6 +181,15 @@ def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[
     return pid, url
 
 
+def rehearsal_options(options) -> tuple:
+    """A twin's options: its cloud's, with ``server`` and a local ``startup_timeout``."""
+    return tuple(o for o in options if o.name != "startup_timeout") + (
+        Option("server", str, None, "path of a tritonserver (default: $DEPLOYER_TRITONSERVER, "
+               "PATH, then the managed runtime)"),
+        Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),
+    )
+
+
 def _entities(endpoint_doc, deployment_doc) -> None:
     """The SDK's offline check of the documents, when the SDK is here (the twin runs
     without it)."""
@@ -195,11 +204,7 @@ class AzureTwin(Target):
     name = "azure-twin"
     description = ("rehearsal of azure on this machine: embedded tritonserver behind a "
                    "bearer-key gateway that routes on azureml-model-deployment")
-    options = tuple(o for o in spec.OPTIONS if o.name != "startup_timeout") + (
-        Option("server", str, None, "path of a tritonserver (default: $DEPLOYER_TRITONSERVER, "
-               "PATH, then the managed runtime)"),
-        Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),
-    )
+    options = rehearsal_options(spec.OPTIONS)
     runs_here = True
 
     def validate(self, repository) -> None:

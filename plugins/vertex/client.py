@@ -202,16 +202,7 @@ class VertexClient(EndpointClient):
                 if self._ssl else _RawSender(self._netloc, self._path, headers, body,
                                              self._timeout))
 
-        def again_on_401() -> None:
-            seen = self.auth.generation
-            try:
-                return send()
-            except EndpointError as exc:
-                if exc.kind != "http-401" or not self.auth.renew(seen):
-                    raise
-            return send()
-
-        return again_on_401
+        return lambda: self.auth.again_on_401(send)
 
     def probe(self) -> None:
         """Raise Unavailable at once when the endpoint refuses the token, rather than

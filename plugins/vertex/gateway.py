@@ -27,7 +27,6 @@ import argparse
 import hmac
 import http.client
 import json
-import os
 import random
 import re
 import sys
@@ -37,7 +36,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..azure.gateway import _Watched, parse_keys
+from ..azure.gateway import _Watched, parse_keys, serve
 
 HEALTH_PATH = "/-/gateway"
 CONTAINER_HEALTH = HEALTH_PATH + "/health/"
@@ -192,18 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", type=Path, required=True)
     parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
     args = parser.parse_args(argv)
-    server = Gateway((args.host, args.port), args.project, args.region, args.tokens, args.routes)
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(str(server.server_address[1]))
-        os.replace(tmp, args.port_file)
-    sys.stderr.write(f"gateway listening on {args.host}:{server.server_address[1]}\n")
-    sys.stderr.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(Gateway((args.host, args.port), args.project, args.region, args.tokens,
+                         args.routes), args.host, args.port_file)
 
 
 if __name__ == "__main__":

@@ -293,17 +293,11 @@ def default_model(settings, repository) -> str | None:
 
 
 def check_repository(repository) -> None:
-    """The rules of NVIDIA's image on top of the core's generic ones."""
-    from ..azure.spec import IMAGE_BACKENDS  # the backends NVIDIA's Triton image carries
+    """The rules of NVIDIA's image on top of the core's generic ones (as Azure's no-code
+    deployment, which runs the same image)."""
+    from ..azure.spec import check_repository as check
 
-    if not repository.models:
-        raise ValidationError("the repository has no model", path=str(repository.path))
-    for model in repository.models.values():
-        if model.backend not in IMAGE_BACKENDS:
-            raise ValidationError(
-                f"model {model.name!r} uses the custom backend {model.backend!r}, which "
-                f"NVIDIA's Triton image does not carry", path=str(model.config_path),
-                hint="use a standard backend (" + ", ".join(sorted(IMAGE_BACKENDS)) + ")")
+    check(repository, "NVIDIA's Triton image")
 
 
 def check_settings(settings, repository, cloud: bool) -> None:

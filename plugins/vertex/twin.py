@@ -23,9 +23,10 @@ from pathlib import Path
 
 from deployer import pyimports, triton
 from deployer.errors import DeployFailed, UsageError
-from deployer.target import Option, Target
+from deployer.target import Target
 
 from . import Steps, spec, storage
+from ..azure.twin import rehearsal_options
 from .serving import IMAGE
 
 TOKEN_LIFETIME = 3600.0
@@ -308,11 +309,7 @@ class VertexTwin(Steps, Target):
     name = "vertex-twin"
     description = ("rehearsal of vertex on this machine: its artefact and container args, "
                    "served by the embedded tritonserver behind a rawPredict gateway")
-    options = tuple(o for o in spec.OPTIONS if o.name != "startup_timeout") + (
-        Option("server", str, None, "path of a tritonserver (default: $DEPLOYER_TRITONSERVER, "
-               "PATH, then the managed runtime)"),
-        Option("startup_timeout", float, 120.0, "seconds to wait for tritonserver"),
-    )
+    options = rehearsal_options(spec.OPTIONS)
     runs_here = True
     cloud = False
 
