@@ -307,6 +307,31 @@ def test_cloud_tears_down_a_corrupt_record_by_its_labels(fake, gcs, run_cli, tmp
     assert fake.endpoints == {} and fake.models == {}
 
 
+@pytest.mark.parametrize("step", ["_upload_model", "_create_endpoint"])
+def test_cloud_interrupted_create_is_found_and_torn_down(fake, gcs, run_cli, step):
+    """Ctrl-C while Vertex creates the model or endpoint: the record has no Vertex name yet;
+    teardown finds what was created by its display name among the deployment's labels."""
+    original = getattr(fake, step)
+
+    def interrupted(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    setattr(fake, step, interrupted)
+    try:
+        code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "cut",
+                               *cloud(gcs))
+    finally:
+        setattr(fake, step, original)
+    assert code == 130, err
+    assert (fake.models if step == "_upload_model" else fake.endpoints), fake.calls
+    code, out, err = run_cli("teardown", "cut", "--json")
+    assert code == 0, err
+    kind = "model" if step == "_upload_model" else "endpoint"
+    assert kind in [r["kind"] for r in json.loads(out)["removed"]], out
+    assert fake.models == {} and fake.endpoints == {}
+
+
 def test_compare_vertex_against_the_twin(fake, gcs, run_cli, tmp_path):
     """The cloud target (fake control plane, real Triton) beside its rehearsal; the cost of a
     CPU machine from the price table."""

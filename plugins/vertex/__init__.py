@@ -249,6 +249,19 @@ class Steps:
                 users.append(other.name)
         return users
 
+    def _named(self, resource, deployment) -> str | None:
+        """The Vertex name of a recorded model or endpoint. One recorded but not known to be
+        created (an interrupted create may have finished in Vertex) is looked up by its
+        display name among those labelled with the deployment's id."""
+        if resource.data.get("name"):
+            return resource.data["name"]
+        labels = {spec.ID_LABEL: spec.label_value(deployment.id)}
+        backend = self._backend()
+        found = backend.find_models(labels) if resource.kind == "model" else \
+            backend.find_endpoints(labels)
+        return next((item.name for item in found
+                     if item.display_name == resource.data.get("display_name")), None)
+
     def delete(self, resource, deployment) -> bool:
         data = resource.data
         with self._calls(deployment.name, "teardown"):
@@ -257,11 +270,11 @@ class Steps:
                 info = backend.get_endpoint(data["endpoint"])
                 item = self._deployed(info, resource)
                 return item is not None and backend.undeploy_model(data["endpoint"], item.id)
-            if resource.kind == "endpoint":
-                return backend.delete_endpoint(data.get("name", resource.id))
-            if resource.kind == "model":
-                name = data.get("name") or self._model_named(resource)
-                return bool(name) and backend.delete_model(name)
+            if resource.kind in ("endpoint", "model"):
+                name = self._named(resource, deployment)
+                delete = backend.delete_endpoint if resource.kind == "endpoint" else \
+                    backend.delete_model
+                return bool(name) and delete(name)
             if resource.kind == "artefact":
                 users = self._users(resource.id, deployment)
                 if users:
@@ -271,16 +284,6 @@ class Steps:
                 return self._store().delete(resource.id) > 0
         raise UsageError(f"unknown resource kind {resource.kind!r}")
 
-    def _model_named(self, resource) -> str | None:
-        """A model recorded but not known to be created: found by its display name and
-        labels (an interrupted upload may have finished in Vertex)."""
-        labels = {spec.ID_LABEL: resource.data.get("deployment_id")} \
-            if resource.data.get("deployment_id") else None
-        for model in self._backend().find_models(labels or {}):
-            if model.display_name == resource.data.get("display_name"):
-                return model.name
-        return None
-
     def exists(self, resource, deployment) -> bool:
         data = resource.data
         with self._calls(deployment.name, "teardown"):
@@ -288,11 +291,11 @@ class Steps:
             if resource.kind == "deployed-model":
                 return self._deployed(backend.get_endpoint(data["endpoint"]),
                                       resource) is not None
-            if resource.kind == "endpoint":
-                return backend.get_endpoint(data.get("name", resource.id)) is not None
-            if resource.kind == "model":
-                name = data.get("name")
-                return bool(name) and backend.get_model(name) is not None
+            if resource.kind in ("endpoint", "model"):
+                name = self._named(resource, deployment)
+                get = backend.get_endpoint if resource.kind == "endpoint" else \
+                    backend.get_model
+                return bool(name) and get(name) is not None
             if resource.kind == "artefact":
                 return not self._users(resource.id, deployment) and \
                     self._store().exists(resource.id)
