@@ -157,11 +157,24 @@ class Gateway(ThreadingHTTPServer):
             return self._throttles[key]
 
     def upstream(self, base: str) -> http.client.HTTPConnection:
-        pool = self.local.__dict__.setdefault("pool", {})
-        if base not in pool:
-            parsed = urllib.parse.urlparse(base)
-            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=UPSTREAM_TIMEOUT)
-        return pool[base]
+        return upstream(self.local, base)
+
+
+def upstream(local: threading.local, base: str) -> http.client.HTTPConnection:
+    """This thread's keep-alive connection to ``base`` (kept in ``local``)."""
+    pool = local.__dict__.setdefault("pool", {})
+    if base not in pool:
+        parsed = urllib.parse.urlparse(base)
+        pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=UPSTREAM_TIMEOUT)
+    return pool[base]
+
+
+def bearer_ok(header: str, keys) -> bool:
+    """Whether an Authorization ``header`` is ``Bearer`` one of ``keys`` (:func:`parse_keys`)
+    before its expiry; compared in constant time."""
+    given, now = header.encode(), time.time()
+    return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
+               and (expiry is None or now < expiry) for secret, expiry in keys or [])
 
 
 def _timeout(conn: http.client.HTTPConnection, seconds: float) -> None:
@@ -191,10 +204,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _authorized(self, again: bool = False) -> bool:
-        given, now = self.headers.get("Authorization", "").encode(), time.time()
-        return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
-                   and (expiry is None or now < expiry)
-                   for secret, expiry in self.server.key.get(again) or [])
+        return bearer_ok(self.headers.get("Authorization", ""), self.server.key.get(again))
 
     def _limits(self, deployment: str) -> dict | None:
         return ((self.server.routes.get() or {}).get("limits") or {}).get(deployment)

@@ -110,8 +110,9 @@ class VertexClient(EndpointClient):
 
     def _post(self, route: str, body: bytes = b"", kind: str = "application/json",
               timeout: float | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
-        """(status, body, the answer: its headers) of one POST with the redirect ``route``; a kept-alive
-        connection closed meanwhile is opened again once. OSError when unreachable."""
+        """(status, body, the answer: its headers) of one POST with the redirect ``route``; a
+        kept-alive connection closed meanwhile is opened again once. OSError when
+        unreachable."""
         headers = {"Authorization": self.auth.header(), REDIRECT_HEADER: route,
                    "Content-Type": kind, "Content-Length": str(len(body))}
         for attempt in (1, 2):

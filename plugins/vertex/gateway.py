@@ -24,28 +24,22 @@ the routes file (:func:`.serving.update_routes`) are read again whenever they ch
 from __future__ import annotations
 
 import argparse
-import hmac
 import http.client
 import json
 import random
 import re
 import sys
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..azure.gateway import _Watched, parse_keys, serve
+from ..azure.gateway import _HOP, _Watched, bearer_ok, parse_keys, serve, upstream
 
 HEALTH_PATH = "/-/gateway"
 CONTAINER_HEALTH = HEALTH_PATH + "/health/"
-#: seconds an upstream request may take
-UPSTREAM_TIMEOUT = 180.0
 
 _RAW_PREDICT = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):rawPredict$")
-_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 #: what the container never receives from the client
 _DROPPED = _HOP | {"authorization"}
 
@@ -67,12 +61,7 @@ class Gateway(ThreadingHTTPServer):
         self.local = threading.local()
 
     def upstream(self, base: str) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection to ``base``."""
-        pool = self.local.__dict__.setdefault("pool", {})
-        if base not in pool:
-            parsed = urllib.parse.urlparse(base)
-            pool[base] = http.client.HTTPConnection(parsed.netloc, timeout=UPSTREAM_TIMEOUT)
-        return pool[base]
+        return upstream(self.local, base)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -96,10 +85,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _authorized(self, again: bool = False) -> bool:
-        given, now = self.headers.get("Authorization", "").encode(), time.time()
-        return any(hmac.compare_digest(given, f"Bearer {secret}".encode())
-                   and (expiry is None or now < expiry)
-                   for secret, expiry in self.server.tokens.get(again) or [])
+        return bearer_ok(self.headers.get("Authorization", ""), self.server.tokens.get(again))
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
