@@ -281,6 +281,14 @@ def test_cloud_failures_carry_their_cause(fake, gcs, run_cli, tmp_path):
     assert code == 0, err
     assert fake.endpoints == {} and fake.models == {}
 
+    # an image Vertex may not pull: the line says who needs which role
+    fake.fail("deploy_operation", exceptions.FailedPrecondition(
+        f"Failed to pull image {IMAGE}: permission denied"))
+    code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "pull",
+                           *cloud(gcs))
+    assert code == 3 and "roles/artifactregistry.reader" in err, err
+    assert run_cli("teardown", "pull")[0] == 0 and fake.endpoints == {}
+
     # a container that crashes at start: the operation's error, then its log lines
     crashing = _variant(tmp_path, "crashing", "class TritonPythonModel:\n"
                         "    def initialize(self, args):\n"
