@@ -341,9 +341,7 @@ class KServeClient(EndpointClient):
         headers: Any = {**self._headers, **fixed} if source is None else \
             (lambda: {**source(), **fixed})  # static headers: the request stays prebuilt
         path = self._route(model, version, "infer")
-        if self._ssl:
-            return _https_sender(self._netloc, path, headers, body, self._timeout)
-        return _RawSender(self._netloc, path, headers, body, self._timeout)
+        return post_sender(self._netloc, path, headers, body, self._timeout, self._ssl)
 
     def _route(self, model: str, version: str | None, action: str) -> str:
         return f"{self._prefix}/v2/models/{urllib.parse.quote(model)}" + (
@@ -502,6 +500,18 @@ class _Poster:
             raise EndpointError(payload[:200].decode("utf-8", "replace"),
                                 kind=f"http-{answer.status}")
         return payload
+
+
+def post_sender(netloc: str, path: str, headers: Any, body: bytes, timeout: float,
+                ssl: bool = False) -> Callable[[], None]:
+    """For load: a function that POSTs ``body`` to ``path`` on ``netloc`` again and again, over
+    one keep-alive connection per thread (plain HTTP: the request prebuilt as bytes).
+    ``headers`` is a dict, or a callable returning one before each request (credentials that
+    expire). Raises EndpointError: ``http-STATUS`` for an answer other than 200, ``connection``
+    when unreachable."""
+    if ssl:
+        return _https_sender(netloc, path, headers, body, timeout)
+    return _RawSender(netloc, path, headers, body, timeout)
 
 
 def _https_sender(netloc: str, path: str, headers: Any, body: bytes,

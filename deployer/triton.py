@@ -29,7 +29,11 @@ Its log
 
 Talking to it
     :class:`KServeClient` speaks KServe v2 over HTTP(S) and implements the test step's
-    :class:`EndpointClient` interface; requests fail with :class:`EndpointError`.
+    :class:`EndpointClient` interface; requests fail with :class:`EndpointError`. A client of
+    another wire format builds on :func:`post_sender` (a prebuilt POST repeated for load, one
+    keep-alive connection per thread) and, for an endpoint that wants a bearer token,
+    :class:`BearerAuth` over the target's :class:`Credential` (a key, or a token refreshed
+    before its expiry and once after a 401).
 
 Example, a target's ``deploy``::
 
@@ -46,14 +50,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .client import EndpointClient, EndpointError, KServeClient
+from .client import (BearerAuth, Credential, EndpointClient, EndpointError, KServeClient,
+                     post_sender)
 from .runtime import Server, check_backends, find_server, serve_folder
 from .server import (TAG_ENV, LoadError, LogLines, alive, all_tagged, answers, failure_in,
                      free_ports, inherited, port_in_use, recorded_log, start, stop, tagged, tail,
                      wait_ready, watch_start)
 
 __all__ = [
-    "TAG_ENV", "EndpointClient", "EndpointError", "KServeClient", "LoadError", "LogLines",
+    "TAG_ENV", "BearerAuth", "Credential", "EndpointClient", "EndpointError", "KServeClient",
+    "LoadError", "LogLines", "post_sender",
     "Server", "alive", "all_tagged", "answers", "check_backends", "failure_in", "find_server",
     "free_ports", "inherited", "port_in_use", "recorded_log", "serve_folder", "start", "stop",
     "tagged", "tail", "tritonserver_command", "wait_ready", "watch_start",

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from deployer.client import BearerAuth
+from deployer.triton import BearerAuth
 from deployer.errors import Unavailable
 from deployer.triton import EndpointError, KServeClient
 
@@ -22,7 +22,7 @@ CLOCK: Callable[[], float] = time.time
 
 
 class AzureClient(KServeClient):
-    """KServe v2 on the scoring URI; tokens are refreshed (deployer.client.BearerAuth, on
+    """KServe v2 on the scoring URI; tokens are refreshed (deployer.triton.BearerAuth, on
     this module's CLOCK and REFRESH_MARGIN); a 401 says what to check."""
 
     def __init__(self, url: str, fetch: Callable[[], Any], deployment: str, endpoint: str,

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Mapping
 
-from deployer.client import BearerAuth, EndpointClient, EndpointError, _https_sender, _RawSender
+from deployer.triton import BearerAuth, EndpointClient, EndpointError, post_sender
 from deployer.errors import Unavailable
 
 #: Triton's Vertex frontend (server src/vertex_ai_server.cc): the header that routes a
@@ -193,15 +193,14 @@ class VertexClient(EndpointClient):
 
     def sender(self, model: str, inputs: Mapping[str, Any], *,
                version: str | None = None) -> Callable[[], None]:
-        """Encode the request once; each thread keeps its own connection (deployer.client's
-        senders); a 401 fetches a new token and sends once more."""
+        """Encode the request once; each thread keeps its own connection
+        (:func:`deployer.triton.post_sender`); a 401 fetches a new token and sends once
+        more."""
         body, kind = encode(inputs)
         fixed = {REDIRECT_HEADER: redirect(model, version, "infer"), "Content-Type": kind,
                  "Content-Length": str(len(body))}
         headers = lambda: {"Authorization": self.auth.header(), **fixed}  # noqa: E731
-        send = (_https_sender(self._netloc, self._path, headers, body, self._timeout)
-                if self._ssl else _RawSender(self._netloc, self._path, headers, body,
-                                             self._timeout))
+        send = post_sender(self._netloc, self._path, headers, body, self._timeout, self._ssl)
 
         return lambda: self.auth.again_on_401(send)
 

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from deployer.client import Credential
+from deployer.triton import Credential
 
 #: seconds one deploy may take; ``connect`` sets it from ``startup_timeout``
 DEADLINE = 1800.0

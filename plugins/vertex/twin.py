@@ -271,7 +271,7 @@ class LocalVertex:
     # -- reading -----------------------------------------------------------------------------
     def credential(self, name: str):
         """A token for the endpoint's gateway; a fresh one when it is near its expiry."""
-        from deployer.client import Credential
+        from deployer.triton import Credential
 
         from . import serving
 
