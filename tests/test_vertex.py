@@ -90,6 +90,9 @@ def test_twin_deploy_test_teardown(run_cli, tmp_path):
     tags = _tags(record)
     assert len(tags) == 2 and all(triton.tagged(tag) for tag in tags)
     work = Path(record["endpoint"]["work"])
+    tokens = [path.read_text().split()[0] for path in work.glob("*.token")]
+    assert len(tokens) == 1 and len(tokens[0]) >= 32
+    assert (work.glob("*.token").__next__().stat().st_mode & 0o777) == 0o600
     labels = json.loads((work / "vertex.json").read_text())["models"]
     assert all(m["labels"] == {"team": "ml", "deployer-name": "vx", "deployer-id": record["id"]}
                for m in labels.values()), labels
@@ -107,8 +110,10 @@ def test_twin_deploy_test_teardown(run_cli, tmp_path):
     removed = [r["kind"] for r in json.loads(out)["removed"]]
     assert removed == ["deployed-model", "endpoint", "model", "artefact"], removed
     assert all(triton.tagged(tag) == [] for tag in tags)
-    token_files = list(work.glob("*.token"))
-    assert token_files == []
+    assert list(work.glob("*.token")) == []
+    texts = list(run_cli.outputs) + [p.read_text(errors="replace") for p in
+                                     (tmp_path / "state").rglob("*") if p.is_file()]
+    assert not any(tokens[0] in text for text in texts), "the token leaked"
     code, out, _ = run_cli("teardown", "vx", "--json")
     assert code == 0 and json.loads(out)["found"] is False
 
