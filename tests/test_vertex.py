@@ -201,7 +201,7 @@ def test_twin_tears_down_a_corrupt_record_by_its_tags(run_cli, tmp_path):
     assert all(triton.tagged(tag) == [] for tag in tags)
 
 
-def test_cloud_deploy_test_teardown(fake, gcs, run_cli):
+def test_cloud_deploy_test_teardown(fake, gcs, run_cli, tmp_path):
     """The calls in order, labels on every resource, the artefact content addressed (a second
     deployment of the same repository uploads nothing and keeps it until the last one goes)."""
     code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "first",
@@ -227,6 +227,10 @@ def test_cloud_deploy_test_teardown(fake, gcs, run_cli):
     code, out, err = run_cli("test", "first", "--requests", "20", "--json")
     assert code == 0, out + err
     assert json.loads(out)["passed"]
+    token = fake.tokens.read_text().split()[0]  # what google.auth would have handed out
+    texts = list(run_cli.outputs) + [p.read_text(errors="replace") for p in
+                                     (tmp_path / "state").rglob("*") if p.is_file()]
+    assert len(token) >= 32 and not any(token in text for text in texts), "the token leaked"
 
     code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "second",
                              *cloud(gcs), "--json")
