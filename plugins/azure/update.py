@@ -235,3 +235,4 @@ def _remove(target, resources: list, context, which: str) -> None:
                             f"{resource.id}: {exc}; teardown will retry")
             continue
         context.deleted(resource)
+        target.progress(f"  removed {which}{resource.kind} {resource.id}")

@@ -162,7 +162,7 @@ class Steps:
         model asked once, then the old one undeployed and its model (and artefact, unless the
         new one reads the same) removed. A failure moves the traffic back and removes the new
         model: the old one serves on."""
-        from deployer_plugins.azure.update import smoke
+        from deployer_plugins.azure.update import abandon, retire, smoke
 
         record, s = context.deployment, self.settings
         old = [r for r in record.resources if r.status != "deleted"]
@@ -197,7 +197,7 @@ class Steps:
                 _, deployed = self._deploy_model(context, ep, model.name, names.deployed, 0,
                                                  keeps)
             except DeployFailed:
-                self._remove(context, fresh())
+                abandon(self, fresh(), context)
                 raise
             before = dict(backend.get_endpoint(ep).traffic)
             self.progress(f"  moving all traffic to {names.deployed}")
@@ -207,24 +207,14 @@ class Steps:
             with self._calls(record.name, hint=keeps):
                 self.progress("  the new model failed its check: moving the traffic back")
                 backend.set_traffic(ep, {**before, deployed: 0})
-            self._remove(context, fresh())
+            abandon(self, fresh(), context)
             raise DeployFailed(f"the updated model failed its check: {problem}; the traffic "
                                "went back and it was removed", hint=keeps)
         context.set_endpoint(deployed_id=deployed, **self._served())
         retired = [r for r in old if r.kind in ("deployed-model", "model")
                    or (r.kind == "artefact" and r.id != uri)]
-        self._remove(context, sorted(retired, key=lambda r: ("deployed-model", "model",
-                                                             "artefact").index(r.kind)))
-
-    def _remove(self, context, resources: list) -> None:
-        for resource in resources:
-            try:
-                self.delete(resource, context.deployment)
-            except TeardownIncomplete as exc:
-                self.progress(f"  warning: {exc}; teardown will retry")
-                continue
-            context.deleted(resource)
-            self.progress(f"  removed {resource.kind} {resource.id}")
+        retire(self, sorted(retired, key=lambda r: ("deployed-model", "model",
+                                                    "artefact").index(r.kind)), context)
 
     # -- teardown ----------------------------------------------------------------------------
     @staticmethod
