@@ -11,7 +11,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import UsageError
-from .target import Options, Target
+from .target import SCALING, Options, Target
 
 ENTRY_POINT_GROUP = "deployer.targets"
 DISABLE_ENV = "DEPLOYER_DISABLE_PLUGINS"
@@ -48,6 +48,12 @@ class Registry:
 def parse_options(cls: type[Target], raw: Mapping[str, Any]) -> Options:
     declared = {opt.name: opt for opt in cls.options}
     unknown = [key for key in raw if key not in declared]
+    scaling = [key for key in unknown if key in {opt.name for opt in SCALING}]
+    if scaling:
+        raise UsageError(
+            f"target {cls.name!r} runs one instance and does not scale: "
+            f"{', '.join(repr(k) for k in scaling)} is for the cloud targets",
+            hint=f"drop -o {scaling[0]}, or deploy to sagemaker, azure or vertex")
     if unknown:
         raise UsageError(
             f"target {cls.name!r} has no option {', '.join(repr(k) for k in unknown)}; "

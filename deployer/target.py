@@ -93,6 +93,99 @@ class Options(Mapping[str, Any]):
         return len(self._values)
 
 
+#: The autoscaling options every cloud target declares (add them to ``options``) and maps to
+#: its own mechanism; read them with :func:`scaling`. A target that runs one instance does not
+#: declare them, and the core refuses them for it in one line.
+SCALING: tuple[Option, ...] = (
+    Option("min_instances", int, None, "autoscaling: instances always running (default: "
+           "instance_count)"),
+    Option("max_instances", int, None, "autoscaling: instances the cloud may scale out to "
+           "(default: min_instances, no scaling)"),
+    Option("target_requests_per_minute", int, None, "autoscaling: requests per minute per "
+           "instance the cloud adds or removes instances to hold (needed when max > min)"),
+    Option("scale_in_cooldown", int, None, "autoscaling: seconds after a scale-in before "
+           "the next one (default: the cloud's)"),
+    Option("scale_out_cooldown", int, None, "autoscaling: seconds after a scale-out before "
+           "the next one (default: the cloud's)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """A fleet's validated scaling range and target, from the :data:`SCALING` options."""
+
+    #: instances always running, and the most the cloud may run
+    minimum: int
+    maximum: int
+    #: instances the deploy starts with (``instance_count`` raised to ``minimum``)
+    initial: int
+    #: requests per minute per instance to hold; None when the fleet does not scale
+    target_requests_per_minute: int | None
+    scale_in_cooldown: int | None = None
+    scale_out_cooldown: int | None = None
+
+    @property
+    def scales(self) -> bool:
+        """Whether the cloud is asked to scale (a range, or a target to hold)."""
+        return self.maximum > self.minimum or self.target_requests_per_minute is not None
+
+
+def scaling(settings: Mapping[str, Any], *, instance_count: int = 1) -> Scaling | None:
+    """The :data:`SCALING` options in ``settings`` checked against each other, or None when
+    none is set. ``instance_count`` is the target's own initial count. Raises ``UsageError``
+    (one line) for: a count below 1 (a cloud's scale-to-zero rule is the target's to allow:
+    pass ``min_instances=0`` only where it checks it), min above max, a count the range
+    excludes, a target that is not positive, a range with no target, negative cooldowns.
+    """
+    names = [opt.name for opt in SCALING]
+    if all(settings.get(name) is None for name in names):
+        return None
+    low, high = settings.get("min_instances"), settings.get("max_instances")
+    target = settings.get("target_requests_per_minute")
+    if low is not None and low < 0:
+        raise UsageError(f"min_instances must be 0 or more, got {low}")
+    minimum = instance_count if low is None else low
+    maximum = max(minimum, instance_count) if high is None else high
+    if maximum < 1:
+        raise UsageError(f"max_instances must be at least 1, got {maximum}")
+    if minimum > maximum:
+        raise UsageError(f"min_instances {minimum} is above max_instances {maximum}",
+                         hint="set min_instances <= max_instances")
+    if instance_count > maximum:
+        raise UsageError(f"instance_count {instance_count} is above max_instances {maximum}",
+                         hint="raise max_instances or lower instance_count")
+    if target is not None and target <= 0:
+        raise UsageError(f"target_requests_per_minute must be a positive number, got {target}")
+    if maximum > minimum and target is None:
+        raise UsageError(f"a range of {minimum} to {maximum} instances needs a target to scale "
+                         "on", hint="add -o target_requests_per_minute=N (requests per minute "
+                         "each instance should serve)")
+    cooldowns = {name: settings.get(name) for name in ("scale_in_cooldown", "scale_out_cooldown")}
+    for name, seconds in cooldowns.items():
+        if seconds is not None and seconds < 0:
+            raise UsageError(f"{name} must be 0 or more seconds, got {seconds}")
+        if seconds is not None and target is None:
+            raise UsageError(f"{name} needs target_requests_per_minute: without a target "
+                             "nothing scales")
+    return Scaling(minimum=minimum, maximum=maximum, initial=max(instance_count, minimum),
+                   target_requests_per_minute=target, **cooldowns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fleet:
+    """What a deployment runs on and may scale to (see :meth:`Target.fleet`)."""
+
+    #: the scaling range (equal when the fleet does not scale)
+    minimum: int
+    maximum: int
+    #: instances the cloud is scaling to now, and instances serving now; None when unknown
+    desired: int | None
+    current: int | None
+    #: how it scales, in the cloud's words, e.g. "target tracking 600
+    #: SageMakerVariantInvocationsPerInstance"; '' when it does not
+    rule: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
     """The limits an endpoint applies to requests (see :meth:`Target.request_limits`)."""
@@ -295,6 +388,13 @@ class Target:
         ``compare`` prices these from its price table. Default: nothing (runs here for free).
         """
         return []
+
+    def fleet(self, deployment: Deployment) -> Fleet | None:
+        """The deployment's scaling range and, asked of the cloud now, its desired and current
+        instance counts (None where the cloud cannot say). ``status`` shows it and
+        ``compare`` notes the price at ``maximum``. Default: None (one instance, no scaling).
+        """
+        return None
 
     def request_limits(self, deployment: Deployment) -> RequestLimits | None:
         """What the endpoint accepts before it refuses a request on its own (a throttle of
