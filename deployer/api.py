@@ -462,17 +462,22 @@ class Deployer:
         return found
 
     def status(self, name: str) -> dict[str, Any]:
-        """The stored record plus whether the deployment answers now (``live``)."""
+        """The stored record plus whether the deployment answers now (``live``) and, for a
+        fleet, its scaling range and instance counts (``fleet``, see ``Target.fleet``)."""
         deployment = self.store.load(name)
         data = deployment.to_dict()
-        data["live"] = None
+        data["live"] = data["fleet"] = None
         if deployment.status == "ready":
             with contextlib.suppress(DeployerError, EndpointError):
-                client = self._target(deployment.target, deployment.options).client(deployment)
+                impl = self._target(deployment.target, deployment.options)
+                client = impl.client(deployment)
                 try:
                     data["live"] = client.ready()
                 finally:
                     client.close()
+                # the instance counts the cloud reports now (current and desired)
+                fleet = impl.fleet(deployment)
+                data["fleet"] = dataclasses.asdict(fleet) if fleet else None
         return data
 
     def logs(self, name: str, lines: int = 100) -> str:

@@ -390,6 +390,8 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
         lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]
                   for model, how in sorted(t.get("served_by", {}).items())]
+        lines += [f"{t['target']}: {t['cost_note']}" for t in data["targets"]
+                  if t.get("max_cost_per_hour") is not None]   # a fleet that scales
         lines.append(f"* estimates: {data['price_note']}")
         lines.append(f"compare {'PASSED' if data['passed'] else 'FAILED'}")
         return "\n".join(lines)
@@ -441,9 +443,22 @@ def status(ctx: Context, name: str, as_json: bool) -> None:
         f"models: {', '.join(data['models'])}",
         *(f"{model}: served by {how}" for model, how in
           sorted(data["endpoint"].get("served_by", {}).items())),
+        *([fleet_line(data["fleet"])] if data["fleet"] else []),
         f"created: {data['created_at']}; deploy took {data['deploy_seconds']}s",
         *(f"resource: {r['kind']} {r['id']} [{r['status']}]" for r in data["resources"]),
         *([f"error: {data['error']}"] if data["error"] else [])]))
+
+
+def fleet_line(fleet: dict) -> str:
+    """``instances: 2 now, 3 desired, range 1-4 (target tracking ...)``."""
+    def count(value):
+        return "?" if value is None else str(value)
+
+    span = (str(fleet["minimum"]) if fleet["minimum"] == fleet["maximum"]
+            else f"{fleet['minimum']}-{fleet['maximum']}")
+    rule = f" ({fleet['rule']})" if fleet["rule"] else ""
+    return (f"instances: {count(fleet['current'])} now, {count(fleet['desired'])} desired, "
+            f"range {span}{rule}")
 
 
 @cli.command()

@@ -11,6 +11,7 @@ never overlap.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import secrets
@@ -66,6 +67,8 @@ class TargetResult:
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     cost_per_hour: float | None = None
     cost_per_million: float | None = None
+    #: the price per hour at the fleet's maximum (``Target.fleet``), when it scales
+    max_cost_per_hour: float | None = None
     cost_note: str = ""
     #: a decoupled model, at the first concurrency level: responses, responses_per_s,
     #: first_ms and between_ms (see load.LoadResult.stream); {} otherwise
@@ -113,7 +116,11 @@ def split_options(raw: Mapping[str, str], targets: Sequence[str]) -> dict[str, d
     return per
 
 
-def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict) -> None:
+def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict,
+          fleet=None) -> None:
+    if fleet is not None and len(instances) == 1:
+        # a fleet that scales is priced at its minimum; its maximum is noted
+        instances = [(instances[0][0], fleet.minimum)]
     if not instances:
         result.cost_per_hour, result.cost_note = 0.0, "runs on this machine: no cloud cost"
     else:
@@ -133,6 +140,12 @@ def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict) -
             return
         result.cost_per_hour = round(total, 4)
         result.cost_note = "estimate from list prices (see sources)"
+        if fleet is not None and len(instances) == 1 and fleet.maximum > fleet.minimum:
+            result.max_cost_per_hour = round(
+                result.instances[0]["usd_per_hour"] * fleet.maximum, 4)
+            result.cost_note += (f"; priced at the minimum of {fleet.minimum} instance(s), it "
+                                 f"scales to {fleet.maximum}: up to {result.max_cost_per_hour} "
+                                 "USD/h")
     if result.throughput_rps:
         result.cost_per_million = round(
             result.cost_per_hour / (result.throughput_rps * 3600) * 1_000_000, 4)
@@ -256,7 +269,10 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             result.errors = sum(sum(x["errors"].values()) for x in result.load)
             result.throttled = sum(x["throttled"] for x in result.load)
             result.timed_out = sum(x["timed_out"] for x in result.load)
-            _cost(result, impl.instances(deployment), table)
+            fleet = None
+            with contextlib.suppress(DeployerError):
+                fleet = impl.fleet(deployment)
+            _cost(result, impl.instances(deployment), table, fleet)
             failed_load = _failed_load(result)
             result.passed = bool(result.test_passed) and failed_load is None
             if not result.test_passed:

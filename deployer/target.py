@@ -148,7 +148,7 @@ def scaling(settings: Mapping[str, Any], *, instance_count: int = 1) -> Scaling 
     maximum = max(minimum, instance_count) if high is None else high
     if maximum < 1:
         raise UsageError(f"max_instances must be at least 1, got {maximum}")
-    if minimum > maximum:
+    if minimum > maximum and low is not None:
         raise UsageError(f"min_instances {minimum} is above max_instances {maximum}",
                          hint="set min_instances <= max_instances")
     if instance_count > maximum:

@@ -29,7 +29,8 @@ from . import hookimpl
 from .api import Deployer
 from .client import EndpointClient, EndpointError
 from .errors import DeployFailed, Interrupted
-from .target import DeployContext, Option, PlannedResource, RequestLimits, Target
+from .target import (SCALING, DeployContext, Fleet, Option, PlannedResource, RequestLimits, Target,
+                     scaling)
 
 
 class TargetContract:
@@ -230,11 +231,25 @@ class FakeTarget(Target):
         Option("token", str, None, "a secret that must never reach state", secret=True),
         Option("instance_type", str, None, "an instance type it pretends to bill (for compare)"),
         Option("max_concurrent", int, None, "requests in flight it serves; past it, HTTP 429"),
+        *SCALING,
     )
     runs_here = False
 
+    def validate(self, repository):
+        scaling(self.settings, instance_count=2)
+
     def instances(self, deployment):
-        return [(self.settings.instance_type, 2)] if self.settings.instance_type else []
+        fleet = scaling(self.settings, instance_count=2)
+        count = fleet.minimum if fleet else 2
+        return [(self.settings.instance_type, count)] if self.settings.instance_type else []
+
+    def fleet(self, deployment):
+        fleet = scaling(self.settings, instance_count=2)
+        if fleet is None:
+            return None
+        rule = (f"target {fleet.target_requests_per_minute} requests/minute per instance"
+                if fleet.scales else "")
+        return Fleet(fleet.minimum, fleet.maximum, fleet.initial, fleet.initial, rule)
 
     def request_limits(self, deployment):
         if self.settings.max_concurrent is None:

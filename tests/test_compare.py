@@ -91,6 +91,27 @@ def test_cost_uses_the_table_and_overrides(tmp_path, repo):
     assert unknown.cost_per_hour is None and "--price ml.unknown=" in unknown.cost_note
 
 
+def test_a_fleet_that_scales_is_priced_at_its_minimum_and_its_maximum_noted(tmp_path, repo):
+    world = FakeWorld(tmp_path / "world.json")
+    core = Deployer(state_dir=tmp_path / "s", plugins=[FakePlugin()], progress=lambda _: None)
+    options = {"world": str(world.path), "instance_type": "ml.g4dn.xlarge",
+               "min_instances": "1", "max_instances": "5", "target_requests_per_minute": "600"}
+    fake = compare(core, repo, ["fake"], {"fake": options}, requests=30, concurrency=[1],
+                   prices={"ml.g4dn.xlarge": 0.5}).targets[0]
+    assert fake.passed, fake.error
+    assert fake.instances[0]["count"] == 1 and fake.cost_per_hour == 0.5
+    assert fake.max_cost_per_hour == 2.5
+    assert "scales to 5: up to 2.5 USD/h" in fake.cost_note
+    assert "scales to 5" in render(report_of(fake, repo))
+
+
+def report_of(target, repo):
+    from deployer.compare import CompareReport
+
+    return CompareReport(str(repo), "add_sub", 30, [1], [target], [target.target], [],
+                         "estimates").to_dict()
+
+
 def test_the_endpoints_own_refusals_are_counted_apart_and_warned_of(tmp_path, repo):
     world = FakeWorld(tmp_path / "world.json")
     said = []

@@ -155,6 +155,55 @@ def test_bad_options_are_one_line(fake_cli, world, option, message, tmp_path):
         (tmp_path / "state" / "deployments").iterdir())
 
 
+@pytest.mark.parametrize("options, message", [
+    (["min_instances=3", "max_instances=2"], "min_instances 3 is above max_instances 2"),
+    (["max_instances=4"], "a range of 2 to 4 instances needs a target to scale on"),
+    (["max_instances=4", "target_requests_per_minute=0"],
+     "target_requests_per_minute must be a positive number"),
+    (["max_instances=1"], "instance_count 2 is above max_instances 1"),
+    (["min_instances=-1"], "min_instances must be 0 or more"),
+    (["scale_in_cooldown=60"], "scale_in_cooldown needs target_requests_per_minute"),
+    (["max_instances=3", "target_requests_per_minute=60", "scale_out_cooldown=-5"],
+     "scale_out_cooldown must be 0 or more seconds"),
+])
+def test_scaling_options_are_checked_before_anything_is_created(fake_cli, world, options,
+                                                                message):
+    args = [arg for option in options for arg in ("-o", option)]
+    result = fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "-o",
+                      f"world={world.path}", *args)
+    assert result.code == 2, result
+    assert message in one_line_error(result)
+    assert world.read().get("servers", []) == [] and fake_cli("list", "--json").json() == []
+
+
+@pytest.mark.parametrize("target", ["local", "docker"])
+def test_targets_that_run_one_instance_refuse_the_scaling_options(cli, target):
+    result = cli("deploy", REPOS / "add_sub", "--target", target, "-o", "max_instances=3")
+    assert result.code == 2, result
+    assert (f"target {target!r} runs one instance and does not scale: 'max_instances' is for "
+            "the cloud targets") in one_line_error(result)
+    assert cli("list", "--json").json() == []
+
+
+def test_status_shows_the_fleets_range_and_counts(fake_cli, world):
+    deployed = fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "--name", "fleet",
+                        "-o", f"world={world.path}", "-o", "min_instances=3", "-o",
+                        "max_instances=6", "-o", "target_requests_per_minute=900")
+    assert deployed.code == 0, deployed
+    status = fake_cli("status", "fleet", "--json").json()
+    assert status["fleet"] == {"minimum": 3, "maximum": 6, "desired": 3, "current": 3,
+                               "rule": "target 900 requests/minute per instance"}
+    text = fake_cli("status", "fleet").out
+    assert ("instances: 3 now, 3 desired, range 3-6 (target 900 requests/minute per "
+            "instance)") in text
+    plain = fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "--name", "plain",
+                     "-o", f"world={world.path}")
+    assert plain.code == 0 and fake_cli("status", "plain", "--json").json()["fleet"] is None
+    assert "instances:" not in fake_cli("status", "plain").out
+    for name in ("fleet", "plain"):
+        assert fake_cli("teardown", name).code == 0
+
+
 def test_config_file_and_cli_override(fake_cli, world, tmp_path):
     config = tmp_path / "deploy.toml"
     config.write_text(f'target = "fake"\nname = "from-config"\n[options]\nworld = "{world.path}"\n'
