@@ -55,6 +55,13 @@ class TargetContract:
             assert option.help, f"option {option.name} has no help"
             if option.default is not None:
                 option.parse(option.default)
+        # the scaling words mean the same everywhere: all of them, as declared, or none
+        declared = {option.name: option for option in cls.options}
+        shared = [option for option in SCALING if option.name in declared]
+        assert not shared or len(shared) == len(SCALING), \
+            f"declare all of deployer.target.SCALING or none (has {[o.name for o in shared]})"
+        for option in shared:
+            assert declared[option.name].type is option.type, f"{option.name} is retyped"
 
     def test_plan_has_no_side_effect(self, deployer, target_name, target_options, repository,
                                      tmp_path, monkeypatch):
