@@ -118,9 +118,6 @@ def split_options(raw: Mapping[str, str], targets: Sequence[str]) -> dict[str, d
 
 def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict,
           fleet=None) -> None:
-    if fleet is not None and len(instances) == 1:
-        # a fleet that scales is priced at its minimum; its maximum is noted
-        instances = [(instances[0][0], fleet.minimum)]
     if not instances:
         result.cost_per_hour, result.cost_note = 0.0, "runs on this machine: no cloud cost"
     else:
@@ -140,9 +137,9 @@ def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict,
             return
         result.cost_per_hour = round(total, 4)
         result.cost_note = "estimate from list prices (see sources)"
-        if fleet is not None and len(instances) == 1 and fleet.maximum > fleet.minimum:
-            result.max_cost_per_hour = round(
-                result.instances[0]["usd_per_hour"] * fleet.maximum, 4)
+        # instances() is the fleet at its minimum; each part grows with the instance count
+        if fleet is not None and fleet.maximum > fleet.minimum >= 1:
+            result.max_cost_per_hour = round(total / fleet.minimum * fleet.maximum, 4)
             result.cost_note += (f"; priced at the minimum of {fleet.minimum} instance(s), it "
                                  f"scales to {fleet.maximum}: up to {result.max_cost_per_hour} "
                                  "USD/h")

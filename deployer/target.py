@@ -383,9 +383,11 @@ class Target:
         return ""
 
     def instances(self, deployment: Deployment) -> list[tuple[str, int]]:
-        """What the deployment is billed for by the hour: ``[(instance_type, count)]``.
+        """What the deployment is billed for by the hour: ``[(instance_type, count)]``; for
+        a fleet that scales, at its minimum (:meth:`fleet`).
 
-        ``compare`` prices these from its price table. Default: nothing (runs here for free).
+        ``compare`` prices these from its price table, and notes the price at the fleet's
+        maximum as this times ``maximum / minimum``. Default: nothing (runs here for free).
         """
         return []
 
