@@ -281,7 +281,8 @@ class Deployer:
             report = tester.run(client, repo, deployment.models, name=name,
                                 target=deployment.target, options=options,
                                 progress=self.progress,
-                                served_by=deployment.endpoint.get("served_by"))
+                                served_by=deployment.endpoint.get("served_by"),
+                                metrics=deployment.endpoint.get("metrics"))
         finally:
             client.close()
         self._notify("deployer_test_finished", deployment=deployment, report=report)

@@ -342,7 +342,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
             prices, report_file, as_json) -> None:
     """Deploy to several targets, measure the same load on each, tear all down, compare."""
     from . import compare as comparing
-    from .render import table
+    from .render import server_time_table, table
 
     check_writable(report_file, "report")
     flat = parse_options(raw_options)
@@ -377,6 +377,10 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
         lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
                         "p99 ms", "max req/s", "errors", "429", "408", "USD/h*", "USD/M*"],
                        rows)]
+        split = server_time_table([(t["target"], level) for t in data["targets"]
+                                   for level in t["load"]])
+        if split:   # where the time went, by Triton's own counters
+            lines.append(split)
         streamed = [t for t in data["targets"] if t.get("stream")]
         if streamed:   # a decoupled model: what its streams did at the first level
             lines.append(table(["target", "first response ms p50", "p99",

@@ -20,10 +20,10 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from . import load, samples
+from . import samples, servertime
 from .errors import DeployerError, Interrupted, UsageError
 from .state import name_from
-from .tester import TestOptions, load_sender
+from .tester import TestOptions, load_sender, per_request
 
 if TYPE_CHECKING:
     from .api import Deployer
@@ -62,7 +62,8 @@ class TargetResult:
     limits: dict[str, Any] | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: one entry per concurrency level: concurrency, throughput_rps, latency_ms, errors (by
-    #: kind, without the refusals), throttled, timed_out
+    #: kind, without the refusals), throttled, timed_out, and where the time went by Triton's
+    #: counters, server_time (see deployer.servertime.split) or server_time_note (why not)
     load: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     cost_per_hour: float | None = None
@@ -174,7 +175,8 @@ def _level(level: int, measured) -> dict[str, Any]:
     return {"concurrency": level, "throughput_rps": measured.throughput_rps,
             "latency_ms": measured.latency_ms, "errors": errors, **refused,
             "stable": measured.stable, "stream": measured.stream,
-            "latency_by_step": measured.latency_by_step}
+            "latency_by_step": measured.latency_by_step,
+            "server_time": measured.server_time, "server_time_note": measured.server_time_note}
 
 
 def _failed_load(result: TargetResult) -> str | None:
@@ -254,10 +256,17 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                         client, repo.models[model], inputs, cold_start_timeout)
                     report = core.test(result.name, TestOptions(ready_timeout=60))
                     result.test_passed = report.passed
+                    metrics = deployment.endpoint.get("metrics")
                     for level in concurrency:
                         send, kind = load_sender(client, repo.models[model], inputs)
-                        measured = load.run(model, send, requests, level, kind=kind)
+                        measured = servertime.timed_load(
+                            metrics, model, send, requests, level, kind=kind,
+                            per_request=per_request(repo.models[model], inputs))
                         result.load.append(_level(level, measured))
+                        if metrics and measured.server_time_note:
+                            result.warnings.append(f"concurrency {level}: "
+                                                   f"{measured.server_time_note}")
+                            progress(f"warning: {target}: {result.warnings[-1]}")
             finally:
                 client.close()
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}

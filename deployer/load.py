@@ -45,6 +45,11 @@ class LoadResult:
     #: ``first_ms`` (time to the first response) and ``between_ms`` (between responses), each
     #: p50, p90, p99, mean; {} otherwise
     stream: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: where the time went by Triton's own counters over the measured windows (see
+    #: deployer.servertime.split: ``server_ms``, ``queue_ms``, ..., ``outside_server_ms``,
+    #: ``server_share``, ``batch_size``); None when not read, ``server_time_note`` says why
+    server_time: dict[str, object] | None = None
+    server_time_note: str = ""
 
     @property
     def error_count(self) -> int:
@@ -136,21 +141,29 @@ class _Workers:
 
 def run(model: str, send: Callable[[], object], requests: int, concurrency: int,
         warmup: int | None = None, max_windows: int = 10,
-        clock: Callable[[], float] = time.perf_counter, kind: str = "request") -> LoadResult:
+        clock: Callable[[], float] = time.perf_counter, kind: str = "request",
+        between: Callable[[int], None] | None = None) -> LoadResult:
     """Measure ``send`` at ``concurrency`` with at least ``requests`` requests (``clock``
     reads seconds; tests pass one they control). ``kind`` says what ``send`` returns:
     ``request`` (nothing), ``sequence`` (each step's seconds: latencies are also reported per
     step) or ``stream`` (the seconds to each response: time to first response, time between
-    responses and responses per second are reported)."""
+    responses and responses per second are reported). ``between``, when given, is called with
+    the workers idle after the warm-up and after each measured window, with the requests that
+    succeeded since the warm-up began; the time it takes is in no window."""
     concurrency = max(1, min(concurrency, requests))
     size = max(concurrency, math.ceil(requests / STABLE_WINDOWS))
     workers = _Workers(send, concurrency, clock)
     try:
-        workers.window(min(size, 50 * concurrency) if warmup is None else warmup)
+        done = len(workers.window(min(size, 50 * concurrency) if warmup is None else warmup)[0])
+        if between is not None:
+            between(done)
         measured: list[tuple[list[float], Counter, float, list]] = []
         stable = False
         while len(measured) < max_windows:
             measured.append(workers.window(size))
+            if between is not None:
+                done += len(measured[-1][0])
+                between(done)
             if len(measured) >= STABLE_WINDOWS:
                 rates = [len(lat) / sec if sec else 0.0 for lat, _, sec, _ in
                          measured[-STABLE_WINDOWS:]]

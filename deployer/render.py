@@ -13,6 +13,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+SPLIT_HEADERS = ["target", "concurrency", "client mean ms", "outside server ms", "queue ms",
+                 "compute ms", "other in server ms", "server ms", "server share", "batch size",
+                 "requests"]
+
+
+def server_time_table(levels: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Where the time went, one row per (target, load level) that has Triton's figures; a line
+    per level without them, saying why."""
+    rows, notes = [], []
+    for target, level in levels:
+        split = level.get("server_time")
+        if split is None:
+            if level.get("server_time_note"):
+                notes.append(f"{target} at concurrency {level['concurrency']}: no server "
+                              f"split: {level['server_time_note']}")
+            continue
+        share = split["server_share"]
+        rows.append([target, level["concurrency"], split["client_mean_ms"],
+                     split["outside_server_ms"], split["queue_ms"], split["compute_ms"],
+                     split["server_other_ms"], split["server_ms"],
+                     None if share is None else f"{share:.0%}", split["batch_size"],
+                     split["requests"]])
+    return "\n".join(([table(SPLIT_HEADERS, rows)] if rows else []) + notes)
+
+
 def test_report(report: dict[str, Any]) -> str:
     versioned = any(model.get("version") for model in report["models"])
     rows = [["(server)", *([""] if versioned else []), "ready",
@@ -43,6 +68,16 @@ def test_report(report: dict[str, Any]) -> str:
                  + (f" {load['errors']}" if load["errors"] else ""))
         text += "".join(f"\n  step {step}: p50 {lat['p50']} p99 {lat['p99']} mean {lat['mean']}"
                         for step, lat in load.get("latency_by_step", {}).items())
+        split = load.get("server_time")
+        if split:
+            text += (f"\n  in the server (Triton's counters), ms per request: queue "
+                     f"{split['queue_ms']}, compute input {split['compute_input_ms']} infer "
+                     f"{split['compute_infer_ms']} output {split['compute_output_ms']}; server "
+                     f"{split['server_ms']} of the client's {split['client_mean_ms']} "
+                     f"({split['server_share']:.0%}), outside the server "
+                     f"{split['outside_server_ms']}; batch size {split['batch_size']}")
+        elif load.get("server_time_note"):
+            text += f"\n  no server split: {load['server_time_note']}"
         stream = load.get("stream")
         if stream:
             first, between = stream["first_ms"], stream["between_ms"]

@@ -363,6 +363,11 @@ def load_sender(client: EndpointClient, model: Model,
     return client.sender(model.name, steps[0]), "request"
 
 
+def per_request(model: Model, steps: list[dict[str, Any]]) -> int:
+    """Triton requests per request load sends: a stateful model's sequence is one per step."""
+    return len(steps) if model.stateful and not model.decoupled else 1
+
+
 def select_models(repository: Repository, served: Sequence[str], wanted: Sequence[str]) -> list[str]:
     unknown = [m for m in wanted if m not in served]
     if unknown:
@@ -416,9 +421,10 @@ def prepare(repository: Repository, served: Sequence[str], options: TestOptions)
 
 def run(client: EndpointClient, repository: Repository, served: Sequence[str], *, name: str,
         target: str, options: TestOptions, progress: Callable[[str], None],
-        served_by: dict[str, str] | None = None) -> TestReport:
+        served_by: dict[str, str] | None = None, metrics: str | None = None) -> TestReport:
     """Run the test step against ``client``; bad sample/expect files raise UsageError first.
-    ``served_by`` says how models the target serves through a stand-in are served."""
+    ``served_by`` says how models the target serves through a stand-in are served;
+    ``metrics``, Triton's metrics URL, splits the load's time (deployer.servertime)."""
     started = time.monotonic()
     prepared = prepare(repository, served, options)
     models, inputs, expected = prepared.models, prepared.inputs, prepared.expected
@@ -449,14 +455,18 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
                 expected.get(model_name), options, (served_by or {}).get(model_name, ""),
                 lambda shown: progress(f"testing {name}: {shown}")))
     if options.requests > 0:
-        from . import load
+        from . import servertime
 
         load_model = models[0] if options.models else next(
             (m for m in repository.top_level() if m in models), models[0])
         progress(f"load: {options.requests} requests at concurrency {options.concurrency} "
                  f"on {load_model}")
         send, kind = load_sender(client, repository.models[load_model], inputs[load_model])
-        report.load.append(load.run(load_model, send, options.requests, options.concurrency,
-                                    kind=kind))
+        measured = servertime.timed_load(
+            metrics, load_model, send, options.requests, options.concurrency, kind=kind,
+            per_request=per_request(repository.models[load_model], inputs[load_model]))
+        if metrics and measured.server_time_note:
+            progress(f"warning: {measured.server_time_note}")
+        report.load.append(measured)
     report.seconds = round(time.monotonic() - started, 3)
     return report
