@@ -540,7 +540,7 @@ class FakeAzure(seam.Seam):
             (old or deployment).log = log
             return stuck_poller(self)
         try:
-            _, url = twin.start_triton(Path(model["path"]), endpoint.folder, tag, lambda _: None,
+            _, url, _ = twin.start_triton(Path(model["path"]), endpoint.folder, tag, lambda _: None,
                                        timeout=60, log_name=log.name)
         except DeployFailed:
             triton.stop(tag, STOP_GRACE)  # one that never became ready

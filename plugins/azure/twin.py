@@ -164,10 +164,10 @@ def serve_model(model_dir: Path, destination: Path, progress: Callable[[str], No
 def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[str], None],
                  server_path: str | None = None, host: str = "127.0.0.1",
                  timeout: float = 120.0, log_name: str = "inference-server.log",
-                 server: triton.Server | None = None) -> tuple[int, str]:
+                 server: triton.Server | None = None) -> tuple[int, str, str]:
     """Serve ``model_dir`` as a no-code deployment's Triton does (every model loaded at start,
     the server exits if one fails) on ``server`` (default: the one ``server_path`` names, see
-    :func:`deployer.triton.find_server`); return (pid, url) once ready."""
+    :func:`deployer.triton.find_server`); return (pid, url, metrics URL) once ready."""
     server = server or triton.find_server(server_path, progress, create=True)
     http_port, grpc_port, metrics_port = triton.free_ports(3, host)
     log_path = work_dir / log_name
@@ -178,7 +178,7 @@ def start_triton(model_dir: Path, work_dir: Path, tag: str, progress: Callable[[
     pid = triton.start(command, server.process_env(guard), log_path, tag)
     url = f"http://{host}:{http_port}"
     triton.wait_ready(url, pid, log_path, timeout, progress, what="the deployment's tritonserver")
-    return pid, url
+    return pid, url, f"http://{host}:{metrics_port}/metrics"
 
 
 def rehearsal_options(options) -> tuple:
@@ -256,14 +256,15 @@ class AzureTwin(Target):
                                   tag=tag, log=str(log_path), routes=str(routes),
                                   staged=str(work / "served"), **sent)
         try:
-            pid, triton_url, served = self._start(model_dir, work / "served", tag, log_path)
+            pid, triton_url, served, metrics = self._start(model_dir, work / "served", tag,
+                                                           log_path)
         except DeployFailed as exc:
             raise DeployFailed(f"deployment {ep}/{dep} failed, provisioning state Failed: "
                                f"{exc.message}", hint=exc.hint) from None
         update_routes(routes, dep, url=triton_url, traffic=0,
                       limits=gateway_limits(sent["request_settings"], sent["instance_count"]))
         context.created(resource, pid=pid, url=triton_url, provisioning_state="Succeeded")
-        context.set_endpoint(served_by=served)
+        context.set_endpoint(served_by=served, metrics=metrics)
 
         resource = context.record("traffic", f"{ep}/{dep}", endpoint=ep, deployment=dep,
                                   routes=str(routes), percent=self.settings.traffic)
@@ -271,15 +272,15 @@ class AzureTwin(Target):
         context.created(resource)
 
     def _start(self, model_dir: Path, staged: Path, tag: str,
-               log_path: Path) -> tuple[int, str, dict[str, str]]:
+               log_path: Path) -> tuple[int, str, dict[str, str], str]:
         """A deployment's tritonserver on ``model_dir`` (or its staged copy in ``staged``):
-        (pid, url, how the shimmed models are served), once ready."""
+        (pid, url, how the shimmed models are served, its metrics URL), once ready."""
         server, folder, served = serve_model(model_dir, staged, self.progress,
                                              self.settings.server)
-        pid, url = start_triton(folder, log_path.parent, tag, self.progress,
-                                timeout=self.settings.startup_timeout, log_name=log_path.name,
-                                server=server)
-        return pid, url, served
+        pid, url, metrics = start_triton(folder, log_path.parent, tag, self.progress,
+                                         timeout=self.settings.startup_timeout,
+                                         log_name=log_path.name, server=server)
+        return pid, url, served, metrics
 
     def update(self, repository, context) -> None:
         """The steps of :mod:`.update` on this machine. Both modes start a new tritonserver on
@@ -294,7 +295,7 @@ class AzureTwin(Target):
         routes = self._routes(plan, record)
         local = _Local(self, repository, routes, Path(context.work_dir))
         update.run(local, plan, repository, context)
-        context.set_endpoint(served_by=local.served)  # the new server serves now
+        context.set_endpoint(served_by=local.served, metrics=local.metrics)  # the new server
 
     @staticmethod
     def _routes(plan, record) -> Path:
@@ -407,6 +408,7 @@ class _Local:
         self.suffix = secrets.token_hex(3)  # names this update's folder, server and log
         self.traffic_data = {"routes": str(routes)}
         self.served: dict[str, str] = {}
+        self.metrics = ""
 
     def register_model(self, plan, context):
         record = context.deployment
@@ -429,7 +431,8 @@ class _Local:
                                  tag=tag, log=str(log_path), routes=str(self.routes),
                                  staged=str(staged), **self.sent)
         try:
-            pid, url, self.served = self.target._start(self.model_dir, staged, tag, log_path)
+            pid, url, self.served, self.metrics = self.target._start(self.model_dir, staged,
+                                                                     tag, log_path)
         except DeployFailed as exc:
             triton.stop(tag)  # never routed: the route (in place: the old server's) stays
             shutil.rmtree(staged, ignore_errors=True)

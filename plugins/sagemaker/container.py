@@ -98,12 +98,15 @@ def shimmed(server, folder: Path, destination: Path, progress,
     return triton.serve_folder(server, Repository.load(folder), destination, progress, where)
 
 
-def command(server, args: list[str], sagemaker_port: int, http_port: int) -> list[str]:
+def command(server, args: list[str], sagemaker_port: int, http_port: int,
+            metrics_port: int | None = None) -> list[str]:
     """The container's ``tritonserver`` line. Unlike the container, HTTP stays on, bound to
-    127.0.0.1 only, so the test step can read real model metadata (SageMaker has no route)."""
+    127.0.0.1 only, so the test step can read real model metadata (SageMaker has no route),
+    and so do the metrics, when a port is given, for the server's share of the latency."""
     from deployer.triton import tritonserver_command
 
     return tritonserver_command(server, host="127.0.0.1", http_port=http_port,
+                                metrics_port=metrics_port,
                                 args=["--allow-sagemaker=true",
                                       f"--sagemaker-port={sagemaker_port}",
                                       "--model-control-mode=explicit", *args])
@@ -117,13 +120,14 @@ def start(server, args: list[str], environment: dict[str, str], log_path: Path, 
     Returns pid and ports."""
     from deployer import triton
 
-    sagemaker_port, http_port = triton.free_ports(2)
-    pid = triton.start(command(server, args, sagemaker_port, http_port),
+    sagemaker_port, http_port, metrics_port = triton.free_ports(3)
+    pid = triton.start(command(server, args, sagemaker_port, http_port, metrics_port),
                        server.process_env(environment), log_path, tag)
     triton.wait_ready(f"http://127.0.0.1:{sagemaker_port}", pid, log_path, timeout, progress,
                       what="tritonserver (SageMaker frontend)", ready_path="/ping",
                       index_url=f"http://127.0.0.1:{http_port}")
-    return {"pid": pid, "sagemaker_port": sagemaker_port, "http_port": http_port}
+    return {"pid": pid, "sagemaker_port": sagemaker_port, "http_port": http_port,
+            "metrics_port": metrics_port}
 
 
 def request(method: str, url: str, body: bytes | None = None,

@@ -130,6 +130,7 @@ class SageMakerTwin(Target):
         context.set_endpoint(mode=self.settings.mode, sagemaker_port=info["sagemaker_port"],
                              http_port=info["http_port"],
                              url=f"http://127.0.0.1:{info['sagemaker_port']}",
+                             metrics=f"http://127.0.0.1:{info['metrics_port']}/metrics",
                              served_by=served)
         context.created(resource)
 

@@ -86,6 +86,8 @@ class Served:
     served_by: dict[str, str]
     predict: str = PREDICT_ROUTE.format(endpoint="rehearsal", deployed="rehearsal")
     health: str = HEALTH_ROUTE.format(endpoint="rehearsal", deployed="rehearsal")
+    #: its tritonserver's Prometheus metrics (on 127.0.0.1), "" when unknown
+    metrics: str = ""
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -253,7 +255,7 @@ def start_model_server(folder: Path, container: dict, work_dir: Path, tag: str,
         raise
     chosen = named or ready[0]  # the frontend started: one ready model, or the named one
     return Served(pid, vertex, chosen, served_by, env["AIP_PREDICT_ROUTE"],
-                  env["AIP_HEALTH_ROUTE"])
+                  env["AIP_HEALTH_ROUTE"], f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 # -- the gateway ---------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class LocalVertex:
         self.region = settings.region
         self.path = work / "vertex.json"
         self.served_by: dict = {}
+        self.metrics = ""
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _read(self) -> dict:
@@ -212,6 +213,7 @@ class LocalVertex:
             tag, self.progress, server_path=self.settings.server,
             timeout=min(timeout, float(self.settings.startup_timeout)), log_name=log_name)
         self.served_by.update(served.served_by or {})
+        self.metrics = served.metrics  # the newest container's
         data = self._read()
         entry = data["endpoints"][endpoint]
         entry["deployed"][number] = {"model": model, "display_name": display_name, "tag": tag,
@@ -348,7 +350,9 @@ class VertexTwin(Steps, Target):
         return self._backend().store
 
     def _served(self) -> dict:
-        return {"served_by": self._backend().served_by} if self._backend().served_by else {}
+        backend = self._backend()
+        return {**({"served_by": backend.served_by} if backend.served_by else {}),
+                **({"metrics": backend.metrics} if backend.metrics else {})}
 
     def deploy(self, repository, context) -> None:
         self._deployment = context.deployment
