@@ -127,6 +127,92 @@ def line_chart(chart_id: str, xs: Sequence[int], lines: dict[str, dict[int, floa
             f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
 
 
+#: the segments of a request's time, outside in, with their colours
+SEGMENTS = (("outside_server_ms", "outside the server", "#9ca3af"),
+            ("queue_ms", "queue", "#d97706"),
+            ("compute_ms", "compute (input, infer, output)", "#2563eb"),
+            ("server_other_ms", "other in the server", "#7c3aed"))
+
+
+def stacked_bars(chart_id: str, bars: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """One horizontal bar per (label, split): its client mean cut into the segments of
+    :data:`SEGMENTS`, each as wide as its milliseconds; the batch size Triton formed at the
+    bar's end."""
+    width, left, row, top_pad = 520, 150, 30, 22
+    height = top_pad + row * len(bars) + 26
+    top = max([sum(max(0.0, split[k] or 0.0) for k, _, _ in SEGMENTS) for _, split in bars]
+              or [1.0]) * 1.15 or 1.0
+    scale = (width - left - 60) / top
+    parts = [f'<text x="{left}" y="12" font-size="11" fill="#6b7280">ms per request</text>']
+    for i in range(5):
+        x = left + (width - left - 60) * i / 4
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top_pad - 4}" '
+                     f'y2="{height - 22}" stroke="#e5e7eb"/><text x="{x:.1f}" '
+                     f'y="{height - 8}" font-size="11" text-anchor="middle" fill="#6b7280">'
+                     f'{top * i / 4:.3g}</text>')
+    for n, (label, split) in enumerate(bars):
+        y, x = top_pad + n * row, float(left)
+        parts.append(f'<text x="{left - 6}" y="{y + row / 2 + 2:.1f}" font-size="12" '
+                     f'text-anchor="end">{_esc(label)}</text>')
+        for key, name, color in SEGMENTS:
+            value = split.get(key)
+            if not value or value <= 0:
+                continue
+            w = value * scale
+            parts.append(f'<rect class="mark" data-part="{key}" data-ms="{value}" '
+                         f'x="{x:.2f}" y="{y + 4}" width="{w:.2f}" height="{row - 10}" '
+                         f'fill="{color}"><title>{_esc(label)} {_esc(name)}: {value:,.4g} ms'
+                         f'</title></rect>')
+            x += w
+        batch = split.get("batch_size")
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + row / 2 + 2:.1f}" font-size="11" '
+                     f'fill="#374151">{"" if batch is None else f"batch {batch:g}"}</text>')
+    legend = "".join(f'<span><i style="background:{color}"></i>{_esc(name)}</span>'
+                     for _, name, color in SEGMENTS)
+    return (f'<svg data-chart="{chart_id}" viewBox="0 0 {width} {height}" width="100%" '
+            f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
+
+
+def _share(share: float | None) -> str:
+    return "—" if share is None else f"{share:.0%}"
+
+
+def _server_time(targets: Sequence[dict[str, Any]], levels: Sequence[int]) -> str:
+    """The section on where the time goes, or "" when no level has Triton's figures."""
+    split = [(t, x) for t in targets for x in t["load"] if x.get("server_time")]
+    if not split:
+        return ""
+    bars = stacked_bars("servertime", [(f"{t['target']} ×{x['concurrency']}",
+                                        x["server_time"]) for t, x in split])
+    batch = bar_chart("batch", [t["target"] for t in targets],
+                      [f"concurrency {c}" for c in levels],
+                      {(t["target"], f"concurrency {x['concurrency']}"):
+                       x["server_time"]["batch_size"] for t, x in split}, "requests per batch")
+    rows = "".join(
+        f"<tr><td>{_esc(t['target'])}</td><td>{x['concurrency']}</td>"
+        + "".join(f"<td>{_fmt(x['server_time'][k], 3)}</td>" for k in (
+            "client_mean_ms", "outside_server_ms", "queue_ms", "compute_input_ms",
+            "compute_infer_ms", "compute_output_ms", "server_ms"))
+        + f"<td>{_share(x['server_time']['server_share'])}</td>"
+        f"<td>{_fmt(x['server_time']['batch_size'], 2)}</td></tr>" for t, x in split)
+    missing = "".join(f"<li>{_esc(t['target'])} at concurrency {x['concurrency']}: "
+                      f"{_esc(x['server_time_note'])}</li>" for t in targets for x in t["load"]
+                      if not x.get("server_time") and x.get("server_time_note"))
+    return f"""<h2>Where the time goes</h2>
+<div class="charts">
+<figure><figcaption>Mean request, by Triton's own counters (target ×concurrency)</figcaption>
+{bars}</figure>
+<figure><figcaption>Batch size Triton formed (inferences ÷ executions)</figcaption>{batch}
+</figure></div>
+<table><thead><tr><th>target</th><th>concurrency</th><th>client mean ms</th>
+<th>outside the server ms</th><th>queue ms</th><th>compute input ms</th><th>infer ms</th>
+<th>output ms</th><th>server ms</th><th>server share</th><th>batch size</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p class="note">Outside the server (network, gateway, HTTP) = the client's mean − the server's
+mean request time (nv_inference_request_duration_us), over the same measured requests.</p>
+{"<ul>" + missing + "</ul>" if missing else ""}"""
+
+
 def render(report: dict[str, Any]) -> str:
     targets = report["targets"]
     names = [t["target"] for t in targets]
@@ -195,6 +281,7 @@ level ({", ".join(map(str, report['concurrency']))}). Overall:
 <figure><figcaption>Throughput against concurrency</figcaption>{throughput}</figure>
 <figure><figcaption>Deploy and cold-start time</figcaption>{timing}</figure>
 </div>
+{_server_time(targets, report["concurrency"])}
 <h2>Side by side</h2>
 <table><thead><tr><th>target</th><th>result</th><th>deploy s</th><th>cold start s</th>
 <th>p50 ms</th><th>p90 ms</th><th>p95 ms</th><th>p99 ms</th><th>max req/s</th>
