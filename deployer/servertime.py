@@ -15,9 +15,9 @@ up (a missing one is None, never 0).
 
 from __future__ import annotations
 
+import http.client
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -42,12 +42,25 @@ PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
 READ_TIMEOUT = 2.0
 #: how long a reading waits for Triton to count the requests that were just answered
 SETTLE_SECONDS = 0.5
+#: how long the first reading of a level retries a metrics port that does not answer yet
+STARTING_SECONDS = 1.0
 
 Snapshot = dict  # model → our counter name → cumulative value, the versions summed
 
 
 class Unreadable(Exception):
     """The metrics could not be read or parsed; the message says why."""
+
+
+def _ours(text: str) -> str:
+    """The lines of our counters' families (their samples, HELP and TYPE), for the parser:
+    Triton's page also carries per-reason failures, pending counts and CPU/GPU gauges, which
+    would double the parse for nothing."""
+    starts = tuple(f"{family}{end}" for family in COUNTERS.values() for end in ("{", " "))
+    notes = tuple(f"# {kind} {family} " for family in COUNTERS.values()
+                  for kind in ("HELP", "TYPE"))
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if line.startswith(starts) or line.startswith(notes))
 
 
 def parse(text: str) -> Snapshot:
@@ -57,7 +70,7 @@ def parse(text: str) -> Snapshot:
 
     found: Snapshot = {}
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(_ours(text)):
             ours = _BY_FAMILY.get(family.name)
             if ours is None:
                 continue
@@ -74,17 +87,45 @@ def parse(text: str) -> Snapshot:
     return found
 
 
+class Reader:
+    """Reads one metrics URL over one kept-alive connection (a new one after a failure);
+    ``Reader()(url)`` is a :data:`Snapshot` or Unreadable with the reason."""
+
+    def __init__(self, timeout: float = READ_TIMEOUT):
+        self.timeout = timeout
+        self.connection: http.client.HTTPConnection | None = None
+
+    def __call__(self, url: str) -> Snapshot:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise Unreadable(f"{url} is no http:// URL")
+        try:
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection(
+                    parts.hostname, parts.port or 80, timeout=self.timeout)
+            self.connection.request("GET", parts.path or "/")
+            answer = self.connection.getresponse()
+            body = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise Unreadable(f"{url} cannot be read: {exc or type(exc).__name__}") from None
+        if answer.status != 200:
+            raise Unreadable(f"{url} answered HTTP {answer.status}")
+        return parse(body.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
 def read(url: str, timeout: float = READ_TIMEOUT) -> Snapshot:
     """One reading of ``url`` (``http://HOST:PORT/metrics``); Unreadable with the reason."""
+    reader = Reader(timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            text = answer.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        raise Unreadable(f"{url} answered HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Unreadable(f"{url} cannot be read: {reason}") from None
-    return parse(text)
+        return reader(url)
+    finally:
+        reader.close()
 
 
 def delta(before: Snapshot, after: Snapshot) -> Snapshot:
@@ -156,11 +197,23 @@ class Watch:
     reads no more: the level's note says why."""
 
     def __init__(self, url: str, model: str, per_request: int = 1,
-                 reader: Callable[[str], Snapshot] = read):
-        self.url, self.model, self.per_request, self.reader = url, model, per_request, reader
+                 reader: Callable[[str], Snapshot] | None = None):
+        self.url, self.model, self.per_request = url, model, per_request
+        self.reader = reader or Reader()
         self.marks: list[Snapshot] = []
         self.problem = ""
+        # Triton opens its metrics port after its HTTP port: just after a deploy it may
+        # not listen yet
+        deadline = time.monotonic() + STARTING_SECONDS
         self.base = self._read()
+        while self.base is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.problem = ""
+            self.base = self._read()
+
+    def close(self) -> None:
+        if isinstance(self.reader, Reader):
+            self.reader.close()
 
     def _read(self) -> Snapshot | None:
         if self.problem:
@@ -203,19 +256,23 @@ class Watch:
 
 def timed_load(metrics: str | None, model: str, send: Callable[[], object], requests: int,
                concurrency: int, *, kind: str = "request", per_request: int = 1,
-               reader: Callable[[str], Snapshot] = read) -> LoadResult:
+               reader: Callable[[str], Snapshot] | None = None, **run_options) -> LoadResult:
     """:func:`deployer.load.run`, and when ``metrics`` (Triton's metrics URL) is given, the
     split of its time in ``server_time`` (see :func:`split`) or why not in
     ``server_time_note``. ``per_request``: Triton requests per request sent (a sequence's
-    steps). Without ``metrics`` the note says the target records none."""
+    steps). Without ``metrics`` the note says the target records none. ``run_options`` go to
+    ``load.run`` (``max_windows``, ...)."""
     from . import load
 
     if not metrics:
-        result = load.run(model, send, requests, concurrency, kind=kind)
+        result = load.run(model, send, requests, concurrency, kind=kind, **run_options)
         result.server_time_note = "the target records no Triton metrics address"
         return result
     watch = Watch(metrics, model, per_request, reader)
-    result = load.run(model, send, requests, concurrency, kind=kind,
-                      between=None if watch.problem else watch.mark)
+    try:
+        result = load.run(model, send, requests, concurrency, kind=kind,
+                          between=None if watch.problem else watch.mark, **run_options)
+    finally:
+        watch.close()
     result.server_time, result.server_time_note = watch.figures(result)
     return result
