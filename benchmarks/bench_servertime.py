@@ -3,11 +3,12 @@ target with and without the readings, alternating in one run (goal: at most 2 % 
 
 A level's wall time also depends on how many windows the load needs before three agree, so
 here every level runs exactly three windows (``max_windows=3``): the same requests with and
-without. The overhead is the median, over the rounds, of each round's with ÷ without (the two
-run back to back, their order alternating), so a busy moment of the machine falls on one pair.
-The time spent in the readings themselves is timed too.
+without, back to back, their order alternating. The overhead is the median over the rounds of
+with ÷ without, so a busy moment of the machine falls on one pair; medians and fastest levels
+are printed beside it, and the time spent in the readings themselves (timed directly: the
+figure noise cannot blur).
 
-Run: python benchmarks/bench_servertime.py [--requests 2000] [--concurrency 1 4] [--rounds 15]
+Run: python benchmarks/bench_servertime.py [--requests 2000] [--concurrency 1 4] [--rounds 21]
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--rounds", type=int, default=15,
+    parser.add_argument("--rounds", type=int, default=21,
                         help="alternating rounds; medians kept")
+    parser.add_argument("--control", action="store_true",
+                        help="read no metrics in either slot: the noise floor of the comparison")
     parser.add_argument("--repository", type=Path, default=ROOT / "tests" / "repos" / "add_sub")
     args = parser.parse_args()
 
@@ -51,7 +54,8 @@ def main() -> None:
         client = impl.client(deployment)
         metrics = deployment.endpoint["metrics"]
         print(f"local target, model {model}, {args.requests} requests per level, "
-              f"{args.rounds} alternating rounds; metrics at {metrics}")
+              f"{args.rounds} alternating rounds; metrics at {metrics}"
+              + ("; CONTROL: no readings in either slot" if args.control else ""))
         try:
             for concurrency in args.concurrency:
                 walls = {"with": [], "without": []}
@@ -77,7 +81,8 @@ def main() -> None:
 
                         began = time.perf_counter()
                         result = servertime.timed_load(
-                            metrics if mode == "with" else None, model, counted,
+                            metrics if mode == "with" and not args.control else None, model,
+                            counted,
                             args.requests, concurrency, kind=kind, reader=timed_read,
                             max_windows=3)
                         wall = time.perf_counter() - began
@@ -85,22 +90,22 @@ def main() -> None:
                         requests = next(sent)
                         walls[mode].append(wall)
                         if mode == "with":
-                            assert result.server_time, result.server_time_note
+                            assert args.control or result.server_time, result.server_time_note
                             reading.append(spent[0] / wall * 100)
                         print(f"  concurrency {concurrency} round {round_ + 1} {mode:7}: "
                               f"{wall:6.3f} s for {requests} requests "
                               f"({result.windows} windows)"
-                              + (f", reading {spent[0] * 1000:.1f} ms" if mode == "with"
-                                 else ""))
-                with_, without = (statistics.median(walls[m]) for m in ("with", "without"))
+                              + (f", reading {spent[0] * 1000:.1f} ms" if spent[0] else ""))
+                fastest = [min(walls[m]) * 1000 for m in ("with", "without")]
+                medians = [statistics.median(walls[m]) * 1000 for m in ("with", "without")]
                 overhead = statistics.median(
                     (a / b - 1) * 100 for a, b in zip(walls["with"], walls["without"]))
                 worst = max(worst, overhead)
-                print(f"concurrency {concurrency}: median wall time {with_ * 1000:.1f} ms with "
-                      f"the readings, {without * 1000:.1f} ms without; overhead (median of the "
-                      f"rounds' ratios) {overhead:+.2f} % (goal <= {GOAL_PERCENT} %); the "
-                      f"readings themselves: median {statistics.median(reading):.2f} % of the "
-                      "level's wall time")
+                print(f"concurrency {concurrency}: level wall time with the readings / without: "
+                      f"median {medians[0]:.1f} / {medians[1]:.1f} ms, fastest {fastest[0]:.1f}"
+                      f" / {fastest[1]:.1f} ms; overhead (median of the rounds' ratios) "
+                      f"{overhead:+.2f} % (goal <= {GOAL_PERCENT} %); the readings themselves: "
+                      f"median {statistics.median(reading):.2f} % of the level's wall time")
         finally:
             client.close()
             core.teardown("bench-servertime")
