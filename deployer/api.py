@@ -282,7 +282,7 @@ class Deployer:
                                 target=deployment.target, options=options,
                                 progress=self.progress,
                                 served_by=deployment.endpoint.get("served_by"),
-                                metrics=deployment.endpoint.get("metrics"))
+                                metrics=impl.server_metrics(deployment))
         finally:
             client.close()
         self._notify("deployer_test_finished", deployment=deployment, report=report)

@@ -256,7 +256,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                         client, repo.models[model], inputs, cold_start_timeout)
                     report = core.test(result.name, TestOptions(ready_timeout=60))
                     result.test_passed = report.passed
-                    metrics = deployment.endpoint.get("metrics")
+                    metrics = impl.server_metrics(deployment)
                     for level in concurrency:
                         send, kind = load_sender(client, repo.models[model], inputs)
                         measured = servertime.timed_load(

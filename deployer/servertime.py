@@ -260,13 +260,13 @@ def timed_load(metrics: str | None, model: str, send: Callable[[], object], requ
     """:func:`deployer.load.run`, and when ``metrics`` (Triton's metrics URL) is given, the
     split of its time in ``server_time`` (see :func:`split`) or why not in
     ``server_time_note``. ``per_request``: Triton requests per request sent (a sequence's
-    steps). Without ``metrics`` the note says the target records none. ``run_options`` go to
+    steps). Without ``metrics`` the note says the target exposes none. ``run_options`` go to
     ``load.run`` (``max_windows``, ...)."""
     from . import load
 
     if not metrics:
         result = load.run(model, send, requests, concurrency, kind=kind, **run_options)
-        result.server_time_note = "the target records no Triton metrics address"
+        result.server_time_note = "the target exposes no Triton metrics (Target.server_metrics)"
         return result
     watch = Watch(metrics, model, per_request, reader)
     try:

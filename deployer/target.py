@@ -407,6 +407,17 @@ class Target:
         """
         return None
 
+    def server_metrics(self, deployment: Deployment) -> str | None:
+        """The URL of Triton's Prometheus metrics for this deployment
+        (``http://HOST:PORT/metrics``), reachable from this machine, or None.
+
+        The test step's load and each level of ``compare`` read Triton's counters there
+        before and after the measured requests, to split the client's latency into queue,
+        compute and the time outside the server (:mod:`deployer.servertime`). Default: the
+        ``metrics`` the target recorded with ``context.set_endpoint(metrics=...)``.
+        """
+        return deployment.endpoint.get("metrics") or None
+
     @classmethod
     def orphans(cls, known: set[str]) -> list[dict[str, str]]:
         """What this target left running on this machine that no recorded deployment owns.

@@ -237,3 +237,32 @@ document.body.setAttribute('data-rendered', 'yes');""")
         assert width > 0 and width == pytest.approx(ms * scale, rel=0.02, abs=0.05), part
     assert "sagemaker at concurrency 4: no metrics on this target" in dom
     assert "batch 2.5" in dom
+
+
+def _docker_image() -> str:
+    """NVIDIA's Triton in the CPU image the docker tests use, or skip saying why."""
+    image = "triton-deployer/tritonserver-cpu:24.10-py3"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        client.ping()
+        client.images.get(image)
+    except ImportError:
+        pytest.skip("the docker SDK is not installed (pip install 'triton-deployer[docker]')")
+    except Exception as exc:  # noqa: BLE001 - any engine or image problem skips, with it
+        pytest.skip(f"no Docker engine with {image} ({exc}); see tests/test_docker.py")
+    return image
+
+
+def test_the_split_on_nvidias_triton_in_docker(cli, repo):
+    """The same counters, the same split, from NVIDIA's own tritonserver in its container."""
+    image = _docker_image()
+    result = cli("run", repo, "--target", "docker", "-o", f"image={image}", "--json",
+                 "--requests", "400", "--concurrency", "8")
+    assert result.code == 0, result
+    load = result.json()["test"]["load"][0]
+    assert load["server_time_note"] == "", load
+    consistent(load["server_time"], load["requests"] - sum(load["errors"].values()),
+               load["latency_ms"]["mean"])
+    assert load["server_time"]["batch_size"] >= 1
