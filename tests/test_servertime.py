@@ -266,3 +266,30 @@ def test_the_split_on_nvidias_triton_in_docker(cli, repo):
     consistent(load["server_time"], load["requests"] - sum(load["errors"].values()),
                load["latency_ms"]["mean"])
     assert load["server_time"]["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("target", ["sagemaker-twin", "azure-twin", "vertex-twin"])
+def test_a_twin_records_its_new_servers_metrics_after_an_update(cli, repo, tritonserver,
+                                                                 target, monkeypatch):
+    """An update starts a new tritonserver: the deployment then points at its metrics, and
+    the test step's load is split by them."""
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "AZURE_", "GOOGLE_")):
+            monkeypatch.delenv(key)
+    first = cli("deploy", repo, "--target", target, "--name", "st-up", "--json")
+    assert first.code == 0, first
+    try:
+        before = first.json()["endpoint"]["metrics"]
+        assert before.startswith("http://127.0.0.1:") and servertime.read(before)
+        second = cli("deploy", repo, "--target", target, "--name", "st-up", "--update",
+                     "--json")
+        assert second.code == 0, second
+        after = second.json()["endpoint"]["metrics"]
+        assert after != before and servertime.read(after)
+        result = cli("test", "st-up", "--requests", "150", "--json")
+        assert result.code == 0, result
+        load = result.json()["load"][0]
+        assert load["server_time_note"] == "", load
+        consistent(load["server_time"], load["requests"], load["latency_ms"]["mean"])
+    finally:
+        assert cli("teardown", "st-up").code == 0
