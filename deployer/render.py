@@ -70,7 +70,8 @@ def test_report(report: dict[str, Any]) -> str:
                         for step, lat in load.get("latency_by_step", {}).items())
         split = load.get("server_time")
         if split:
-            text += (f"\n  in the server (Triton's counters), ms per request: queue "
+            each = "sequence" if load.get("latency_by_step") else "request"
+            text += (f"\n  in the server (Triton's counters), ms per {each}: queue "
                      f"{split['queue_ms']}, compute input {split['compute_input_ms']} infer "
                      f"{split['compute_infer_ms']} output {split['compute_output_ms']}; server "
                      f"{split['server_ms']} of the client's {split['client_mean_ms']} "

@@ -95,6 +95,22 @@ def test_dynamic_batching_under_concurrency_forms_batches(core, repo, tritonserv
         core.teardown("st-batch")
 
 
+def test_a_sequence_is_split_per_sequence(cli, tmp_path, tritonserver):
+    """A stateful model's load request is a sequence of 3 steps: Triton counts each step, the
+    figures are per sequence, beside the client's mean per sequence."""
+    repo = tmp_path / "acc"
+    shutil.copytree(REPOS / "acc", repo)
+    result = cli("run", repo, "--requests", "90", "--concurrency", "2", "--json")
+    assert result.code == 0, result
+    load = result.json()["test"]["load"][0]
+    split = load["server_time"]
+    assert load["server_time_note"] == "" and len(load["latency_by_step"]) == 3
+    assert split["requests"] == 3 * split["client_requests"] == 3 * load["requests"]
+    assert 0 < split["server_ms"] <= load["latency_ms"]["mean"]
+    assert split["outside_server_ms"] == pytest.approx(
+        load["latency_ms"]["mean"] - split["server_ms"], abs=1e-3)
+
+
 def test_counters_are_cumulative_and_versions_are_summed(core, tmp_path, tritonserver):
     """The real counters only grow; the two versions of one model add up under its name."""
     repo = tmp_path / "versions"
