@@ -694,7 +694,7 @@ class MLSeam(Seam):
                  credential=None):
         self.ml = ml_client
         self.progress = progress
-        self.credential = credential
+        self.azure_credential = credential  # (``credential`` is the endpoint's key)
         self._monitor = None
 
     @classmethod
@@ -770,7 +770,7 @@ class MLSeam(Seam):
         if self._monitor is None:
             from azure.mgmt.monitor import MonitorManagementClient
 
-            credential = self.credential or getattr(self.ml, "_credential", None)
+            credential = self.azure_credential or getattr(self.ml, "_credential", None)
             self._monitor = MonitorManagementClient(credential, self.ml.subscription_id)
         return self._monitor
 
