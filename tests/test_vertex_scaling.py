@@ -96,6 +96,17 @@ def test_refusals_are_one_line(values, words):
         assert caught.value.hint
 
 
+def test_a_conflict_says_how_to_agree():
+    """A record made before the shared options holds max_replica_count=1: an update giving
+    max_instances=3 is told to give max_replica_count=3 too."""
+    with pytest.raises(ValidationError) as caught:
+        spec.replicas(settings(min_replica_count=1, max_replica_count=1, max_instances=3,
+                               target_requests_per_minute=60))
+    assert "-o max_replica_count=3" in caught.value.hint
+    assert spec.replicas(settings(min_replica_count=1, max_replica_count=3, max_instances=3,
+                                  target_requests_per_minute=60)) == spec.Replicas(1, 3, 60)
+
+
 def _repository():
     from deployer.repository import Repository
 
@@ -219,7 +230,8 @@ def test_cli_refusals_exit_2_with_nothing_created(fake, run_cli, options, words)
 
 
 def test_cli_plan_shows_the_scaling(run_cli):
-    code, out, err = run_cli("plan", str(ADD_SUB), "-t", "vertex", *cloud("my-bucket", *SCALE), "--json")
+    code, out, err = run_cli("plan", str(ADD_SUB), "-t", "vertex", *cloud("my-bucket", *SCALE),
+                             "--json")
     assert code == 0, err
     details = json.loads(out)["resources"][-1]["details"]
     assert (details["min_replica_count"], details["max_replica_count"],

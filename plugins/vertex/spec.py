@@ -189,7 +189,8 @@ def replicas(settings) -> Replicas:
         if one is not None and other is not None and one != other:
             raise ValidationError(f"{shared}={one} and {own}={other} disagree (both set "
                                   "the same Vertex setting)",
-                                  hint=f"give one of them, e.g. drop -o {own}")
+                                  hint=f"give one of them, or both the same: -o {own}={one} "
+                                       "(an update keeps the options recorded at deploy)")
     low = _option(settings, "min_instances")
     low = _option(settings, "min_replica_count") if low is None else low
     high = _option(settings, "max_instances")
