@@ -232,7 +232,7 @@ def test_a_refused_setting_is_one_line_and_teardown_cleans_up(fake, run_cli):
     assert code == 3, err
     line = _line(err)
     assert "creating autoscale setting autoscale-ep-nr-blue: AuthorizationFailed" in line
-    assert f"'Monitoring Contributor' role" in line and f"resource group {GROUP_ID}" in line
+    assert "'Monitoring Contributor' role" in line and f"resource group {GROUP_ID}" in line
     assert "deployer teardown nr" in line
     assert _status(run_cli, "nr")["resources"][-1]["status"] == "creating"
     assert ("autoscale", "autoscale-ep-nr-blue", "creating") in _resources(
@@ -287,6 +287,9 @@ def test_the_twin_records_the_range_and_runs_one_instance(fake, run_cli):
     assert fleet["rule"].endswith("(recorded; the twin runs one instance and does not scale)")
     code, out, _ = run_cli("status", "tws")
     assert "instances: 1 now, 1 desired, range 1-4" in out
+    code, out, err = run_cli("plan", str(ADD_SUB), "-t", "azure-twin", "--name", "tws",
+                             *SCALE, "--json")  # it creates no setting of its own
+    assert code == 0 and "autoscale" not in [r["kind"] for r in json.loads(out)["resources"]]
     assert run_cli("teardown", "tws")[0] == 0
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure-twin", "--name", "tw0",
                            "-o", "min_instances=0", "-o", "max_instances=2",

@@ -218,7 +218,10 @@ class AzureTwin(Target):
                                    "with -o server=PATH")
 
     def plan(self, repository, name):
-        return spec.plan(self.settings, repository, name, self.progress, sdk_required=False)
+        """azure's plan without the autoscale setting: the twin records the range and runs
+        one instance (its export still writes the setting's document)."""
+        return [r for r in spec.plan(self.settings, repository, name, self.progress,
+                                     sdk_required=False) if r.kind != "autoscale"]
 
     def export(self, repository, name, directory):
         """endpoint.yml and deployment.yml, as ``azure`` exports them."""
