@@ -49,8 +49,8 @@ class FaultProxy:
     """``FaultProxy(upstream_url)``; ``seen[operation]`` counts every request by operation
     (``SageMaker.CreateEndpoint``, ``iam.GetRole``, or ``PUT /bucket/key`` for S3), failed or
     forwarded, and ``log`` lists them in order (a test may swap in a list of its own, to
-    interleave them with its client's calls). ``errors`` lists what went wrong in the proxy itself (answered 502): a test
-    that uses it checks it is empty."""
+    interleave them with its client's calls). ``errors`` lists what went wrong in the proxy
+    itself (answered 502): a test that uses it checks it is empty."""
 
     def __init__(self, upstream: str):
         parsed = urllib.parse.urlparse(upstream)

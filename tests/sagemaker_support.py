@@ -53,9 +53,9 @@ def aws_environment(url: str, runtime_url: str | None = None,
                     **extra: str) -> Iterator[dict[str, str]]:
     """Fake credentials and region, SageMaker, S3, IAM, CloudWatch Logs, Application Auto
     Scaling and Service Quotas at ``url`` (moto, or a proxy in front of it), InvokeEndpoint at
-    ``runtime_url``, ``extra`` variables, a fresh bucket, and :data:`ROLE` in moto's IAM, trusting SageMaker: yields ``{"bucket", "role"}``.
-    A MonkeyPatch of its own: the contract suite calls
-    ``monkeypatch.undo()`` mid-test."""
+    ``runtime_url``, ``extra`` variables, a fresh bucket, and :data:`ROLE` in moto's IAM,
+    trusting SageMaker: yields ``{"bucket", "role"}``. A MonkeyPatch of its own: the contract
+    suite calls ``monkeypatch.undo()`` mid-test."""
     import boto3
 
     with pytest.MonkeyPatch.context() as patch:

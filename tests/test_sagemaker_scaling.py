@@ -6,8 +6,9 @@ errors; everything else reaches moto directly."""
 
 from __future__ import annotations
 
-import json
+import os
 
+import boto3
 import pytest
 
 from deployer.api import Deployer
@@ -16,6 +17,8 @@ from aws_faults import proxy  # noqa: F401 - a fixture
 from conftest import REPOS, one_line_error
 from sagemaker_support import aws_environment, leftovers
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
+from test_sagemaker import _described, _stub_until_update
+from test_sagemaker import stubbed  # noqa: F401 - a fixture (on this module's aws)
 
 pytest.importorskip("moto.server", reason="moto[server] is needed for the SageMaker tests")
 
@@ -51,8 +54,6 @@ def options(aws, *extra: str) -> list[str]:
 
 def registered() -> tuple[list[dict], list[dict]]:
     """What Application Auto Scaling (moto) holds for SageMaker: targets and policies."""
-    import boto3
-
     aas = boto3.client("application-autoscaling")
     return (aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"],
             aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"])
@@ -91,8 +92,6 @@ def test_scaling_deploy_registers_target_and_policy_status_shows_them_teardown_r
     assert policies[0]["TargetTrackingScalingPolicyConfiguration"] == {
         "TargetValue": 600.0, "ScaleInCooldown": 300, "PredefinedMetricSpecification": {
             "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}}
-    import boto3
-
     config = boto3.client("sagemaker").describe_endpoint_config(EndpointConfigName=next(
         i for k, i, _ in states("sm-scale") if k == "endpoint-config"))
     assert config["ProductionVariants"][0]["InitialInstanceCount"] == 1  # Scaling.initial
@@ -149,6 +148,16 @@ def test_the_twin_refuses_what_the_cloud_refuses(cli, monkeypatch):
     assert result.code == 2 and "cannot scale to zero" in one_line_error(result)
 
 
+def test_a_fleet_that_may_scale_out_warns_about_sequences(cli):
+    """Like instance_count > 1: instances SageMaker adds may get a sequence's requests."""
+    result = cli("validate", REPOS / "acc", "--target", "sagemaker-twin",
+                 *[a for item in SCALING for a in ("-o", item)])
+    assert result.code == 0, result
+    assert ("warning: acc keep(s) state per sequence, and with max_instances 3 SageMaker may "
+            "send a sequence's requests to different instances once it scales out; use "
+            "max_instances=1") in result.err
+
+
 def test_plan_lists_the_scalable_target_and_policy(aws, cli):
     result = cli("plan", ADD_SUB, "--target", "sagemaker", "--name", "sm-plan", "--json",
                  *options(aws, *SCALING))
@@ -194,8 +203,6 @@ def test_update_deregisters_then_registers_scaling_again(aws, cli, proxy, stubbe
     """SageMaker refuses to update an autoscaled variant's instance type: the policy and the
     target go just before update_endpoint and come back after it, as new records, on the new
     config; if update_endpoint is refused they come back on the version that still serves."""
-    from test_sagemaker import _described, _stub_until_update
-
     assert cli("deploy", ADD_SUB, "--target", "sagemaker", "--name", "sm-up",
                *options(aws, *SCALING)).code == 0
     before = states("sm-up")
@@ -249,8 +256,6 @@ def test_update_deregisters_then_registers_scaling_again(aws, cli, proxy, stubbe
     assert [p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
             for p in policies] == [600.0]
 
-    import boto3
-
     assert cli("teardown", "sm-up").code == 0
     sm = boto3.client("sagemaker")
     for call, key, value in ((sm.delete_endpoint_config, "EndpointConfigName",
@@ -263,14 +268,11 @@ def test_update_deregisters_then_registers_scaling_again(aws, cli, proxy, stubbe
     assert_clean(aws["bucket"])
 
 
-from test_sagemaker import stubbed  # noqa: E402,F401 - a fixture (uses this module's aws)
-
-
 # -- the twin records the range and says it does not scale -----------------------------------
 
 def test_the_twin_reports_the_recorded_range_and_runs_one_instance(cli, tritonserver,
                                                                     monkeypatch):
-    for key in [k for k in __import__("os").environ if k.startswith("AWS_")]:
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(key)
     result = cli("deploy", ADD_SUB, "--target", "sagemaker-twin", "--name", "twin-scale",
                  *[a for item in SCALING for a in ("-o", item)])

@@ -330,6 +330,8 @@ class SageMakerTarget(Target):
         before an update of an autoscaled variant; each marked deleted."""
         from . import autoscaling
 
+        if not scaled:
+            return
         aas = session.client("application-autoscaling")
         for resource in reversed(scaled):
             autoscaling.delete(aas, resource)
