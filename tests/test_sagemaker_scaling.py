@@ -17,7 +17,7 @@ from aws_faults import proxy  # noqa: F401 - a fixture
 from conftest import REPOS, one_line_error
 from sagemaker_support import aws_environment, leftovers
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
-from test_sagemaker import _described, _stub_until_update
+from test_sagemaker import _described, _stub_until_update, remove_old_version
 from test_sagemaker import stubbed  # noqa: F401 - a fixture (on this module's aws)
 
 pytest.importorskip("moto.server", reason="moto[server] is needed for the SageMaker tests")
@@ -257,14 +257,7 @@ def test_update_deregisters_then_registers_scaling_again(aws, cli, proxy, stubbe
             for p in policies] == [600.0]
 
     assert cli("teardown", "sm-up").code == 0
-    sm = boto3.client("sagemaker")
-    for call, key, value in ((sm.delete_endpoint_config, "EndpointConfigName",
-                              names["old_config"]),
-                             (sm.delete_model, "ModelName", names["old_model"])):
-        try:
-            call(**{key: value})
-        except sm.exceptions.ClientError:
-            pass
+    remove_old_version(names)
     assert_clean(aws["bucket"])
 
 
