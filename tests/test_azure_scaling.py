@@ -90,7 +90,7 @@ def test_deploy_creates_the_setting_status_shows_it_teardown_removes_it(fake, ru
                                     "Increase by 1 (cooldown PT2M); RequestsPerMinute per "
                                     "instance < 300"), fleet
     code, out, _ = run_cli("status", "sc")
-    assert code == 0 and "instances: 1 now, 1 desired, range 1-4 (RequestsPerMinute" in out
+    assert code == 0 and "instances: 1 now, 1 desired, range 1-4; RequestsPerMinute" in out
     code, out, err = run_cli("test", "sc", "--requests", "5", "--json")
     assert code == 0 and json.loads(out)["passed"], out + err
 

@@ -103,7 +103,7 @@ def test_scaling_deploy_registers_target_and_policy_status_shows_them_teardown_r
     assert status.json()["fleet"] == {"minimum": 1, "maximum": 3, "desired": 1, "current": 1,
                                       "rule": rule}
     text = cli("status", "sm-scale")
-    assert f"instances: 1 now, 1 desired, range 1-3 ({rule})" in text.out, text
+    assert f"instances: 1 now, 1 desired, range 1-3; {rule}" in text.out, text
 
     deployment = Deployer().store.load("sm-scale")
     down = cli("teardown", "sm-scale")

@@ -264,7 +264,7 @@ def test_cloud_deploy_status_update_keep_the_scaling(fake, gcs, run_cli, tmp_pat
         fake.available(record["endpoint"]["deployed_id"], 2)  # Vertex scaled out
         code, out, err = run_cli("status", "sc")
         assert code == 0, err
-        assert f"instances: 2 now, ? desired, range 1-3 ({RULE})" in out, out
+        assert f"instances: 2 now, ? desired, range 1-3; {RULE}" in out, out
 
         # the update: a new model, with the recorded scaling (no option given again)
         code, out, err = run_cli("deploy", str(MULTI), "-t", "vertex", "--name", "sc",
