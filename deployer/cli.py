@@ -454,13 +454,13 @@ def status(ctx: Context, name: str, as_json: bool) -> None:
 
 
 def fleet_line(fleet: dict) -> str:
-    """``instances: 2 now, 3 desired, range 1-4 (target tracking ...)``."""
+    """``instances: 2 now, 3 desired, range 1-4; target tracking ...``."""
     def count(value):
         return "?" if value is None else str(value)
 
     span = (str(fleet["minimum"]) if fleet["minimum"] == fleet["maximum"]
             else f"{fleet['minimum']}-{fleet['maximum']}")
-    rule = f" ({fleet['rule']})" if fleet["rule"] else ""
+    rule = f"; {fleet['rule']}" if fleet["rule"] else ""
     return (f"instances: {count(fleet['current'])} now, {count(fleet['desired'])} desired, "
             f"range {span}{rule}")
 

@@ -48,14 +48,16 @@ class Fault:
 class FaultProxy:
     """``FaultProxy(upstream_url)``; ``seen[operation]`` counts every request by operation
     (``SageMaker.CreateEndpoint``, ``iam.GetRole``, or ``PUT /bucket/key`` for S3), failed or
-    forwarded. ``errors`` lists what went wrong in the proxy itself (answered 502): a test
-    that uses it checks it is empty."""
+    forwarded, and ``log`` lists them in order (a test may swap in a list of its own, to
+    interleave them with its client's calls). ``errors`` lists what went wrong in the proxy
+    itself (answered 502): a test that uses it checks it is empty."""
 
     def __init__(self, upstream: str):
         parsed = urllib.parse.urlparse(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.faults: list[Fault] = []
         self.seen: collections.Counter[str] = collections.Counter()
+        self.log: list[str] = []
         self.lock = threading.Lock()
         self.errors: list[str] = []
         proxy = self
@@ -113,6 +115,15 @@ class FaultProxy:
                                         "X-Amzn-ErrorType": code,
                                         "x-amzn-RequestId": str(uuid.uuid4())}, body, times))
 
+    def json_answer(self, target: str, answer: dict, *, times: int | None = None) -> Fault:
+        """Answer the JSON 1.1 operation ``target`` with 200 and ``answer``: an operation
+        moto lacks (Service Quotas' ``ServiceQuotasV20190624.ListServiceQuotas``)."""
+        return self._add(Fault(lambda method, path, headers, _: headers.get("X-Amz-Target")
+                               == target,
+                               200, {"Content-Type": "application/x-amz-json-1.1",
+                                     "x-amzn-RequestId": str(uuid.uuid4())},
+                               json.dumps(answer).encode(), times))
+
     def s3_error(self, method: str, path: str, code: str, message: str, *, status: int,
                  times: int | None = None, headers: dict[str, str] | None = None,
                  **fields: str) -> Fault:
@@ -152,6 +163,7 @@ class FaultProxy:
         with self.lock:
             self.faults.clear()
             self.seen.clear()
+            self.log = []
 
     # -- the proxy -----------------------------------------------------------------------------
     @staticmethod
@@ -168,7 +180,9 @@ class FaultProxy:
 
     def answer(self, method: str, path: str, headers, body: bytes):
         with self.lock:
-            self.seen[self.operation(method, path, headers, body)] += 1
+            operation = self.operation(method, path, headers, body)
+            self.seen[operation] += 1
+            self.log.append(operation)
             for fault in self.faults:
                 if (fault.times is None or fault.hits < fault.times) and \
                         fault.match(method, path, headers, body):

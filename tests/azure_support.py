@@ -23,6 +23,14 @@ An update of an existing deployment is a rolling update: the new server starts b
 one, takes over its route once ready, and if it fails the old one keeps serving (the
 provisioning state says Failed).
 
+Autoscale settings (azure-mgmt-monitor's ``autoscale_settings``) are kept as the service keeps
+them: the JSON the client sends (the ``AutoscaleSettingResource``'s own serialisation) with the
+id, name and type ARM adds, in ``autoscale`` by name. The service's checks are modelled (400
+for a missing location or profile, a range with minimum > default > maximum, a target or metric
+source that is not a deployment or endpoint of the workspace, a metric or dimension the source
+does not have, a cooldown outside 1 minute to 1 week); once created the deployment's instance
+count is brought into the range, as Azure does. Nothing ever scales on load.
+
 Faults: ``fail(method, error)`` makes the next call of a seam method raise ``error`` (an
 ``azure_error``, say) or, for ``OperationFailure``, lets its long-running operation fail with
 that code; ``stuck`` names operations that never finish (their poller's ``wait`` moves the fake
@@ -50,6 +58,21 @@ from deployer_plugins.azure import gateway, seam, spec, twin
 STOP_GRACE = 1.0
 ARM = ("https://management.azure.com/subscriptions/00000000-0000-0000-0000-000000000000/"
        "resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws")
+#: ARM ids: the resource group, and the workspace in it
+GROUP_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg"
+WORKSPACE_ID = GROUP_ID + "/providers/Microsoft.MachineLearningServices/workspaces/ws"
+#: the metrics Azure Monitor has for each source (Supported metrics, onlineEndpoints and
+#: onlineEndpoints/deployments), with their dimensions
+ENDPOINT_METRICS = {"RequestsPerMinute": {"deployment", "statusCode", "statusCodeClass",
+                                          "modelStatusCode"},
+                    "RequestLatency": {"deployment"}, "ConnectionsActive": set(),
+                    "NewConnectionsPerSecond": set(), "NetworkBytes": set()}
+DEPLOYMENT_METRICS = {"CpuUtilizationPercentage": {"instanceId"},
+                      "CpuMemoryUtilizationPercentage": {"instanceId"},
+                      "GpuUtilizationPercentage": {"instanceId"},
+                      "GpuMemoryUtilizationPercentage": {"instanceId"},
+                      "DeploymentCapacity": {"instanceId", "State"},
+                      "DiskUtilization": {"instanceId", "disk"}}
 
 STORAGE_LOG = ("Downloading model {model} from the workspace datastore\n"
                "Model download complete: {path}\n")
@@ -280,6 +303,8 @@ class FakeAzure(seam.Seam):
         #: (reading of ``wall`` when issued, expiry) of every token handed out
         self.tokens_issued: list[tuple[float, float]] = []
         self._ids = itertools.count(1)
+        #: autoscale setting name -> the JSON the service keeps
+        self.autoscale: dict[str, dict] = {}
 
     def factory(self, settings, progress):
         return self
@@ -328,6 +353,7 @@ class FakeAzure(seam.Seam):
 
         routes = twin.read_routes(endpoint.routes)
         return ManagedOnlineEndpoint(name=endpoint.name, auth_mode=endpoint.auth_mode,
+                                     id=f"{WORKSPACE_ID}/onlineEndpoints/{endpoint.name}",
                                      tags=dict(endpoint.tags),
                                      traffic=dict(routes.get("traffic", {})),
                                      scoring_uri=endpoint.scoring_uri,
@@ -505,6 +531,7 @@ class FakeAzure(seam.Seam):
         probes = {k: ProbeSettings(**v) for k, v in deployment.probes.items()}
         return ManagedOnlineDeployment(
             name=deployment.name, endpoint_name=endpoint.name, model=deployment.reference,
+            id=f"{WORKSPACE_ID}/onlineEndpoints/{endpoint.name}/deployments/{deployment.name}",
             tags=dict(deployment.tags), provisioning_state=deployment.state,
             instance_type=deployment.instance_type, instance_count=deployment.instance_count,
             request_settings=OnlineRequestSettings(**deployment.request), **probes)
@@ -592,6 +619,116 @@ class FakeAzure(seam.Seam):
         if container_type == "storage-initializer":
             return STORAGE_LOG.format(model=deployment.model, path=deployment.model)
         return triton.tail(deployment.log, lines)
+
+
+    # -- autoscale settings (azure-mgmt-monitor) ----------------------------------------------
+    def _source(self, uri: str):
+        """The (endpoint, deployment or None) an ARM id names in this workspace, or None."""
+        prefix = f"{WORKSPACE_ID}/onlineEndpoints/".lower()
+        if not str(uri or "").lower().startswith(prefix):
+            return None
+        parts = str(uri)[len(prefix):].split("/")
+        endpoint = self.endpoints.get(parts[0])
+        if endpoint is None:
+            return None
+        if len(parts) == 1:
+            return endpoint, None
+        if len(parts) == 3 and parts[1].lower() == "deployments" and \
+                parts[2] in endpoint.deployments:
+            return endpoint, endpoint.deployments[parts[2]]
+        return None
+
+    def _check_autoscale(self, body: dict) -> list[str]:
+        """What the service refuses in an autoscale setting's JSON."""
+        import isodate
+
+        problems = []
+        properties = body.get("properties") or {}
+        if not body.get("location"):
+            problems.append("location is required")
+        elif body["location"] != self.region:
+            problems.append(f"location {body['location']} is not the target's ({self.region})")
+        profiles = properties.get("profiles")
+        if not profiles or len(profiles) > 20:
+            problems.append("profiles: 1 to 20 are required")
+        target = self._source(properties.get("targetResourceUri"))
+        if target is None or target[1] is None:
+            problems.append(f"targetResourceUri {properties.get('targetResourceUri')} is not "
+                            "an online deployment of the workspace")
+        for profile in profiles or []:
+            capacity = profile.get("capacity") or {}
+            try:
+                low, default, high = (int(capacity[k]) for k in ("minimum", "default",
+                                                                  "maximum"))
+                if not 0 <= low <= default <= high:
+                    problems.append(f"capacity {capacity} must be minimum <= default <= "
+                                    "maximum")
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"capacity {capacity} needs whole minimum, default, maximum")
+            for rule in profile.get("rules") or []:
+                trigger, action = rule.get("metricTrigger", {}), rule.get("scaleAction", {})
+                source = self._source(trigger.get("metricResourceUri"))
+                metrics = (None if source is None else
+                           DEPLOYMENT_METRICS if source[1] is not None else ENDPOINT_METRICS)
+                name = trigger.get("metricName")
+                if metrics is None:
+                    problems.append(f"metricResourceUri {trigger.get('metricResourceUri')} "
+                                    "is not found")
+                elif name not in metrics:
+                    problems.append(f"metric {name} is not supported by the source")
+                else:
+                    problems += [f"dimension {d.get('DimensionName')} is not one of metric "
+                                 f"{name}" for d in trigger.get("dimensions") or []
+                                 if d.get("DimensionName") not in metrics[name]]
+                cooldown = isodate.parse_duration(action.get("cooldown", "PT0S"))
+                if not 60 <= cooldown.total_seconds() <= 7 * 86400:
+                    problems.append(f"cooldown {action.get('cooldown')} must be between 1 "
+                                    "minute and 1 week")
+                window = isodate.parse_duration(trigger.get("timeWindow", "PT0S"))
+                if not 300 <= window.total_seconds() <= 12 * 3600:
+                    problems.append(f"timeWindow {trigger.get('timeWindow')} must be between "
+                                    "5 minutes and 12 hours")
+        return problems
+
+    def _autoscale_put(self, name, setting):
+        from azure.mgmt.monitor.models import AutoscaleSettingResource
+
+        assert isinstance(setting, AutoscaleSettingResource), setting
+        body = json.loads(json.dumps(setting.serialize()))  # what the client sends
+        self._call("create_autoscale", name)
+        problems = self._check_autoscale(body)
+        if problems:
+            raise azure_error(400, "BadRequest", "; ".join(problems), "PUT")
+        body.update(id=f"{GROUP_ID}/providers/microsoft.insights/autoscalesettings/{name}",
+                    name=name, type="Microsoft.Insights/autoscaleSettings")
+        self.autoscale[name] = body
+        # Azure brings the target's count into the range at once
+        _, deployment = self._source(body["properties"]["targetResourceUri"])
+        capacity = body["properties"]["profiles"][0]["capacity"]
+        deployment.instance_count = min(max(deployment.instance_count,
+                                            int(capacity["minimum"])),
+                                        int(capacity["maximum"]))
+        return AutoscaleSettingResource.deserialize(body)
+
+    def _autoscale(self, name):
+        from azure.mgmt.monitor.models import AutoscaleSettingResource
+
+        self._call("get_autoscale", name)
+        if name not in self.autoscale:
+            raise azure_error(404, "ResourceNotFound", f"The Resource 'microsoft.insights/"
+                              f"autoscalesettings/{name}' under resource group 'rg' was not "
+                              "found.")
+        return AutoscaleSettingResource.deserialize(self.autoscale[name])
+
+    def _autoscale_delete(self, name):
+        self._call("delete_autoscale", name)
+        self.autoscale.pop(name, None)  # ARM answers 204 for nothing to delete
+
+    def _autoscales(self):
+        from azure.mgmt.monitor.models import AutoscaleSettingResource
+
+        self._call("list_autoscales", "*")
+        return [AutoscaleSettingResource.deserialize(b) for b in self.autoscale.values()]
 
 
 # -- fixtures for the azure test modules (import them: ``from azure_support import fake``) ------

@@ -51,11 +51,11 @@ def moto_url():
 @contextlib.contextmanager
 def aws_environment(url: str, runtime_url: str | None = None,
                     **extra: str) -> Iterator[dict[str, str]]:
-    """Fake credentials and region, SageMaker, S3, IAM and CloudWatch Logs at ``url`` (moto, or
-    a proxy in front of it), InvokeEndpoint at ``runtime_url``, ``extra`` variables, a fresh
-    bucket, and :data:`ROLE` in moto's IAM, trusting SageMaker: yields ``{"bucket", "role"}``.
-    A MonkeyPatch of its own: the contract suite calls
-    ``monkeypatch.undo()`` mid-test."""
+    """Fake credentials and region, SageMaker, S3, IAM, CloudWatch Logs, Application Auto
+    Scaling and Service Quotas at ``url`` (moto, or a proxy in front of it), InvokeEndpoint at
+    ``runtime_url``, ``extra`` variables, a fresh bucket, and :data:`ROLE` in moto's IAM,
+    trusting SageMaker: yields ``{"bucket", "role"}``. A MonkeyPatch of its own: the contract
+    suite calls ``monkeypatch.undo()`` mid-test."""
     import boto3
 
     with pytest.MonkeyPatch.context() as patch:
@@ -67,8 +67,11 @@ def aws_environment(url: str, runtime_url: str | None = None,
                "AWS_EC2_METADATA_DISABLED": "true",
                "AWS_ENDPOINT_URL_SAGEMAKER": url, "AWS_ENDPOINT_URL_S3": url,
                "AWS_ENDPOINT_URL_IAM": url,
-               # CloudWatch Logs: botocore derives the name from the service id
-               "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": url, **extra}
+               # botocore derives these names from the service ids ("CloudWatch Logs",
+               # "Application Auto Scaling", "Service Quotas")
+               "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": url,
+               "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING": url,
+               "AWS_ENDPOINT_URL_SERVICE_QUOTAS": url, **extra}
         if runtime_url:
             env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = runtime_url
         for key, value in env.items():

@@ -194,8 +194,8 @@ def test_status_shows_the_fleets_range_and_counts(fake_cli, world):
     assert status["fleet"] == {"minimum": 3, "maximum": 6, "desired": 3, "current": 3,
                                "rule": "target 900 requests/minute per instance"}
     text = fake_cli("status", "fleet").out
-    assert ("instances: 3 now, 3 desired, range 3-6 (target 900 requests/minute per "
-            "instance)") in text
+    assert ("instances: 3 now, 3 desired, range 3-6; target 900 requests/minute per "
+            "instance") in text
     plain = fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "--name", "plain",
                      "-o", f"world={world.path}")
     assert plain.code == 0 and fake_cli("status", "plain", "--json").json()["fleet"] is None

@@ -492,18 +492,9 @@ def _stub_until_update(stub, deployment, aws, repo, mode: str) -> dict[str, str]
 
 def _clean_after_stub(aws, state, capsys, names: dict[str, str], name: str) -> None:
     """Teardown on moto (the stub removed nothing there), then what the stub 'deleted'."""
-    import boto3
-
     code, _, err = run_cli(capsys, "teardown", name)
     assert code == 0, err
-    sm = boto3.client("sagemaker")
-    for call, key, value in ((sm.delete_endpoint_config, "EndpointConfigName",
-                              names["old_config"]),
-                             (sm.delete_model, "ModelName", names["old_model"])):
-        try:
-            call(**{key: value})
-        except sm.exceptions.ClientError:
-            pass
+    remove_old_version(names)
     assert_clean(aws["bucket"])
 
 
@@ -638,3 +629,17 @@ def test_update_that_fails_leaves_the_old_version(aws, state, capsys, stubbed, h
     code, out, _ = run_cli(capsys, "status", "sm-keep", "--json")
     assert code == 0 and json.loads(out)["live"] is True
     _clean_after_stub(aws, state, capsys, names, "sm-keep")
+
+
+def remove_old_version(names):
+    """Delete the model and config an update replaced (kept by design) so moto is clean."""
+    import boto3
+
+    sm = boto3.client("sagemaker")
+    for call, key, value in ((sm.delete_endpoint_config, "EndpointConfigName",
+                              names["old_config"]),
+                             (sm.delete_model, "ModelName", names["old_model"])):
+        try:
+            call(**{key: value})
+        except sm.exceptions.ClientError:
+            pass

@@ -20,6 +20,13 @@ deployed model excepted); a deployed model's Model cannot be deleted; an endpoin
 deployed models cannot be deleted. A container that fails to start (serving's DeployFailed)
 fails the deploy operation; its log is what ``_logs`` answers.
 
+Replicas: a deploy request's machine (the seam's dict, named as ``Endpoint.deploy``'s
+arguments) is kept as sent in ``deploys``; Vertex's v1 rules are checked (min_replica_count
+>= 1, max >= min, a request-count target above 0); the deployed model is served back with
+its ``dedicated_resources`` (range and ``autoscaling_metric_specs``) and
+``status.available_replica_count``: its minimum until a test sets ``available(id, n)`` (Vertex
+scaling out; the data plane stays one tritonserver).
+
 Faults: ``fail(method, exc, times=1)`` makes the next call of a primitive raise ``exc`` (a
 google.api_core or google.auth exception); ``fail("deploy_operation", exc)`` lets the next
 deploy start and its operation fail with ``exc``'s code and message; ``stuck`` makes the next
@@ -45,6 +52,8 @@ TOKEN_LIFETIME = 3600.0
 LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 FILTER_TERM = re.compile(r'^labels\.([a-z][a-z0-9_-]*)="([^"]*)"$')
+#: the metric Vertex scales on for a requests-per-minute target (Vertex's name, not the code's)
+REQUEST_COUNT = "aiplatform.googleapis.com/prediction/online/request_count"
 
 
 def operation(response=None, error=None, stuck: bool = False):
@@ -79,6 +88,8 @@ class _Deployed:
     display_name: str
     tag: str
     machine: dict
+    #: replicas serving now (Vertex's status.available_replica_count)
+    available: int = 1
 
 
 @dataclasses.dataclass
@@ -104,6 +115,9 @@ class FakeVertex(seam.Seam):
         self.endpoints: dict[str, _Endpoint] = {}
         self.tokens = self.root / "tokens"
         self.calls: list[tuple[str, str]] = []
+        #: every deploy request as it reached the control plane: endpoint, model,
+        #: display_name, machine (as sent), traffic_split
+        self.deploys: list[dict] = []
         #: primitive -> exceptions its next calls raise
         self.faults: dict[str, list] = {}
         #: the next deploy's operation never finishes
@@ -127,6 +141,12 @@ class FakeVertex(seam.Seam):
 
     def _name(self, kind: str, number: str) -> str:
         return f"projects/{self.project}/locations/{self.region}/{kind}/{number}"
+
+    def available(self, deployed_id: str, count: int) -> None:
+        """Vertex has scaled deployed model ``deployed_id`` to ``count`` replicas."""
+        for endpoint in self.endpoints.values():
+            if deployed_id in endpoint.deployed:
+                endpoint.deployed[deployed_id].available = count
 
     def stop_all(self) -> None:
         for endpoint in list(self.endpoints.values()):
@@ -215,7 +235,8 @@ class FakeVertex(seam.Seam):
 
     # -- endpoints ---------------------------------------------------------------------------
     def _proto(self, name: str, endpoint: _Endpoint):
-        from google.cloud.aiplatform_v1.types import (DedicatedResources, DeployedModel,
+        from google.cloud.aiplatform_v1.types import (AutoscalingMetricSpec,
+                                                      DedicatedResources, DeployedModel,
                                                       Endpoint, MachineSpec)
 
         deployed = []
@@ -225,12 +246,17 @@ class FakeVertex(seam.Seam):
                                if d.machine.get("accelerator_type") else 0)
             if d.machine.get("accelerator_type"):
                 spec.accelerator_type = d.machine["accelerator_type"]
+            target = d.machine.get("autoscaling_target_request_count_per_minute")
+            metrics = [AutoscalingMetricSpec(metric_name=REQUEST_COUNT, target=int(target))] \
+                if target is not None else []
             deployed.append(DeployedModel(
                 id=d.id, model=d.model, display_name=d.display_name,
                 dedicated_resources=DedicatedResources(
                     machine_spec=spec,
                     min_replica_count=int(d.machine.get("min_replica_count") or 1),
-                    max_replica_count=int(d.machine.get("max_replica_count") or 1))))
+                    max_replica_count=int(d.machine.get("max_replica_count") or 1),
+                    autoscaling_metric_specs=metrics),
+                status=DeployedModel.Status(available_replica_count=d.available)))
         return Endpoint(name=name, display_name=endpoint.display_name,
                         labels=dict(endpoint.labels), traffic_split=dict(endpoint.traffic),
                         deployed_models=deployed)
@@ -281,6 +307,24 @@ class FakeVertex(seam.Seam):
                                                       f"the percentages sum to {total}, "
                                                       "not 100 (or 0)"))
 
+    @staticmethod
+    def _check_replicas(machine: dict) -> None:
+        """v1 DedicatedResources' rules, refused as Vertex refuses a request."""
+        from google.api_core import exceptions
+
+        low = int(machine.get("min_replica_count") or 0)
+        high = int(machine.get("max_replica_count") or low)
+        target = machine.get("autoscaling_target_request_count_per_minute")
+        if low < 1:
+            raise exceptions.InvalidArgument("dedicated_resources.min_replica_count must be "
+                                             f"at least 1, got {low}.")
+        if high < low:
+            raise exceptions.InvalidArgument(f"dedicated_resources.max_replica_count {high} "
+                                             f"is below min_replica_count {low}.")
+        if target is not None and int(target) <= 0:
+            raise exceptions.InvalidArgument(f"autoscaling_metric_specs target {target} of "
+                                             f"{REQUEST_COUNT} must be positive.")
+
     def _begin_deploy(self, endpoint_name, model_name, display_name, machine, traffic_split):
         from google.api_core import exceptions
         from google.cloud.aiplatform_v1.types import DeployedModel, DeployModelResponse
@@ -288,7 +332,11 @@ class FakeVertex(seam.Seam):
         from deployer_plugins.vertex import serving, storage
 
         self._call("deploy_model", f"{endpoint_name}/{display_name}")
+        self.deploys.append({"endpoint": endpoint_name, "model": model_name,
+                             "display_name": display_name, "machine": dict(machine),
+                             "traffic_split": dict(traffic_split)})
         endpoint = self._get(endpoint_name)
+        self._check_replicas(machine)
         if model_name not in self.models:
             raise self._not_found("Model", model_name)
         self._check_split(endpoint, traffic_split, new=True)
@@ -327,7 +375,8 @@ class FakeVertex(seam.Seam):
             return operation(error=exceptions.FailedPrecondition(
                 f"Model server never became ready: {exc.message}"))
         endpoint.deployed[number] = _Deployed(number, model_name, display_name, tag,
-                                              dict(machine))
+                                              dict(machine),
+                                              int(machine.get("min_replica_count") or 1))
         serving.update_routes(endpoint.routes, endpoint.number, deployed_id=number,
                               url=served.url, default_model=served.default_model)
         split = {(number if k == seam.DEPLOYING else k): int(v)

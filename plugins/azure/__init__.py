@@ -12,6 +12,13 @@ updates the deployment in place (Azure's rolling update: on failure the old inst
 serving) or, with ``-o blue_green=true``, creates a new deployment beside the old one with no
 traffic, smoke-tests it through the ``azureml-model-deployment`` header, moves the traffic, and
 only then deletes the old deployment and archives its model (the steps of :mod:`.update`).
+
+With the scaling options (``min_instances`` ... ``scale_out_cooldown``) the deployment starts
+with ``Scaling.initial`` instances and, when it may scale, an Azure Monitor autoscale setting
+targets it (recorded last, so teardown deletes it first): one profile with the range, and two
+rules on the endpoint's ``RequestsPerMinute`` for the deployment, per instance (scale out by one
+above the target, in by one below half of it). Blue/green gives the new deployment a setting of
+its own and removes the old one's with the old deployment; in place keeps (and updates) it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import re
 from deployer import hookimpl
 from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
                              UsageError)
-from deployer.target import Target
+from deployer.target import Fleet, Target
 
 from . import spec, update
 from .twin import AzureTwin
@@ -72,6 +79,9 @@ class AzureTarget(Target):
     # -- what would be sent ----------------------------------------------------------------
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository)
+        if spec.autoscales(self.settings) and not spec.sdk_installed(spec.MONITOR):
+            raise UsageError("autoscaling needs azure-mgmt-monitor (an Azure Monitor autoscale "
+                             "setting)", hint=self.install_hint)
         spec.warn_instance_type(self.settings.instance_type, self.progress)
         spec.warn_sequences(self.settings, repository, self.progress)
 
@@ -175,6 +185,30 @@ class AzureTarget(Target):
                                       percent=self.settings.traffic)
             seam.set_traffic(ep, {dep: self.settings.traffic})
             context.created(resource)
+            self._autoscale(seam, context, ep, dep, deployment_doc["tags"])
+
+    def _autoscale(self, seam, context, ep: str, dep: str, tags: dict, resource=None):
+        """When the options scale: the autoscale setting of deployment ``ep/dep``, recorded
+        before it is created (or, given its ``resource``, updated in place). Returns it."""
+        fleet = spec.autoscales(self.settings)
+        if fleet is None:
+            return None
+        endpoint_id, deployment_id = seam.resource_ids(ep, dep)
+        document = spec.autoscale_document(fleet, dep, endpoint_id, deployment_id,
+                                           seam.location or seam.check_workspace(), tags)
+        setting = spec.autoscale_entity(document)
+        name = spec.autoscale_name(ep, dep)
+        data = dict(endpoint=ep, deployment=dep, target=deployment_id, minimum=fleet.minimum,
+                    maximum=fleet.maximum, rule=spec.autoscale_rule(document))
+        self.progress(f"  {'updating' if resource else 'creating'} autoscale setting {name}: "
+                      f"{fleet.minimum}-{fleet.maximum} instances")
+        if resource is None:
+            resource = context.record("autoscale", name, **data)
+        else:
+            context.update(resource, **data)
+        seam.create_autoscale(name, setting)
+        context.created(resource)
+        return resource
 
     # -- update (deploy --update) ----------------------------------------------------------
     def update(self, repository, context) -> None:
@@ -233,6 +267,8 @@ class AzureTarget(Target):
                     data.get("name", resource.id), data["version"])
             if resource.kind == "deployment":
                 return seam.delete_deployment(data["endpoint"], data["deployment"])
+            if resource.kind == "autoscale":
+                return seam.delete_autoscale(resource.id)
             if resource.kind == "traffic":
                 info = seam.get_endpoint(data["endpoint"])
                 if info is None or not info.traffic.get(data["deployment"]):
@@ -255,12 +291,16 @@ class AzureTarget(Target):
             if resource.kind == "traffic":
                 info = seam.get_endpoint(data["endpoint"])
                 return bool(info and info.traffic.get(data["deployment"]))
+            if resource.kind == "autoscale":
+                return seam.get_autoscale(resource.id) is not None
         return False
 
     def recover(self, name, deployment_id):
         """The endpoints tagged with the deployment's id (or, without one, its name), each
         followed by its deployments (the model each serves first, its traffic after), and the
-        tagged versions of model ``model_name`` (default: the name) that nothing serves."""
+        tagged versions of model ``model_name`` (default: the name) that nothing serves, and the
+        tagged autoscale settings (each after its deployment's traffic; one whose deployment is
+        gone last, so it goes first)."""
         from deployer.state import Resource
 
         tags = {spec.ID_TAG: deployment_id} if deployment_id else {spec.NAME_TAG: name}
@@ -275,6 +315,18 @@ class AzureTarget(Target):
 
         with self._calls(name, "teardown"):
             seam = self._seam()
+            settings = (seam.find_autoscales(tags) if spec.sdk_installed(spec.MONITOR)
+                        else [])
+
+            def autoscale(ep, dep):
+                suffix = f"/onlineendpoints/{ep}/deployments/{dep}".lower()
+                for setting in [a for a in settings
+                                if a.target_resource_uri.lower().endswith(suffix)]:
+                    settings.remove(setting)
+                    found.append(Resource("autoscale", setting.name, "created", {
+                        "endpoint": ep, "deployment": dep,
+                        "target": setting.target_resource_uri}))
+
             for endpoint in seam.find_endpoints(tags):
                 ep = endpoint.name
                 found.append(Resource("endpoint", ep, "created", {
@@ -289,6 +341,7 @@ class AzureTarget(Target):
                         found.append(Resource("traffic", f"{ep}/{deployment.name}", "created",
                                               {**data,
                                                "percent": endpoint.traffic[deployment.name]}))
+                    autoscale(ep, deployment.name)
             model_name = self.settings.model_name or name
             for version in seam.model_versions(model_name, tags):
                 if (model_name, version) not in models:
@@ -297,6 +350,8 @@ class AzureTarget(Target):
                     at = 1 if found and found[0].kind == "endpoint" else 0
                     found.insert(at, Resource("model", f"{model_name}:{version}", "created",
                                              {"name": model_name, "version": version}))
+            found.extend(Resource("autoscale", a.name, "created",
+                                  {"target": a.target_resource_uri}) for a in settings)
         return found
 
     def request_limits(self, deployment):
@@ -305,7 +360,35 @@ class AzureTarget(Target):
         return update.serving_limits(deployment, spec.AZURE_REQUEST_DEFAULTS)
 
     def instances(self, deployment):
-        return [(self.settings.instance_type, self.settings.instance_count)]
+        """The fleet at its minimum (``compare`` notes the price at the maximum)."""
+        fleet = spec.check_scaling(self.settings)
+        return [(self.settings.instance_type,
+                 fleet.minimum if fleet else self.settings.instance_count)]
+
+    def fleet(self, deployment):
+        """The serving deployment's sku capacity (what Azure scales; counted as current only
+        once its provisioning state is Succeeded) and its autoscale setting's range and rules,
+        asked of Azure now."""
+        ep, dep = deployment.endpoint.get("endpoint"), deployment.endpoint.get("deployment")
+        if not ep or not dep:
+            return None
+        with self._calls(deployment.name, "read"):
+            seam = self._seam()
+            found = seam.deployment_capacity(ep, dep)
+            if found is None:
+                return None
+            count, state = found
+            current = count if state.lower() == "succeeded" else None
+            recorded = update.live(deployment, "autoscale", deployment=dep)
+            setting = seam.get_autoscale(recorded[-1].id) if recorded else None
+        if setting is None:
+            rule = (f"autoscale setting {recorded[-1].id} is gone; the count stays "
+                    f"{count}") if recorded else ""
+            return Fleet(count, count, count, current, rule)
+        rule = spec.autoscale_rule(setting.document)
+        if not setting.enabled:
+            rule = f"disabled: {rule}"
+        return Fleet(setting.minimum, setting.maximum, count, current, rule)
 
     def logs(self, deployment, lines=100) -> str:
         from .seam import LOG_CONTAINERS
@@ -324,6 +407,9 @@ class _Cloud:
     """The update's backend on Azure (see :class:`.update.Backend`): seam calls."""
 
     traffic_data: dict = {}
+    #: what create_deployment made besides the deployment (its autoscale setting), removed
+    #: with it when the smoke test fails
+    fresh: list = []
 
     def __init__(self, target: AzureTarget, seam, endpoint: str, model_e, deployment_e):
         self.target, self.seam, self.endpoint = target, seam, endpoint
@@ -338,7 +424,7 @@ class _Cloud:
         return model
 
     def create_deployment(self, plan, context, model):
-        from .seam import ProvisioningFailed
+        from .seam import ProvisioningFailed, SeamError
 
         ep, new, old = plan.endpoint, plan.new, plan.old
         created = None
@@ -357,12 +443,30 @@ class _Cloud:
             update.abandon(self.target, [r for r in (created, model) if r], context)
             message = f"update of {message}" if plan.in_place else f"{message}; it was removed"
             raise DeployFailed(message, details=details, hint=_hints(exc, plan.keeps)) from None
+        tags = plan.deployment_doc["tags"]
         if created is not None:
             context.created(created, provisioning_state=state)
+            try:  # the new deployment's own setting; the old one's goes with the old deployment
+                setting = self.target._autoscale(self.seam, context, ep, new, tags)
+            except SeamError as exc:
+                update.abandon(self.target, [r for r in context.deployment.resources[::-1]
+                                             if r.kind == "autoscale" and r.status == "creating"
+                                             and r.data.get("deployment") == new]
+                               + [created, model], context)
+                raise DeployFailed(f"{exc}; the new deployment {ep}/{new} was removed",
+                                   hint=_hints(exc, plan.keeps)) from None
+            self.fresh = [setting] if setting else []
             return created
         for resource in update.live(context.deployment, "deployment", deployment=old):
             context.update(resource, model=model.id, provisioning_state=state,
                            **spec.sent_limits(plan.deployment_doc))
+        # in place: the same deployment id, so its setting stays (updated to the options)
+        kept = update.live(context.deployment, "autoscale", deployment=old)
+        if spec.autoscales(self.target.settings) is not None:
+            self.target._autoscale(self.seam, context, ep, old, tags,
+                                   kept[-1] if kept else None)
+        elif kept:
+            update.retire(self.target, kept, context)  # the options no longer scale
         return None
 
     def switch(self, plan, context, deployment) -> list:

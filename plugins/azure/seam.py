@@ -105,6 +105,21 @@ class DeploymentInfo:
     tags: dict[str, str]
 
 
+@dataclasses.dataclass
+class AutoscaleInfo:
+    """An Azure Monitor autoscale setting, as the control plane answers it."""
+
+    name: str
+    target_resource_uri: str
+    minimum: int
+    maximum: int
+    default: int
+    enabled: bool
+    tags: dict[str, str]
+    #: its ARM document (camelCase, as sent and answered)
+    document: dict
+
+
 @dataclasses.dataclass(frozen=True)
 class Credential:
     """What the scoring URI wants after ``Bearer``: a key (``expires_on`` None, never
@@ -300,6 +315,58 @@ class Seam:
                  and all((m.tags or {}).get(k) == v for k, v in tags.items())]
         return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
+    # -- autoscaling: Azure Monitor's autoscale settings (MonitorManagementClient) -------------
+    def resource_ids(self, endpoint: str, deployment: str) -> tuple[str, str]:
+        """The ARM ids of the endpoint and of its deployment (the setting's metric source and
+        target)."""
+        with sdk_call(f"endpoint {endpoint}"):
+            endpoint_id = str(self._endpoint(endpoint).id or "")
+        with sdk_call(f"deployment {endpoint}/{deployment}"):
+            deployment_id = str(self._deployment(endpoint, deployment).id or "")
+        if not endpoint_id or not deployment_id:
+            raise SeamError(f"Azure gave no resource id for {endpoint}/{deployment}")
+        return endpoint_id, deployment_id
+
+    def deployment_capacity(self, endpoint: str, deployment: str
+                            ) -> Optional[tuple[int, str]]:
+        """(instance count of the deployment's sku, provisioning state), None when gone."""
+        try:
+            with sdk_call(f"deployment {endpoint}/{deployment}"):
+                found = self._deployment(endpoint, deployment)
+        except NotFoundError:
+            return None
+        return int(found.instance_count or 0), str(found.provisioning_state or "")
+
+    def create_autoscale(self, name: str, setting) -> AutoscaleInfo:
+        """Create (or update) autoscale setting ``name`` from an
+        ``azure.mgmt.monitor.models.AutoscaleSettingResource``."""
+        with sdk_call(f"creating autoscale setting {name}"):
+            return _autoscale_info(self._autoscale_put(name, setting))
+
+    def get_autoscale(self, name: str) -> Optional[AutoscaleInfo]:
+        try:
+            with sdk_call(f"autoscale setting {name}"):
+                return _autoscale_info(self._autoscale(name))
+        except NotFoundError:
+            return None
+
+    def delete_autoscale(self, name: str) -> bool:
+        """Delete it; False when it was gone (ARM answers a DELETE of nothing with 204)."""
+        if self.get_autoscale(name) is None:
+            return False
+        try:
+            with sdk_call(f"deleting autoscale setting {name}"):
+                self._autoscale_delete(name)
+        except NotFoundError:
+            return False
+        return True
+
+    def find_autoscales(self, tags: dict[str, str]) -> list[AutoscaleInfo]:
+        """The resource group's autoscale settings whose tags include ``tags``."""
+        with sdk_call("listing autoscale settings"):
+            found = [_autoscale_info(a) for a in self._autoscales()]
+        return [a for a in found if all(a.tags.get(k) == v for k, v in tags.items())]
+
     # -- waiting on a long-running operation ------------------------------------------------
     def _operation(self, what: str, begin: Callable[[], Any], state: Callable[[], str]):
         """Begin a long-running operation and wait for its result (see _finish); stdout stays
@@ -397,6 +464,36 @@ class Seam:
 
     def _versions(self, name: str) -> list:
         raise NotImplementedError
+
+    # azure-mgmt-monitor's autoscale_settings, in the workspace's resource group
+    def _autoscale_put(self, name: str, setting):
+        raise NotImplementedError
+
+    def _autoscale(self, name: str):
+        raise NotImplementedError
+
+    def _autoscale_delete(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _autoscales(self) -> list:
+        raise NotImplementedError
+
+
+def _autoscale_info(setting) -> AutoscaleInfo:
+    """From an ``AutoscaleSettingResource``; the range is its first profile's."""
+    profiles = setting.profiles or []
+    capacity = profiles[0].capacity if profiles else None
+
+    def count(value) -> int:
+        return int(value) if value not in (None, "") else 0
+
+    return AutoscaleInfo(name=str(setting.name or ""),
+                         target_resource_uri=str(setting.target_resource_uri or ""),
+                         minimum=count(getattr(capacity, "minimum", None)),
+                         maximum=count(getattr(capacity, "maximum", None)),
+                         default=count(getattr(capacity, "default", None)),
+                         enabled=bool(setting.enabled), tags=dict(setting.tags or {}),
+                         document=setting.serialize(keep_readonly=True))
 
 
 def _endpoint_info(endpoint) -> EndpointInfo:
@@ -562,6 +659,13 @@ def role_hint(message: str) -> str:
     scope = (_SCOPE.search(message) or [None, ""])[1]
     action = (_ACTION.search(message) or [None, ""])[1]
     lacks = f"the identity lacks permission {action}" if action else "the identity lacks a role"
+    if "microsoft.insights/" in f"{scope} {action}".lower():
+        group = re.match(r"(?i)(/subscriptions/[^/]+/resourceGroups/[^/]+)", scope)
+        where = group[1] if group else "the workspace's resource group"
+        return (f"{lacks}: grant it the 'Monitoring Contributor' role (it holds "
+                f"microsoft.insights/autoscalesettings/write) on the resource group {where} "
+                "(az role assignment create --role 'Monitoring Contributor' --assignee ID "
+                f"--scope {where if group else 'GROUP-ID'}), then run 'az login' again")
     if "/providers/Microsoft.Storage/" in scope:
         return (f"{lacks}: grant it 'Storage Blob Data Contributor' on the workspace's "
                 f"storage account {scope.split('/blobServices')[0]}")
@@ -586,9 +690,12 @@ def quota_hint(instance_type: str, location: str) -> str:
 class MLSeam(Seam):
     """The real control plane: one ``MLClient``."""
 
-    def __init__(self, ml_client, progress: Callable[[str], None] = lambda _: None):
+    def __init__(self, ml_client, progress: Callable[[str], None] = lambda _: None,
+                 credential=None):
         self.ml = ml_client
         self.progress = progress
+        self.azure_credential = credential  # (``credential`` is the endpoint's key)
+        self._monitor = None
 
     @classmethod
     def connect(cls, settings, progress: Callable[[str], None]) -> MLSeam:
@@ -604,7 +711,7 @@ class MLSeam(Seam):
             else:
                 client = MLClient(credential, settings.subscription, settings.resource_group,
                                   settings.workspace)
-        return cls(client, progress)
+        return cls(client, progress, credential)
 
     def _workspace(self):
         return self.ml.workspaces.get(self.ml.workspace_name).location
@@ -656,3 +763,27 @@ class MLSeam(Seam):
 
     def _versions(self, name):
         return list(self.ml.models.list(name=name))
+
+    # -- Azure Monitor: one MonitorManagementClient on the same credential and subscription --
+    @property
+    def monitor(self):
+        if self._monitor is None:
+            from azure.mgmt.monitor import MonitorManagementClient
+
+            credential = self.azure_credential or getattr(self.ml, "_credential", None)
+            self._monitor = MonitorManagementClient(credential, self.ml.subscription_id)
+        return self._monitor
+
+    def _autoscale_put(self, name, setting):
+        return self.monitor.autoscale_settings.create_or_update(self.ml.resource_group_name,
+                                                                name, setting)
+
+    def _autoscale(self, name):
+        return self.monitor.autoscale_settings.get(self.ml.resource_group_name, name)
+
+    def _autoscale_delete(self, name):
+        self.monitor.autoscale_settings.delete(self.ml.resource_group_name, name)
+
+    def _autoscales(self):
+        return list(self.monitor.autoscale_settings.list_by_resource_group(
+            self.ml.resource_group_name))

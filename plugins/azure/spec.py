@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer.errors import ValidationError
-from deployer.target import Option, PlannedResource
+from deployer.target import SCALING, Option, PlannedResource, Scaling, scaling
 
 #: the modules the cloud target needs (the twin runs without them)
 REQUIRES = ("azure.ai.ml", "azure.identity")
@@ -84,6 +84,10 @@ OPTIONS = (
     Option("startup_timeout", float, 1800.0, "seconds each long-running Azure operation "
            "(endpoint, deployment, traffic, delete) may take; past it the deploy stops (exit 3) "
            "with the provisioning state and the container logs. A state line every 30 s"),
+    *SCALING,
+    Option("instance_limit", int, 20, "autoscaling: the 'Number of instances per deployment' "
+           "endpoint limit of the subscription (Azure's default 20, raised on request); "
+           "max_instances above it is refused"),
 )
 
 #: endpoint and deployment names: 3-32 characters, a letter first, letters, digits, dashes
@@ -425,8 +429,13 @@ def entities(endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
     return endpoint, model, deployment
 
 
-def sdk_installed() -> bool:
-    """Whether the modules of REQUIRES can be imported (checked without importing them)."""
+#: the module the autoscale setting needs
+MONITOR = ("azure.mgmt.monitor",)
+
+
+def sdk_installed(modules: tuple[str, ...] = REQUIRES) -> bool:
+    """Whether ``modules`` (default: REQUIRES) can be imported (checked without importing
+    them)."""
     import importlib.util
 
     def importable(module: str) -> bool:
@@ -435,7 +444,7 @@ def sdk_installed() -> bool:
         except (ImportError, ValueError):
             return False
 
-    return all(importable(m) for m in REQUIRES)
+    return all(importable(m) for m in modules)
 
 
 def python_imports(repository) -> None:
@@ -467,6 +476,7 @@ def check_settings(settings, repository) -> None:
     if not settings.startup_timeout > 0:
         raise ValidationError(f"startup_timeout must be positive (seconds), got "
                               f"{settings.startup_timeout}")
+    check_scaling(settings)
 
 
 class Names:
@@ -500,7 +510,7 @@ def documents(settings, repository, name: str, deployment_id: str | None = None,
     endpoint_doc = endpoint_yaml(names.endpoint, settings.auth_mode, tags)
     deployment_doc = deployment_yaml(names.deployment, names.endpoint, model,
                                      instance_type(settings.instance_type),
-                                     settings.instance_count, tags,
+                                     initial_count(settings), tags,
                                      request_settings(settings), probes(settings))
     return names, endpoint_doc, deployment_doc
 
@@ -537,19 +547,33 @@ def export(settings, repository, name: str, directory, progress: Callable[[str],
            sdk_required: bool = True) -> list[Path]:
     """``Target.export`` of azure and its twin: endpoint.yml and deployment.yml, for
     'az ml online-endpoint create -f'."""
-    _, endpoint_doc, deployment_doc = checked_documents(settings, repository, name,
-                                                        sdk_required)
-    return write_yaml(Path(directory), endpoint_doc, deployment_doc, progress)
+    names, endpoint_doc, deployment_doc = checked_documents(settings, repository, name,
+                                                            sdk_required)
+    written = write_yaml(Path(directory), endpoint_doc, deployment_doc, progress)
+    for resource in planned_autoscale(settings, names, deployment_doc):
+        import json
+
+        document = {k: v for k, v in resource.details.items() if k != "note"}
+        path = Path(directory) / "autoscale.json"
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        progress(f"wrote {path} (az rest --method put --url 'https://management.azure.com"
+                 f"/subscriptions/SUB/resourceGroups/RG/providers/microsoft.insights/"
+                 f"autoscalesettings/{resource.name}?api-version={AUTOSCALE_API}' --body "
+                 f"@{path.name}; set location and the ids first)")
+        written.append(path)
+    return written
 
 
 def planned(settings, names: Names, endpoint_doc: dict[str, Any],
             deployment_doc: dict[str, Any]) -> list[PlannedResource]:
-    """What a deploy creates, in order: endpoint, model, deployment, traffic."""
+    """What a deploy creates, in order: endpoint, model, deployment, traffic, and the
+    autoscale setting when the options scale."""
     where = f"{names.endpoint}/{names.deployment}"
     return [PlannedResource("endpoint", names.endpoint, endpoint_doc),
             PlannedResource("model", names.model, deployment_doc["model"]),
             PlannedResource("deployment", where, deployment_doc),
-            PlannedResource("traffic", where, {names.deployment: settings.traffic})]
+            PlannedResource("traffic", where, {names.deployment: settings.traffic}),
+            *planned_autoscale(settings, names, deployment_doc)]
 
 
 def write_yaml(folder: Path, endpoint_doc: dict[str, Any], deployment_doc: dict[str, Any],
@@ -566,3 +590,211 @@ def write_yaml(folder: Path, endpoint_doc: dict[str, Any], deployment_doc: dict[
         progress(f"wrote {folder / file_name}")
         written.append(folder / file_name)
     return written
+
+
+# -- autoscaling: an Azure Monitor autoscale setting on the deployment ---------------------------
+#: the endpoint's metric the rules watch, split by its ``deployment`` dimension (Azure ML
+#: "Monitor online endpoints": RequestsPerMinute is at endpoint scope; the deployment scope has
+#: CpuUtilizationPercentage, GpuUtilizationPercentage, DeploymentCapacity, ...)
+AUTOSCALE_METRIC = "RequestsPerMinute"
+AUTOSCALE_DIMENSION = "deployment"
+#: the scale-in rule fires below this share of the target (rules, not target tracking: a gap
+#: between the two thresholds keeps the count from flapping)
+SCALE_IN_SHARE = 0.5
+#: the cooldown when none is given: 'az monitor autoscale rule create --cooldown' defaults to
+#: 5 minutes; Azure takes 1 minute to 1 week (ScaleAction.cooldown)
+DEFAULT_COOLDOWN, MIN_COOLDOWN, MAX_COOLDOWN = 300, 60, 7 * 24 * 3600
+#: the metric's grain and the window the rules average it over (Azure: 1 minute to 12 hours,
+#: a window of at least 5 minutes)
+TIME_GRAIN, TIME_WINDOW = "PT1M", "PT5M"
+PROFILE = "triton-deployer"
+#: the API version the setting's ARM document is for (azure-mgmt-monitor 7.0's)
+AUTOSCALE_API = "2022-10-01"
+ARM_WORKSPACE = ("/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/"
+                 "Microsoft.MachineLearningServices/workspaces/{workspace}")
+
+
+def check_scaling(settings) -> Scaling | None:
+    """The scaling options checked (:func:`deployer.target.scaling`) against Azure's rules:
+    no scale to zero, at most ``instance_limit`` instances, cooldowns of 1 minute to 1 week."""
+    fleet = scaling(settings, instance_count=settings.instance_count)
+    if fleet is None:
+        return None
+    if fleet.minimum < 1:
+        raise ValidationError("min_instances=0: an Azure ML managed online deployment cannot "
+                              "scale to zero (it keeps at least one instance running)",
+                              hint="pass -o min_instances=1 or more")
+    limit = settings.instance_limit
+    if fleet.maximum > limit:
+        raise ValidationError(f"max_instances {fleet.maximum} is above the endpoint limit of "
+                              f"{limit} instances per deployment",
+                              hint="lower -o max_instances, or have Azure raise the limit "
+                                   "(quota type 'Machine Learning Service: Endpoint Limits') "
+                                   "and pass -o instance_limit=N")
+    for name in ("scale_in_cooldown", "scale_out_cooldown"):
+        seconds = settings.get(name)
+        if seconds is not None and not MIN_COOLDOWN <= seconds <= MAX_COOLDOWN:
+            raise ValidationError(f"{name} {seconds} is outside Azure's range of "
+                                  f"{MIN_COOLDOWN} seconds to 1 week ({MAX_COOLDOWN})",
+                                  hint=f"pass -o {name}=SECONDS between {MIN_COOLDOWN} and "
+                                       f"{MAX_COOLDOWN}")
+    return fleet
+
+
+def initial_count(settings) -> int:
+    """The instance count a deploy sends: ``instance_count`` raised to ``min_instances``."""
+    fleet = check_scaling(settings)
+    return fleet.initial if fleet else settings.instance_count
+
+
+def autoscales(settings) -> Scaling | None:
+    """The Scaling when Azure is asked to scale (an autoscale setting is made), else None."""
+    fleet = check_scaling(settings)
+    return fleet if fleet is not None and fleet.scales else None
+
+
+def autoscale_name(endpoint: str, deployment: str) -> str:
+    """The setting's name, one per deployment (unique in the resource group)."""
+    return f"autoscale-{endpoint}-{deployment}"
+
+
+def duration(seconds: int) -> str:
+    """ISO 8601 duration as the SDK writes a timedelta (isodate): PT5M, PT1M30S, P7D."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    time = "".join(f"{v}{u}" for v, u in ((hours, "H"), (minutes, "M"), (secs, "S")) if v)
+    text = (f"{days}D" if days else "") + (f"T{time}" if time else "")
+    return "P" + (text or "T0S")
+
+
+def arm_ids(settings, endpoint: str, deployment: str) -> tuple[str, str]:
+    """(endpoint, deployment) ARM ids as the options give them; ``{subscription}`` and the
+    like where an option is not set (a plan; a deploy asks Azure for the ids)."""
+    workspace = ARM_WORKSPACE.format(
+        subscription=settings.subscription or "{subscription}",
+        resource_group=settings.resource_group or "{resource_group}",
+        workspace=settings.workspace or "{workspace}")
+    ep = f"{workspace}/onlineEndpoints/{endpoint}"
+    return ep, f"{ep}/deployments/{deployment}"
+
+
+def _rule(fleet: Scaling, endpoint_id: str, deployment: str, out: bool) -> dict[str, Any]:
+    target = fleet.target_requests_per_minute
+    threshold = float(target) if out else float(target) * SCALE_IN_SHARE
+    cooldown = fleet.scale_out_cooldown if out else fleet.scale_in_cooldown
+    return {"metricTrigger": {
+                "metricName": AUTOSCALE_METRIC, "metricResourceUri": endpoint_id,
+                "timeGrain": TIME_GRAIN, "statistic": "Average", "timeWindow": TIME_WINDOW,
+                "timeAggregation": "Average",
+                "operator": "GreaterThan" if out else "LessThan", "threshold": threshold,
+                "dimensions": [{"DimensionName": AUTOSCALE_DIMENSION, "Operator": "Equals",
+                                "Values": [deployment]}],
+                "dividePerInstance": True},
+            "scaleAction": {"direction": "Increase" if out else "Decrease",
+                            "type": "ChangeCount", "value": "1",
+                            "cooldown": duration(DEFAULT_COOLDOWN if cooldown is None
+                                                 else cooldown)}}
+
+
+def autoscale_document(fleet: Scaling, deployment: str, endpoint_id: str, deployment_id: str,
+                       location: str, tags: dict[str, str]) -> dict[str, Any]:
+    """The autoscale setting's ARM document (what the PUT sends): one profile with the range
+    and two rules on the endpoint's RequestsPerMinute for this deployment, per instance."""
+    count = str(fleet.initial)
+    rules = [_rule(fleet, endpoint_id, deployment, out) for out in (True, False)]
+    return {"location": location, "tags": dict(tags), "properties": {
+        "profiles": [{"name": PROFILE, "capacity": {"minimum": str(fleet.minimum),
+                                                    "maximum": str(fleet.maximum),
+                                                    "default": count},
+                      "rules": rules}],
+        "enabled": True, "targetResourceUri": deployment_id}}
+
+
+def autoscale_entity(document: dict[str, Any]):
+    """The ``azure.mgmt.monitor.models.AutoscaleSettingResource`` of ``document``, built from
+    its values with the SDK's classes; ValidationError unless the SDK writes it back as
+    ``document`` (a field it does not know, a wrong type or format)."""
+    import datetime
+
+    from azure.mgmt.monitor.models import (AutoscaleProfile, AutoscaleSettingResource,
+                                           MetricTrigger, ScaleAction, ScaleCapacity, ScaleRule,
+                                           ScaleRuleMetricDimension)
+
+    def seconds(text: str) -> datetime.timedelta:
+        found = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", text)
+        if not found:
+            raise ValidationError(f"{text!r} is not an ISO 8601 duration")
+        d, h, m, s = (int(v or 0) for v in found.groups())
+        return datetime.timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+    def rule(doc):
+        trigger, action = doc["metricTrigger"], doc["scaleAction"]
+        return ScaleRule(
+            metric_trigger=MetricTrigger(
+                metric_name=trigger["metricName"],
+                metric_resource_uri=trigger["metricResourceUri"],
+                time_grain=seconds(trigger["timeGrain"]), statistic=trigger["statistic"],
+                time_window=seconds(trigger["timeWindow"]),
+                time_aggregation=trigger["timeAggregation"], operator=trigger["operator"],
+                threshold=trigger["threshold"],
+                dimensions=[ScaleRuleMetricDimension(dimension_name=d["DimensionName"],
+                                                     operator=d["Operator"],
+                                                     values=list(d["Values"]))
+                            for d in trigger["dimensions"]],
+                divide_per_instance=trigger["dividePerInstance"]),
+            scale_action=ScaleAction(direction=action["direction"], type=action["type"],
+                                     value=action["value"],
+                                     cooldown=seconds(action["cooldown"])))
+
+    try:
+        properties = document["properties"]
+        entity = AutoscaleSettingResource(
+            location=document["location"], tags=dict(document["tags"]),
+            profiles=[AutoscaleProfile(name=p["name"], capacity=ScaleCapacity(**p["capacity"]),
+                                       rules=[rule(r) for r in p["rules"]])
+                      for p in properties["profiles"]],
+            enabled=properties["enabled"], target_resource_uri=properties["targetResourceUri"])
+        sent = entity.serialize()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"azure-mgmt-monitor refused the autoscale setting: {exc}") \
+            from None
+    if sent != document:
+        raise ValidationError("azure-mgmt-monitor writes the autoscale setting otherwise than "
+                              f"planned: {sent} != {document}")
+    return entity
+
+
+def autoscale_rule(document: dict[str, Any]) -> str:
+    """How the setting scales, in Azure's words: its rules, one after the other."""
+    parts = []
+    for profile in document["properties"]["profiles"]:
+        for rule in profile["rules"]:
+            trigger, action = rule["metricTrigger"], rule["scaleAction"]
+            per = " per instance" if trigger.get("dividePerInstance") else ""
+            sign = {"GreaterThan": ">", "LessThan": "<"}.get(trigger["operator"],
+                                                              trigger["operator"])
+            parts.append(f"{trigger['metricName']}{per} {sign} {trigger['threshold']:g} over "
+                         f"{trigger['timeWindow']}: {action['direction']} by {action['value']} "
+                         f"(cooldown {action['cooldown']})")
+    return "; ".join(parts)
+
+
+def planned_autoscale(settings, names: Names, deployment_doc: dict[str, Any],
+                      location: str = "{workspace region}") -> list[PlannedResource]:
+    """The autoscale setting a deploy creates (after the traffic), when the options scale;
+    its details are the ARM document and a ``note`` for people."""
+    fleet = autoscales(settings)
+    if fleet is None:
+        return []
+    endpoint_id, deployment_id = arm_ids(settings, names.endpoint, names.deployment)
+    document = autoscale_document(fleet, names.deployment, endpoint_id, deployment_id,
+                                  location, deployment_doc["tags"])
+    if sdk_installed(MONITOR):
+        autoscale_entity(document)
+    surge = -(-fleet.maximum * 6 // 5)  # Azure reserves 20% more for upgrades
+    note = (f"Azure autoscale is rule-based, not target tracking: {autoscale_rule(document)}. "
+            f"The VM quota must hold {surge} x {deployment_doc['instance_type']} (max_instances "
+            "plus the 20% Azure reserves for upgrades)")
+    return [PlannedResource("autoscale", autoscale_name(names.endpoint, names.deployment),
+                            {**document, "note": note})]

@@ -28,7 +28,7 @@ from typing import Callable
 
 from deployer import pyimports, triton
 from deployer.errors import DeployFailed, UsageError
-from deployer.target import Option, Target
+from deployer.target import Fleet, Option, Target
 
 from . import spec, update
 
@@ -218,7 +218,10 @@ class AzureTwin(Target):
                                    "with -o server=PATH")
 
     def plan(self, repository, name):
-        return spec.plan(self.settings, repository, name, self.progress, sdk_required=False)
+        """azure's plan without the autoscale setting: the twin records the range and runs
+        one instance (its export still writes the setting's document)."""
+        return [r for r in spec.plan(self.settings, repository, name, self.progress,
+                                     sdk_required=False) if r.kind != "autoscale"]
 
     def export(self, repository, name, directory):
         """endpoint.yml and deployment.yml, as ``azure`` exports them."""
@@ -319,6 +322,22 @@ class AzureTwin(Target):
         """What the gateway enforces for the serving deployment, from the settings it was
         made with (a deployment recorded without them had no throttle: None)."""
         return update.serving_limits(deployment)
+
+    def fleet(self, deployment):
+        """The range and rules the options would give ``azure``, recorded; one instance runs
+        (the twin does not scale)."""
+        fleet = spec.check_scaling(self.settings)
+        low, high = ((fleet.minimum, fleet.maximum) if fleet else
+                     (self.settings.instance_count, self.settings.instance_count))
+        scaled = spec.autoscales(self.settings)
+        rule = ""
+        if scaled is not None:
+            endpoint_id, deployment_id = spec.arm_ids(self.settings, "ENDPOINT", "DEPLOYMENT")
+            rule = spec.autoscale_rule(spec.autoscale_document(
+                scaled, "DEPLOYMENT", endpoint_id, deployment_id, "", {})) + " "
+        if rule or (low, high) != (1, 1):
+            rule += "(recorded; the twin runs one instance and does not scale)"
+        return Fleet(low, high, 1, 1, rule)
 
     def _secret(self, deployment):
         from .seam import Credential

@@ -76,6 +76,9 @@ class Backend(Protocol):
     def register_model(self, plan: UpdatePlan, context) -> Any:
         """Record and create the new model version; return its resource."""
 
+    # optional: ``fresh``, what create_deployment made besides the deployment (removed with it
+    # when the smoke test fails)
+
     def create_deployment(self, plan: UpdatePlan, context, model) -> Any:
         """Create the new deployment (blue/green: with no traffic), or update ``old`` in
         place; return its resource. On failure remove what the update created, ``model``
@@ -149,7 +152,9 @@ def run(backend: Backend, plan: UpdatePlan, repository, context) -> None:
     if plan.in_place:
         replaced = backend.switch(plan, context, deployment)
     else:
-        smoke_test(backend, plan, repository, context, fresh=[deployment, model])
+        # with what create_deployment made beside it (the cloud's autoscale setting)
+        fresh = [*getattr(backend, "fresh", []), deployment, model]
+        smoke_test(backend, plan, repository, context, fresh=fresh)
         move_traffic(backend, plan, context)
         replaced = old_deployment(backend, plan, context)
     retire(backend.target, replaced + plan.old_models, context)
@@ -207,10 +212,12 @@ def move_traffic(backend: Backend, plan: UpdatePlan, context) -> None:
 
 
 def old_deployment(backend: Backend, plan: UpdatePlan, context) -> list:
-    """Blue/green, once the traffic moved: the old deployment and its traffic, to retire."""
+    """Blue/green, once the traffic moved: the old deployment's autoscale setting, its
+    traffic and the deployment, to retire in that order."""
     backend.target.progress(f"  removing the old deployment {plan.endpoint}/{plan.old}")
     record = context.deployment
-    return (live(record, "traffic", deployment=plan.old) +
+    return (live(record, "autoscale", deployment=plan.old) +
+            live(record, "traffic", deployment=plan.old) +
             live(record, "deployment", deployment=plan.old))
 
 

@@ -13,7 +13,7 @@ import time
 
 from deployer import hookimpl
 from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError
-from deployer.target import PlannedResource, Target
+from deployer.target import Fleet, PlannedResource, Target
 
 from . import spec
 from .twin import SageMakerTwin
@@ -49,10 +49,11 @@ class SageMakerTarget(Target):
 
     def _preflight(self, session, region, endpoint: str) -> None:
         """Checks before anything is created (exit 2): the endpoint name is free, the bucket
-        exists, in ``region``, and the execution role exists and trusts SageMaker."""
+        exists, in ``region``, the execution role exists and trusts SageMaker, and a scaling
+        fleet's max_instances is within the instance type's quota."""
         from botocore.exceptions import ClientError
 
-        from . import aws
+        from . import aws, rules
 
         with aws.failures(UsageError, self._facts(region)):
             try:
@@ -65,11 +66,13 @@ class SageMakerTarget(Target):
                                       f"{region}", hint="pass another --name, or delete it first")
             aws.check_bucket(session.client("s3"), self.settings.bucket, region)
             aws.check_role(session.client("iam"), self.settings.role, self.progress)
+            rules.quota_check(self.settings, session, region, self.progress)
 
     def validate(self, repository) -> None:
         from . import rules
 
         spec.check_repository(self.settings, repository)
+        rules.scaling(self.settings)
         rules.python_imports(self.settings, repository)
         _, region = self._session_region()
         rules.image(self.settings, region)
@@ -116,13 +119,32 @@ class SageMakerTarget(Target):
                 "role": self.settings.role}),
             PlannedResource("endpoint-config", names["endpoint-config"].replace(
                 "00000000", "<id>"), {"instance_type": self.settings.instance_type,
-                                      "instance_count": self.settings.instance_count,
+                                      "instance_count": rules.initial_count(self.settings),
                                       "startup_timeout": self.settings.startup_timeout}),
             PlannedResource("endpoint", name, {
                 "region": region, "models": spec.models_served(self.settings, repository),
                 "log_group": aws.log_group(name),
                 "log_group_kept_on_teardown": not self.settings.delete_logs}),
+            *self._planned_scaling(name),
         ]
+
+    def _planned_scaling(self, endpoint: str) -> list[PlannedResource]:
+        """The scalable target and its policy, when the options ask for scaling."""
+        from . import autoscaling, rules
+
+        fleet = rules.scaling(self.settings)
+        if fleet is None or not fleet.scales:
+            return []
+        wanted = autoscaling.Settings.of(fleet)
+        rid = autoscaling.resource_id(endpoint, VARIANT)
+        return [PlannedResource("scalable-target", rid, {
+                    "service": "Application Auto Scaling", "dimension": autoscaling.DIMENSION,
+                    "min_capacity": fleet.minimum, "max_capacity": fleet.maximum,
+                    "initial_instances": fleet.initial,
+                    "billed_up_to": f"{fleet.maximum} x {self.settings.instance_type}"}),
+                PlannedResource("scaling-policy", autoscaling.policy_name(endpoint), {
+                    "type": "TargetTrackingScaling", "resource_id": rid,
+                    "configuration": autoscaling.configuration(wanted)})]
 
     # -- deploy's steps: upload → model → endpoint config → endpoint → wait -----------------
     def _upload(self, repository, session, region, context) -> tuple[dict, dict]:
@@ -211,13 +233,15 @@ class SageMakerTarget(Target):
         context.created(resource, arn=arn)
 
     def _create_config(self, sm, names: dict[str, str], tags, region, context) -> None:
+        from . import rules
+
         resource = context.record("endpoint-config", names["endpoint-config"], region=region)
         arn = sm.create_endpoint_config(
             EndpointConfigName=names["endpoint-config"], Tags=tags,
             ProductionVariants=[{
                 "VariantName": VARIANT, "ModelName": names["model"],
                 "InstanceType": self.settings.instance_type,
-                "InitialInstanceCount": self.settings.instance_count,
+                "InitialInstanceCount": rules.initial_count(self.settings),
                 "ContainerStartupHealthCheckTimeoutInSeconds": self.settings.startup_timeout}],
         )["EndpointConfigArn"]
         context.created(resource, arn=arn)
@@ -232,8 +256,10 @@ class SageMakerTarget(Target):
 
     def deploy(self, repository, context) -> None:
         """Checks (exit 2, nothing created), then upload → model → endpoint config → endpoint;
-        any AWS error after the checks is DeployFailed (exit 3) with the one line."""
-        from . import aws, rules
+        any AWS error after the checks is DeployFailed (exit 3) with the one line. With the
+        scaling options, the InService endpoint's variant is then registered with Application
+        Auto Scaling and given its target tracking policy (each recorded first)."""
+        from . import autoscaling, aws, rules
 
         session, region = self._session_region()
         deployment = context.deployment
@@ -252,6 +278,10 @@ class SageMakerTarget(Target):
             if self.settings.wait:
                 self._wait_created(sm, session, names["endpoint"], deployment.name)
             context.created(resource)
+            fleet = rules.scaling(self.settings)
+            if fleet is not None and fleet.scales:
+                self._autoscale(session, names["endpoint"], region,
+                                autoscaling.Settings.of(fleet), context)
 
     def _create_endpoint(self, sm, names: dict[str, str], region, context):
         """``create_endpoint`` on the new config; the resource stays ``creating`` until it
@@ -259,8 +289,10 @@ class SageMakerTarget(Target):
         write is recorded first, so teardown removes it after the endpoint."""
         logs = self._record_logs(names["endpoint"], region, context)
         resource = context.record("endpoint", names["endpoint"], region=region)
+        from . import rules
+
         self.progress(f"  creating endpoint {names['endpoint']} on "
-                      f"{self.settings.instance_count} x {self.settings.instance_type}")
+                      f"{rules.initial_count(self.settings)} x {self.settings.instance_type}")
         arn = sm.create_endpoint(EndpointName=names["endpoint"],
                                  EndpointConfigName=names["endpoint-config"],
                                  Tags=self._tags(context.deployment))["EndpointArn"]
@@ -268,6 +300,44 @@ class SageMakerTarget(Target):
         if logs is not None:
             context.created(logs)
         return resource
+
+    def _autoscale(self, session, endpoint: str, region, wanted, context) -> None:
+        """Register the variant as a scalable target, then put its target tracking policy:
+        each recorded before its call and marked created after, with the values it got."""
+        from . import autoscaling
+
+        aas = session.client("application-autoscaling")
+        rid = autoscaling.resource_id(endpoint, VARIANT)
+        deployment = context.deployment
+        tags = {t["Key"]: t["Value"] for t in self._tags(deployment)}
+        target = context.record("scalable-target", rid, region=region,
+                                min_capacity=wanted.minimum, max_capacity=wanted.maximum)
+        self.progress(f"  registering {rid} with Application Auto Scaling: "
+                      f"{wanted.minimum} to {wanted.maximum} instances")
+        context.created(target, arn=autoscaling.register(aas, rid, wanted, tags))
+        if wanted.target is None:  # restoring a target whose policy was never put
+            return
+        name = autoscaling.policy_name(endpoint)
+        policy = context.record("scaling-policy", name, region=region, resource_id=rid,
+                                target_value=wanted.target,
+                                scale_in_cooldown=wanted.scale_in_cooldown,
+                                scale_out_cooldown=wanted.scale_out_cooldown)
+        self.progress(f"  scaling policy {name}: {autoscaling.rule(wanted.target)}")
+        context.created(policy, arn=autoscaling.put_policy(aas, rid, name, wanted))
+
+    def _unscale(self, session, context, scaled: list) -> None:
+        """Delete the policy and deregister the target (newest first), as SageMaker asks
+        before an update of an autoscaled variant; each marked deleted."""
+        from . import autoscaling
+
+        if not scaled:
+            return
+        aas = session.client("application-autoscaling")
+        for resource in reversed(scaled):
+            autoscaling.delete(aas, resource)
+            context.deleted(resource)
+            self.progress(f"  removed {resource.kind} {resource.id} for the update "
+                          "(SageMaker refuses to update an autoscaled variant)")
 
     def _record_logs(self, endpoint: str, region, context):
         """The ``log-group`` resource (``-o delete_logs=true`` only, once per deployment)."""
@@ -311,8 +381,13 @@ class SageMakerTarget(Target):
         and rolls back if it does not: on any failure the previous resources are left alone
         (the new ones stay recorded; teardown removes them). The mode may change (single ↔
         multi): the endpoint record follows only once the new config serves. Any AWS error
-        is DeployFailed with the one line (the bucket check before any create: exit 2)."""
-        from . import aws
+        is DeployFailed with the one line (the bucket check before any create: exit 2).
+
+        An autoscaled variant cannot be updated (SageMaker's "Update endpoints that use auto
+        scaling"): its policy and scalable target go just before ``update_endpoint`` and come
+        back (new records, the options' values) once the new config serves; if the update
+        fails they are put back as they were on the version that still serves."""
+        from . import autoscaling, aws, rules
 
         session, region = self._session_region()
         deployment = context.deployment
@@ -322,7 +397,10 @@ class SageMakerTarget(Target):
         with aws.failures(DeployFailed, facts, then=self._rerun_hint(deployment.name)):
             sm = session.client("sagemaker")
             current = self._check_updatable(sm, session, region, endpoint, deployment.name)
+            rules.quota_check(self.settings, session, region, self.progress)
             previous = self._replaced(deployment)
+            scaled = [r for r in deployment.resources
+                      if r.kind in autoscaling.KINDS and r.status != "deleted"]
             names = self._names(deployment.name, deployment.id,
                                 sum(r.kind == "model" for r in deployment.resources))
             details = self._model_and_config(repository, session, region, names, context)
@@ -330,15 +408,52 @@ class SageMakerTarget(Target):
             if logs is not None:
                 context.created(logs)
             new_config = names["endpoint-config"]
-            self._switch(sm, endpoint, current, new_config, facts, deployment.name)
-            if not self.settings.wait:
-                self.progress(f"  not waiting (-o wait=false): {current} and its model stay "
-                              "until the next update or teardown")
-                context.set_endpoint(**details)
-                return
-            self._wait_switched(sm, session, endpoint, current, new_config, deployment.name)
+            old = self._old_scaling(scaled)
+            self._unscale(session, context, scaled)
+            try:
+                self._switch(sm, endpoint, current, new_config, facts, deployment.name)
+                if not self.settings.wait:
+                    self.progress(f"  not waiting (-o wait=false): {current} and its model "
+                                  "stay until the next update or teardown")
+                    context.set_endpoint(**details)
+                    return
+                self._wait_switched(sm, session, endpoint, current, new_config,
+                                    deployment.name)
+            except BaseException:
+                if old is not None:
+                    self._rescale(session, endpoint, region, old, context, "restored on "
+                                  f"{current}, which still serves")
+                raise
             context.set_endpoint(**details)
+            fleet = rules.scaling(self.settings)
+            if fleet is not None and fleet.scales:
+                self._rescale(session, endpoint, region, autoscaling.Settings.of(fleet),
+                              context, f"registered again on {new_config}")
             self._retire(context, previous, details["artifacts"])
+
+    @staticmethod
+    def _old_scaling(scaled: list):
+        """The recorded scaling the update removes (to put back if it fails), or None."""
+        from . import autoscaling
+
+        target = next((r for r in scaled if r.kind == "scalable-target"), None)
+        policy = next((r for r in scaled if r.kind == "scaling-policy"), None)
+        return autoscaling.Settings.recorded(target, policy) if target is not None else None
+
+    def _rescale(self, session, endpoint: str, region, wanted, context, what: str) -> None:
+        """:meth:`_autoscale` during an update: its failure is a warning (the endpoint
+        serves; what was recorded stays for teardown), not the update's."""
+        from . import aws
+
+        try:
+            self._autoscale(session, endpoint, region, wanted, context)
+            self.progress(f"  autoscaling {what}")
+        except Exception as exc:  # noqa: BLE001 - reported, never masks the update's own error
+            if not aws.is_cloud_error(exc):
+                raise
+            self.progress(f"  warning: autoscaling could not be {what.split(' ', 1)[0]}: "
+                          f"{aws.explain(exc, self._facts(region))[0]}; the endpoint runs "
+                          "at a fixed count until the next update")
 
     # -- update's steps ------------------------------------------------------------------------
     @staticmethod
@@ -489,8 +604,10 @@ class SageMakerTarget(Target):
     def _delete(self, session, resource, deployment) -> bool:
         from botocore.exceptions import WaiterError
 
-        from . import aws
+        from . import autoscaling, aws
 
+        if resource.kind in autoscaling.KINDS:
+            return autoscaling.delete(session.client("application-autoscaling"), resource)
         if resource.kind == "s3-artifacts":  # a bucket that is itself gone holds nothing
             return aws.unless_gone(lambda: aws.delete_keys(
                 session.client("s3"), resource.data["bucket"],
@@ -531,11 +648,13 @@ class SageMakerTarget(Target):
                           f"--log-group-name {group} --region {region}")
 
     def exists(self, resource, deployment) -> bool:
-        from . import aws
+        from . import autoscaling, aws
 
         region = self._region(resource, deployment)
         with aws.failures(TeardownIncomplete, self._facts(region)):
             session = aws.session(region)
+            if resource.kind in autoscaling.KINDS:
+                return autoscaling.exists(session.client("application-autoscaling"), resource)
             if resource.kind == "s3-artifacts":
                 return aws.unless_gone(lambda: aws.any_key(
                     session.client("s3"), resource.data["bucket"],
@@ -580,7 +699,46 @@ class SageMakerTarget(Target):
         return found
 
     def instances(self, deployment):
-        return [(self.settings.instance_type, self.settings.instance_count)]
+        """The fleet's floor: ``min_instances`` when it scales (what runs when idle; the core
+        notes the price at ``max_instances`` from :meth:`fleet`), else its fixed count."""
+        from . import rules
+
+        fleet = rules.scaling(self.settings)
+        count = fleet.minimum if fleet is not None and fleet.scales else \
+            rules.initial_count(self.settings)
+        return [(self.settings.instance_type, count)]
+
+    def fleet(self, deployment):
+        """DescribeEndpoint's CurrentInstanceCount and DesiredInstanceCount of the variant,
+        and, when scaling was registered, the scalable target's range and the policy's rule
+        as Application Auto Scaling reports them now."""
+        from . import autoscaling, aws, rules
+
+        endpoint = deployment.endpoint
+        if "endpoint" not in endpoint:
+            return None
+        active = {r.kind: r for r in deployment.resources
+                  if r.kind in autoscaling.KINDS and r.status == "created"}
+        with aws.failures(DeployFailed, self._facts(endpoint["region"])):
+            session = aws.session(endpoint["region"])
+            described = session.client("sagemaker").describe_endpoint(
+                EndpointName=endpoint["endpoint"])
+            variant = next((v for v in described.get("ProductionVariants", [])
+                            if v.get("VariantName") == VARIANT), {})
+            desired, current = (variant.get("DesiredInstanceCount"),
+                                variant.get("CurrentInstanceCount"))
+            registered = found = None
+            if "scalable-target" in active:
+                aas = session.client("application-autoscaling")
+                rid = active["scalable-target"].id
+                registered = autoscaling.target(aas, rid)
+                if "scaling-policy" in active:
+                    found = autoscaling.policy(aas, rid, active["scaling-policy"].id)
+        if registered is not None:
+            return Fleet(registered["MinCapacity"], registered["MaxCapacity"], desired,
+                         current, autoscaling.described_rule(found))
+        count = desired or rules.initial_count(self.settings)
+        return Fleet(count, count, desired, current, "")
 
     def logs(self, deployment, lines=100) -> str:
         from . import aws

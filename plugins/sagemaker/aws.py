@@ -13,7 +13,9 @@ from typing import Iterator
 TAG_KEY = "triton-deployer:deployment-id"
 NAME_TAG = "triton-deployer:name"
 NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "ResourceNotFound",
-                   "ResourceNotFoundException", "NoSuchBucket"}
+                   "ResourceNotFoundException", "NoSuchBucket",
+                   # Application Auto Scaling: no such scalable target or policy
+                   "ObjectNotFoundException"}
 THROTTLING_CODES = {"ThrottlingException", "Throttling", "ThrottledException",
                     "TooManyRequestsException", "RequestLimitExceeded", "SlowDown",
                     "RequestThrottled", "RequestThrottledException"}
@@ -114,6 +116,11 @@ def _hint(code: str, message: str, response: dict, facts: Facts) -> str | None:
         return (f"raise the quota '{quota}' in the Service Quotas console (AWS services → "
                 f"Amazon SageMaker, region {region}); new accounts start at 0 for GPU "
                 "instances. Or pass -o instance_type= a type you have quota for")
+    if code in ("AccessDeniedException", "AccessDenied", "ValidationException") and \
+            "service-linked role" in message.lower():
+        return ("Application Auto Scaling creates the role AWSServiceRoleForApplicationAutoScaling_"
+                "SageMakerEndpoint on first use: the caller needs iam:CreateServiceLinkedRole "
+                "(for sagemaker.application-autoscaling.amazonaws.com)")
     if code in ("AccessDeniedException", "AccessDenied"):
         if "iam:PassRole" in message:
             caller = re.search(r"User: (\S+) is not authorized", message)
@@ -338,11 +345,32 @@ def session(region: str | None = None):
     return boto3.Session(region_name=region) if region else boto3.Session()
 
 
+def endpoint_quota(session, name: str) -> tuple[float | None, str]:
+    """``(value, '')`` of the account's applied SageMaker quota ``name`` (Service Quotas), or
+    ``(None, why)`` when it cannot be read (no permission, not listed, unreachable)."""
+    from botocore.config import Config
+
+    client = session.client("service-quotas", config=Config(
+        retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+        read_timeout=15))
+    try:
+        for page in client.get_paginator("list_service_quotas").paginate(ServiceCode="sagemaker"):
+            for quota in page.get("Quotas", []):
+                if quota.get("QuotaName") == name and quota.get("Value") is not None:
+                    return float(quota["Value"]), ""
+    except Exception as exc:  # noqa: BLE001 - a quota we cannot read is a warning
+        if not is_cloud_error(exc):
+            raise
+        return None, explain(exc, Facts())[0]
+    return None, "Service Quotas does not list it"
+
+
 def not_found(exc) -> bool:
     error = getattr(exc, "response", {}).get("Error", {})
     code, message = str(error.get("Code", "")), str(error.get("Message", ""))
     return code in NOT_FOUND_CODES or (code == "ValidationException" and (
-        "Could not find" in message or "does not exist" in message)
+        "Could not find" in message or "does not exist" in message
+        or message.startswith(("No scalable target", "No scaling policy")))
         and "model data" not in message)
 
 

@@ -221,9 +221,63 @@ def decoupled(repository) -> None:
 
 def sequences(settings, repository, progress) -> None:
     """Several instances split a sequence: SageMaker pins requests to one only through
-    stateful sessions, whose ids the container must issue, and Triton issues none."""
+    stateful sessions, whose ids the container must issue, and Triton issues none. A fleet
+    that may scale out to several is warned about as one that starts with several."""
     stateful = [m.name for m in repository.models.values() if m.stateful]
-    if stateful and settings.instance_count > 1:
+    fleet = scaling(settings)
+    if stateful and fleet is not None and fleet.maximum > 1:
+        progress(f"warning: {', '.join(stateful)} keep(s) state per sequence, and with "
+                 f"max_instances {fleet.maximum} SageMaker may send a sequence's requests to "
+                 "different instances once it scales out; use max_instances=1")
+    elif stateful and settings.instance_count > 1:
         progress(f"warning: {', '.join(stateful)} keep(s) state per sequence, and with "
                  f"instance_count {settings.instance_count} SageMaker may send a sequence's "
                  "requests to different instances; use instance_count=1")
+
+
+def scaling(settings):
+    """The autoscaling options checked (:func:`deployer.target.scaling`) plus SageMaker's
+    rules: a variant-based real-time endpoint never scales to zero (only endpoints hosting
+    inference components do: "Scale an endpoint to zero instances"; a variant's MinCapacity
+    is at least 1), and the target can be registered only on an InService endpoint, so a
+    scaling deploy waits. None when no scaling option is set."""
+    from deployer.target import scaling as checked
+
+    if settings.get("min_instances") == 0:
+        raise ValidationError(
+            "min_instances=0: a SageMaker real-time endpoint on a production variant cannot "
+            "scale to zero (only endpoints hosting inference components can)",
+            hint="pass -o min_instances=1 or more")
+    fleet = checked(settings, instance_count=settings.instance_count)
+    if fleet is not None and fleet.scales and not settings.wait:
+        raise UsageError("-o wait=false cannot be combined with autoscaling: Application Auto "
+                         "Scaling registers only an InService endpoint",
+                         hint="drop -o wait=false, or the scaling options")
+    return fleet
+
+
+def initial_count(settings) -> int:
+    """The instances the endpoint config starts with: ``Scaling.initial``, or instance_count."""
+    fleet = scaling(settings)
+    return fleet.initial if fleet is not None else settings.instance_count
+
+
+def quota_check(settings, session, region: str, progress) -> None:
+    """max_instances within the account's quota '<type> for endpoint usage' (Service
+    Quotas): past it no scale-out could ever succeed. An unreadable quota is a warning."""
+    from . import aws
+
+    fleet = scaling(settings)
+    if fleet is None or not fleet.scales:
+        return
+    name = f"{settings.instance_type} for endpoint usage"
+    value, why = aws.endpoint_quota(session, name)
+    if value is None:
+        progress(f"warning: cannot read the quota '{name}' in {region} ({why}); if "
+                 f"max_instances {fleet.maximum} is above it, scale-outs past it fail")
+    elif fleet.maximum > value:
+        raise ValidationError(
+            f"max_instances {fleet.maximum} is above the account's quota '{name}' "
+            f"({value:g}) in {region}: SageMaker could never scale out that far",
+            hint="lower max_instances, or raise the quota in the Service Quotas console "
+                 f"(AWS services → Amazon SageMaker, region {region})")

@@ -8,11 +8,12 @@ import: the CLI loads every plugin.
 
 from __future__ import annotations
 
-from deployer.target import Option
+from deployer.target import SCALING, Option
 
 from .images import DEFAULT_VERSION
 
-#: the options of ``sagemaker`` and, unchanged, of ``sagemaker-twin``
+#: the options of ``sagemaker`` and, unchanged, of ``sagemaker-twin`` (the shared autoscaling
+#: options last: Application Auto Scaling on the cloud, recorded only by the twin)
 OPTIONS = (
     Option("region", str, None, "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / "
                                 "the profile's)"),
@@ -43,6 +44,7 @@ OPTIONS = (
     Option("keep_artifacts", bool, False, "leave the uploaded artefacts in S3 on teardown"),
     Option("delete_logs", bool, False, "remove the endpoint's CloudWatch log group "
            "(/aws/sagemaker/Endpoints/NAME) on teardown; by default it stays"),
+    *SCALING,
 )
 
 

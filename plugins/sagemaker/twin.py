@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deployer import pyimports, triton
 from deployer.errors import DeployFailed
-from deployer.target import PlannedResource, Target
+from deployer.target import Fleet, PlannedResource, Target
 
 from . import spec
 
@@ -42,6 +42,7 @@ class SageMakerTwin(Target):
         from . import rules
 
         spec.check_repository(self.settings, repository)
+        rules.scaling(self.settings)  # refused here as the cloud refuses it
         rules.multi_gpu(self.settings, self.settings.region or "us-east-1", self.progress)
         rules.sequences(self.settings, repository, self.progress)
         rules.python_imports(self.settings, repository)
@@ -230,3 +231,17 @@ class SageMakerTwin(Target):
 
     def logs(self, deployment, lines=100) -> str:
         return triton.recorded_log(deployment, lines)
+
+    def fleet(self, deployment):
+        """The range and rule the cloud would get, from the recorded options; one instance
+        desired and serving, since the twin runs one and does not scale."""
+        from . import autoscaling, rules
+
+        fleet = rules.scaling(self.settings)
+        note = "(recorded; the twin runs one instance and does not scale)"
+        if fleet is not None and fleet.scales:  # scales: a target is set
+            return Fleet(fleet.minimum, fleet.maximum, 1, 1,
+                         f"{autoscaling.rule(fleet.target_requests_per_minute)} {note}")
+        count = rules.initial_count(self.settings)
+        return Fleet(count, count, 1, 1, f"fixed {count} instances {note}" if count > 1
+                     else "")

@@ -4,11 +4,13 @@
 Deploy creates, in order: the artefact (the repository under ``gs://BUCKET/PREFIX/<digest>/``,
 content addressed: an unchanged repository uploads nothing), the Vertex ``Model`` (its
 ``artifact_uri`` and a container spec naming the image), the ``Endpoint``, and the deployed
-model (machine, accelerator, replicas) with all the traffic. Teardown undoes them newest first:
-undeploy, delete the endpoint, delete the model, delete the objects unless another recorded
-deployment still uses them. ``deploy --update`` deploys the new model beside the old one with
-no traffic, moves the traffic, checks every model answers, and only then undeploys the old one
-(on failure the traffic goes back and the new one is removed).
+model (machine, accelerator, replica range and request-count target: Vertex's own
+autoscaling, set by the shared scaling options or min/max_replica_count; nothing else to
+create) with all the traffic. Teardown undoes them newest first: undeploy, delete the
+endpoint, delete the model, delete the objects unless another recorded deployment still uses
+them. ``deploy --update`` deploys the new model (with the same scaling: the recorded options)
+beside the old one with no traffic, moves the traffic, checks every model answers, and only
+then undeploys the old one (on failure the traffic goes back and the new one is removed).
 
 Both targets run the same steps (:class:`Steps`) over a backend with the seam's contract
 (:mod:`.seam` for the cloud, :class:`.twin.LocalVertex` here) and an artefact store
@@ -24,7 +26,7 @@ from typing import Any, Callable
 from deployer import hookimpl
 from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
                              UsageError)
-from deployer.target import Target
+from deployer.target import Fleet, Target
 
 from . import spec, storage
 
@@ -91,9 +93,14 @@ class Steps:
         machine = spec.machine(self.settings)
         accelerator = (f" + {machine['accelerator_type']} x{machine['accelerator_count']}"
                        if machine["accelerator_type"] else "")
+        target = machine.get(spec.TARGET_KEY)
+        scaling = f", {target} requests/minute per replica" if target is not None else ""
         self.progress(f"  deploying {name} on {machine['machine_type']}{accelerator}, "
                       f"{machine['min_replica_count']}-{machine['max_replica_count']} replicas"
-                      " (10-30 minutes on Vertex)")
+                      f"{scaling} (10-30 minutes on Vertex)")
+        note = spec.quota_note(self.settings)
+        if note and self.cloud:
+            self.progress(f"  {note}")
         resource = context.record("deployed-model", name, endpoint=endpoint, model=model,
                                   display_name=name, **machine)
         backend = self._backend()
@@ -397,6 +404,24 @@ class VertexTarget(Steps, Target):
 
     def instances(self, deployment):
         return spec.instances(self.settings)
+
+    def fleet(self, deployment):
+        """The serving deployed model's range as Vertex reports it (its dedicated resources),
+        and its available replicas now (``status.available_replica_count``); Vertex's v1 API
+        reports no desired count (None). None when the endpoint or the model is gone."""
+        endpoint = deployment.endpoint.get("endpoint")
+        wanted = deployment.endpoint.get("deployed_id")
+        if not endpoint or not wanted:
+            return None
+        with self._calls(deployment.name, "read"):
+            info = self._backend().get_endpoint(endpoint)
+        item = next((d for d in info.deployed if d.id == wanted), None) if info else None
+        if item is None or item.min_replica_count is None:
+            return None
+        found = spec.Replicas(item.min_replica_count, item.max_replica_count or
+                              item.min_replica_count, item.request_count_target)
+        return Fleet(found.minimum, found.maximum, None, item.available_replica_count,
+                     found.rule)
 
     def logs(self, deployment, lines=100) -> str:
         endpoint = deployment.endpoint.get("endpoint")

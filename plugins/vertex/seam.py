@@ -99,6 +99,12 @@ class DeployedModel:
     #: the model's resource name
     model: str
     display_name: str
+    #: its dedicated resources' replica range and request-count target (None: not set)
+    min_replica_count: Optional[int] = None
+    max_replica_count: Optional[int] = None
+    request_count_target: Optional[int] = None
+    #: replicas serving now (``status.available_replica_count``; None: Vertex did not say)
+    available_replica_count: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -227,7 +233,9 @@ class Seam:
 
     def deploy_model(self, endpoint: str, model: str, display_name: str, machine: dict,
                      traffic_percentage: int, timeout: Optional[float] = None) -> str:
-        """Deploy ``model`` on ``endpoint`` (``machine``: spec.machine's dict) with
+        """Deploy ``model`` on ``endpoint`` (``machine``: spec.machine's dict, named as
+        ``Endpoint.deploy``'s arguments: machine, accelerator, replica range, the
+        request-count target) with
         ``traffic_percentage`` of the requests (the others scaled down; all of them on an
         endpoint with no traffic) and wait for the operation, at most ``timeout`` (else the
         seam's deadline). Returns the deployed model's id. A refused request fails as its
@@ -355,8 +363,7 @@ class Seam:
             name=endpoint.name, display_name=endpoint.display_name,
             labels=dict(endpoint.labels), traffic={k: int(v) for k, v in
                                                    endpoint.traffic_split.items()},
-            deployed=[DeployedModel(str(d.id), d.model, d.display_name)
-                      for d in endpoint.deployed_models],
+            deployed=[_deployed_model(d) for d in endpoint.deployed_models],
             predict_url=self._predict_url(endpoint.name))
 
     # -- primitives: a backend implements these as google-cloud-aiplatform does -------------
@@ -412,6 +419,23 @@ class Seam:
 
     def _predict_url(self, endpoint: str) -> str:
         return f"https://{self.region}-aiplatform.googleapis.com/v1/{endpoint}:rawPredict"
+
+
+def _deployed_model(item) -> DeployedModel:
+    """A v1 ``DeployedModel`` message as the seam answers it."""
+    from .spec import REQUEST_COUNT_METRIC
+
+    found = DeployedModel(str(item.id), item.model, item.display_name)
+    if "dedicated_resources" in item:
+        resources = item.dedicated_resources
+        found.min_replica_count = int(resources.min_replica_count)
+        found.max_replica_count = int(resources.max_replica_count) or found.min_replica_count
+        found.request_count_target = next((int(m.target) for m in
+                                           resources.autoscaling_metric_specs
+                                           if m.metric_name == REQUEST_COUNT_METRIC), None)
+    if "status" in item:
+        found.available_replica_count = int(item.status.available_replica_count)
+    return found
 
 
 def _model_info(model) -> ModelInfo:
@@ -614,6 +638,8 @@ class AiplatformSeam(Seam):
         from google.cloud.aiplatform.compat.types import endpoint as gca_endpoint
         from google.cloud.aiplatform.compat.types import machine_resources as gca_machine
 
+        from .spec import REQUEST_COUNT_METRIC, TARGET_KEY
+
         spec = gca_machine.MachineSpec(machine_type=machine["machine_type"])
         if machine.get("accelerator_type"):
             spec.accelerator_type = machine["accelerator_type"]
@@ -621,6 +647,10 @@ class AiplatformSeam(Seam):
         resources = gca_machine.DedicatedResources(
             machine_spec=spec, min_replica_count=int(machine.get("min_replica_count") or 1),
             max_replica_count=int(machine.get("max_replica_count") or 1))
+        target = machine.get(TARGET_KEY)
+        if target is not None:  # as Endpoint.deploy builds its request-count argument
+            resources.autoscaling_metric_specs.append(gca_machine.AutoscalingMetricSpec(
+                metric_name=REQUEST_COUNT_METRIC, target=int(target)))
         deployed = gca_endpoint.DeployedModel(model=model, display_name=display_name,
                                               dedicated_resources=resources)
         return self._get_endpoint(endpoint).api_client.deploy_model(

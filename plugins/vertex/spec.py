@@ -15,17 +15,26 @@ Facts the code follows (issue 13; Google's Vertex AI and NVIDIA's Triton documen
   ``--vertex-ai-default-model`` unless exactly one model is loaded.
 - Labels: keys and values at most 63 characters of lowercase letters, digits, ``_`` and ``-``;
   a key starts with a lowercase letter; at most 64 labels on a resource.
+- Autoscaling (issue 14; Google's "Scale inference nodes by using autoscaling" and the v1
+  ``DedicatedResources`` reference): a deployed model runs ``min_replica_count`` to
+  ``max_replica_count`` replicas; v1 needs ``min_replica_count`` >= 1 (scale to zero is a
+  Preview of v1beta1 only). ``autoscaling_metric_specs`` with
+  ``aiplatform.googleapis.com/prediction/online/request_count`` sets the requests per minute per
+  replica to hold (what the SDK's ``autoscaling_target_request_count_per_minute`` builds); v1
+  has no cooldown setting. Quota is charged for ``max_replica_count`` x the machine's CPUs and
+  x its GPUs, whatever runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
 from typing import Callable
 
 from deployer.errors import ValidationError
-from deployer.target import Option, PlannedResource
+from deployer.target import SCALING, Option, PlannedResource, scaling
 
 #: the labels every resource gets: the deployment's id (set at deploy) and its name
 ID_LABEL = "deployer-id"
@@ -41,6 +50,12 @@ REHEARSAL_IMAGE = "us-central1-docker.pkg.dev/rehearsal/triton/tritonserver:24.0
 NVIDIA_IMAGE = "nvcr.io/nvidia/tritonserver:24.09-py3"
 #: the port NVIDIA's image serves the Vertex frontend on (AIP_HTTP_PORT's default)
 PORT = 8080
+#: the metric Vertex scales a deployed model on to hold requests per minute per replica, and
+#: the Endpoint.deploy argument (and key of :func:`machine`) that sets its target
+REQUEST_COUNT_METRIC = "aiplatform.googleapis.com/prediction/online/request_count"
+TARGET_KEY = "autoscaling_target_request_count_per_minute"
+#: replica counts and metric targets are int32 fields of Vertex's API
+INT32 = 2**31 - 1
 
 OPTIONS = (
     Option("project", str, None, "Google Cloud project id (default: $GOOGLE_CLOUD_PROJECT)"),
@@ -56,8 +71,10 @@ OPTIONS = (
     Option("accelerator_type", str, "NVIDIA_TESLA_T4", "GPU type (NVIDIA_TESLA_T4, NVIDIA_L4, "
            "NVIDIA_TESLA_A100, ...), or none for CPU only"),
     Option("accelerator_count", int, 1, "GPUs per replica"),
-    Option("min_replica_count", int, 1, "replicas always running"),
-    Option("max_replica_count", int, 1, "replicas Vertex may scale up to"),
+    Option("min_replica_count", int, None, "replicas always running (default 1; the same as "
+           "min_instances)"),
+    Option("max_replica_count", int, None, "replicas Vertex may scale up to (default "
+           "min_replica_count; the same as max_instances)"),
     Option("default_model", str, None, "the model rawPredict reaches without the redirect "
            "header (--vertex-ai-default-model; default: the single top-level model)"),
     Option("endpoint", str, None, "endpoint display name (default: the deployment name)"),
@@ -65,6 +82,7 @@ OPTIONS = (
            "letters, digits, _ and -, at most 63 characters)"),
     Option("startup_timeout", float, 1800.0, "seconds the deploy of the model on the endpoint "
            "may take (Vertex often needs 10-30 minutes); past it the deploy stops (exit 3)"),
+    *SCALING,
 )
 
 #: Artifact Registry (regional or multi-regional) and Container Registry image references
@@ -123,14 +141,109 @@ def _accelerator(settings) -> str | None:
     return None if value.lower() in ("", CPU) else value.upper()
 
 
+@dataclasses.dataclass(frozen=True)
+class Replicas:
+    """A deployed model's replica range and the requests per minute per replica Vertex
+    scales on (None: Vertex's own default, CPU and GPU duty cycle at 60%)."""
+
+    minimum: int
+    maximum: int
+    target: int | None = None
+
+    @property
+    def rule(self) -> str:
+        """How Vertex scales, in its words ('' when it does not)."""
+        if self.target is not None:
+            return (f"Vertex autoscaling: {self.target} requests/minute per replica "
+                    "(prediction/online/request_count)")
+        if self.maximum > self.minimum:
+            return "Vertex autoscaling on CPU utilization and GPU duty cycle (60% targets)"
+        return ""
+
+
+def _option(settings, name: str):
+    return getattr(settings, name, None)
+
+
+def replicas(settings) -> Replicas:
+    """The replica range and target of ``settings``: the shared scaling options
+    (:data:`deployer.target.SCALING`) and Vertex's own ``min_replica_count`` /
+    ``max_replica_count`` (the same settings: both given must agree). Without a shared
+    option, as before them: 1 replica unless the own options say otherwise, Vertex's default
+    metrics. Raises ValidationError (one line) for what Vertex refuses: cooldowns (v1 has
+    none), fewer than 1 replica (scale to zero is v1beta1's Preview), counts out of range."""
+    for name in ("scale_in_cooldown", "scale_out_cooldown"):
+        if _option(settings, name) is not None:
+            raise ValidationError(
+                f"Vertex AI has no {name.replace('_', ' ')} setting (its API v1 takes only the "
+                "replica range and the metric targets; it picks when to scale)",
+                hint=f"drop -o {name}")
+    if _option(settings, "min_instances") == 0:
+        raise ValidationError(
+            "Vertex AI needs at least 1 replica per deployed model: min_instances=0 (scale "
+            "to zero) is a Preview of API v1beta1 only; v1's min_replica_count must be >= 1",
+            hint="pass -o min_instances=1")
+    for shared, own in (("min_instances", "min_replica_count"),
+                        ("max_instances", "max_replica_count")):
+        one, other = _option(settings, shared), _option(settings, own)
+        if one is not None and other is not None and one != other:
+            raise ValidationError(f"{shared}={one} and {own}={other} disagree (both set "
+                                  "the same Vertex setting)",
+                                  hint=f"give one of them, or both the same: -o {own}={one} "
+                                       "(an update keeps the options recorded at deploy)")
+    low = _option(settings, "min_instances")
+    low = _option(settings, "min_replica_count") if low is None else low
+    high = _option(settings, "max_instances")
+    high = _option(settings, "max_replica_count") if high is None else high
+    names = [opt.name for opt in SCALING]
+    if any(_option(settings, name) is not None for name in names):
+        shared = scaling({**{name: _option(settings, name) for name in names},
+                          "min_instances": low, "max_instances": high}, instance_count=1)
+        found = Replicas(shared.minimum, shared.maximum, shared.target_requests_per_minute)
+    else:
+        minimum = 1 if low is None else int(low)
+        found = Replicas(minimum, minimum if high is None else int(high))
+    if found.minimum < 1:
+        raise ValidationError(f"min_replica_count must be at least 1, got {found.minimum} "
+                              "(scale to zero is a Preview of Vertex's API v1beta1 only)",
+                              hint="pass -o min_replica_count=1")
+    if found.maximum < found.minimum:
+        raise ValidationError(f"max_replica_count {found.maximum} is below min_replica_count "
+                              f"{found.minimum}", hint=f"pass -o max_replica_count="
+                                                       f"{found.minimum} or more")
+    for what, value in (("max_replica_count", found.maximum),
+                        ("target_requests_per_minute", found.target)):
+        if value is not None and value > INT32:
+            raise ValidationError(f"{what} {value} is above {INT32}, the most Vertex's API "
+                                  "takes", hint=f"pass a smaller -o {what}")
+    return found
+
+
 def machine(settings) -> dict:
-    """What ``Endpoint.deploy`` takes: machine, accelerator (None for CPU) and replicas."""
+    """What ``Endpoint.deploy`` takes (its argument names): machine, accelerator (None for
+    CPU), replicas, and the request-count target when one is set."""
     accelerator = _accelerator(settings)
-    return {"machine_type": settings.machine_type,
-            "accelerator_type": accelerator,
-            "accelerator_count": int(settings.accelerator_count) if accelerator else 0,
-            "min_replica_count": int(settings.min_replica_count),
-            "max_replica_count": int(settings.max_replica_count)}
+    scale = replicas(settings)
+    found = {"machine_type": settings.machine_type,
+             "accelerator_type": accelerator,
+             "accelerator_count": int(settings.accelerator_count) if accelerator else 0,
+             "min_replica_count": scale.minimum,
+             "max_replica_count": scale.maximum}
+    if scale.target is not None:
+        found[TARGET_KEY] = scale.target
+    return found
+
+
+def quota_note(settings) -> str | None:
+    """What a range costs in quota before it scales (None for a fixed count)."""
+    m = machine(settings)
+    top = m["max_replica_count"]
+    if top <= m["min_replica_count"]:
+        return None
+    gpus = (f" and {top * m['accelerator_count']} {m['accelerator_type']} GPUs"
+            if m["accelerator_type"] else "")
+    return (f"note: Vertex charges the project's quota for max_replica_count: {top} x "
+            f"{m['machine_type']} CPUs{gpus}, however many replicas run")
 
 
 def _fixed_gpus(machine_type: str) -> tuple[str, int] | None:
@@ -147,8 +260,8 @@ def _fixed_gpus(machine_type: str) -> tuple[str, int] | None:
 
 def check_machine(settings) -> None:
     """Machine and accelerator combinations Vertex refuses, and the replica counts."""
-    m = machine(settings)
-    kind, accelerator, count = m["machine_type"], m["accelerator_type"], m["accelerator_count"]
+    kind, accelerator = settings.machine_type, _accelerator(settings)
+    count = int(settings.accelerator_count) if accelerator else 0
     if not MACHINE_RE.match(kind or ""):
         raise ValidationError(f"machine type {kind!r} is not a Compute Engine machine type name",
                               hint="pass e.g. -o machine_type=n1-standard-4")
@@ -177,13 +290,7 @@ def check_machine(settings) -> None:
         raise ValidationError(f"machine type {kind} takes no accelerator",
                               hint=f"pass -o accelerator_type={CPU}, or an n1 machine type "
                                    "with NVIDIA_TESLA_T4, or g2-standard-4 with NVIDIA_L4")
-    low, high = m["min_replica_count"], m["max_replica_count"]
-    if low < 1:
-        raise ValidationError(f"min_replica_count must be at least 1, got {low}",
-                              hint="pass -o min_replica_count=1")
-    if high < low:
-        raise ValidationError(f"max_replica_count {high} is below min_replica_count {low}",
-                              hint=f"pass -o max_replica_count={low} or more")
+    replicas(settings)
 
 
 def warn_machine(settings, progress: Callable[[str], None]) -> None:
@@ -403,6 +510,9 @@ def plan(settings, repository, name: str, progress: Callable[[str], None],
     container = container_spec(settings, repository)
     image = settings.image or ""
     steps = None
+    note = quota_note(settings)
+    if note:
+        progress(note)
     if cloud and (not image or image.startswith("nvcr.io/")):
         steps = copy_image_steps(settings)
         progress("Vertex pulls images only from Artifact Registry or Container Registry; copy "

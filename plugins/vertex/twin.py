@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deployer import pyimports, triton
 from deployer.errors import DeployFailed, UsageError
-from deployer.target import Target
+from deployer.target import Fleet, Target
 
 from . import Steps, spec, storage
 from ..azure.twin import rehearsal_options
@@ -218,7 +218,8 @@ class LocalVertex:
         entry = data["endpoints"][endpoint]
         entry["deployed"][number] = {"model": model, "display_name": display_name, "tag": tag,
                                      "url": served.url, "default_model": served.default_model,
-                                     "log": str(self.work / log_name)}
+                                     "log": str(self.work / log_name),
+                                     "machine": dict(machine)}  # recorded, not scaled
         self._write(data)
         serving.update_routes(Path(entry["routes"]), entry["number"], deployed_id=number,
                               url=served.url, default_model=served.default_model)
@@ -326,6 +327,14 @@ class VertexTwin(Steps, Target):
 
     def plan(self, repository, name):
         return spec.plan(self.settings, repository, name, self.progress, cloud=False)
+
+    def fleet(self, deployment):
+        """The range and target vertex would set, from the recorded options; one instance
+        runs here, and the twin does not scale it."""
+        found = spec.replicas(self.settings)
+        rule = f"{found.rule} " if found.rule else ""
+        return Fleet(found.minimum, found.maximum, 1, 1,
+                     f"{rule}(recorded; the twin runs one instance and does not scale)")
 
     @staticmethod
     def _work(deployment) -> Path:
