@@ -71,6 +71,12 @@ def parse_options(raw_options: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+CLOUD_WAIT = click.option(
+    "--cloud-metrics-wait", "cloud_wait", type=click.FloatRange(min=0), default=180.0,
+    show_default=True, help="After a load on a cloud target, seconds to wait for the cloud's "
+    "own latency metrics (published a minute or more late); 0 reads once.")
+
+
 def test_options(fn: Callable) -> Callable:
     decorators = [
         click.option("--model", "models", multiple=True,
@@ -97,6 +103,7 @@ def test_options(fn: Callable) -> Callable:
                      help="Load: concurrent connections."),
         click.option("--junit-xml", type=click.Path(dir_okay=False),
                      help="Write the results as JUnit XML."),
+        CLOUD_WAIT,
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
@@ -119,7 +126,7 @@ def make_test_options(kwargs: dict[str, Any]):
     return TestOptions(models=kwargs["models"], sample=kwargs["sample"], expect=kwargs["expect"],
                        rtol=kwargs["rtol"], atol=kwargs["atol"], batch_size=kwargs["batch_size"],
                        model_version=kwargs["model_version"], requests=kwargs["requests"],
-                       concurrency=kwargs["concurrency"])
+                       concurrency=kwargs["concurrency"], cloud_wait=kwargs["cloud_wait"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -336,13 +343,14 @@ def rehearse(ctx: Context, repository, target, name, raw_options, config_file, a
               help="Override an hourly price, e.g. --price ml.g4dn.xlarge=0.74.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report with charts.")
+@CLOUD_WAIT
 @json_option
 @pass_ctx
 def compare(ctx: Context, repository, targets, raw_options, model, requests, concurrency,
-            prices, report_file, as_json) -> None:
+            prices, report_file, cloud_wait, as_json) -> None:
     """Deploy to several targets, measure the same load on each, tear all down, compare."""
     from . import compare as comparing
-    from .render import server_time_table, table
+    from .render import cloud_line, server_time_table, table
 
     check_writable(report_file, "report")
     flat = parse_options(raw_options)
@@ -357,7 +365,8 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
                              hint="e.g. --price ml.g4dn.xlarge=0.74") from None
     result = comparing.compare(ctx.deployer, repository, list(targets), per_target,
                                requests=requests, concurrency=list(concurrency) or [1, 4],
-                               prices=price_map, model=model, progress=ctx.progress)
+                               prices=price_map, model=model, cloud_wait=cloud_wait,
+                               progress=ctx.progress)
     data = result.to_dict()
     if report_file:
         from .report import render
@@ -394,6 +403,8 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
         lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]
                   for model, how in sorted(t.get("served_by", {}).items())]
+        lines += [f"{t['target']}: {cloud_line(t['cloud_time'])}" for t in data["targets"]
+                  if t.get("cloud_time")]
         lines += [f"{t['target']}: {t['cost_note']}" for t in data["targets"]
                   if t.get("max_cost_per_hour") is not None]   # a fleet that scales
         lines.append(f"* estimates: {data['price_note']}")

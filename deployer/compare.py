@@ -71,6 +71,8 @@ class TargetResult:
     #: the price per hour at the fleet's maximum (``Target.fleet``), when it scales
     max_cost_per_hour: float | None = None
     cost_note: str = ""
+    #: the cloud's own latency metrics over the load (see :func:`cloud_figures`), or None
+    cloud_time: dict[str, Any] | None = None
     #: a decoupled model, at the first concurrency level: responses, responses_per_s,
     #: first_ms and between_ms (see load.LoadResult.stream); {} otherwise
     stream: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -175,8 +177,25 @@ def _level(level: int, measured) -> dict[str, Any]:
     return {"concurrency": level, "throughput_rps": measured.throughput_rps,
             "latency_ms": measured.latency_ms, "errors": errors, **refused,
             "stable": measured.stable, "stream": measured.stream,
-            "latency_by_step": measured.latency_by_step,
+            "latency_by_step": measured.latency_by_step, "requests": measured.requests,
             "server_time": measured.server_time, "server_time_note": measured.server_time_note}
+
+
+def cloud_figures(found, levels: Sequence[Mapping[str, Any]],
+                  window: tuple[float, float]) -> dict[str, Any]:
+    """A :class:`deployer.target.CloudTime` beside the client's mean over the same load (the
+    levels' means weighted by their requests): ``outside_endpoint_ms`` is the client's time
+    the cloud does not account for (network, the client's HTTP)."""
+    pairs = [(level["latency_ms"].get("mean"), level.get("requests") or 0) for level in levels]
+    pairs = [(mean, count) for mean, count in pairs if mean is not None and count]
+    client = (round(sum(m * c for m, c in pairs) / sum(c for _, c in pairs), 3)
+              if pairs else None)
+    outside = (round(client - found.endpoint_ms, 3)
+               if client is not None and found.endpoint_ms is not None else None)
+    return {**found.figures, "parts": list(found.figures), "endpoint_ms": found.endpoint_ms,
+            "client_mean_ms": client,
+            "outside_endpoint_ms": outside, "requests": found.requests, "source": found.source,
+            "note": found.note, "window": [round(window[0], 3), round(window[1], 3)]}
 
 
 def _failed_load(result: TargetResult) -> str | None:
@@ -219,6 +238,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             options: Mapping[str, Mapping[str, Any]] | None = None, *, requests: int = 1000,
             concurrency: Sequence[int] = (1, 4), prices: Mapping[str, float] | None = None,
             model: str | None = None, cold_start_timeout: float = 300.0,
+            cloud_wait: float = 180.0,
             progress: Callable[[str], None] = lambda _: None) -> CompareReport:
     """Deploy, measure and tear down ``repository`` on every target; never leaves one up."""
     from .repository import Repository
@@ -257,6 +277,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                     report = core.test(result.name, TestOptions(ready_timeout=60))
                     result.test_passed = report.passed
                     metrics = impl.server_metrics(deployment)
+                    began = time.time()
                     for level in concurrency:
                         send, kind = load_sender(client, repo.models[model], inputs)
                         measured = servertime.timed_load(
@@ -267,8 +288,18 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                             result.warnings.append(f"concurrency {level}: "
                                                    f"{measured.server_time_note}")
                             progress(f"warning: {target}: {result.warnings[-1]}")
+                    window = (began, time.time())
             finally:
                 client.close()
+            # the cloud's own view of the same load; it may wait for late metrics, so it
+            # runs outside the measuring lock
+            found = impl.cloud_time(deployment, *window, wait=cloud_wait,
+                                    progress=lambda line: progress(f"{target}: {line}"))
+            if found is not None:
+                result.cloud_time = cloud_figures(found, result.load, window)
+                if found.note:
+                    result.warnings.append(f"the cloud's metrics: {found.note}")
+                    progress(f"warning: {target}: {result.warnings[-1]}")
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
             result.stream = result.load[0]["stream"] if result.load else {}
             result.throughput_rps = max((x["throughput_rps"] for x in result.load), default=None)

@@ -134,13 +134,15 @@ SEGMENTS = (("outside_server_ms", "outside the server", "#9ca3af"),
             ("server_other_ms", "other in the server", "#7c3aed"))
 
 
-def stacked_bars(chart_id: str, bars: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """One horizontal bar per (label, split): its client mean cut into the segments of
-    :data:`SEGMENTS`, each as wide as its milliseconds; the batch size Triton formed at the
-    bar's end."""
+def stacked_bars(chart_id: str, bars: Sequence[tuple[str, dict[str, Any]]],
+                 segments: Sequence[tuple[str, str, str]] = SEGMENTS) -> str:
+    """One horizontal bar per (label, split): its client mean cut into ``segments`` (key,
+    name, colour), each as wide as its milliseconds; the batch size Triton formed, when
+    known, at the bar's end."""
     width, left, row, top_pad = 520, 150, 30, 22
     height = top_pad + row * len(bars) + 26
-    top = max([sum(max(0.0, split[k] or 0.0) for k, _, _ in SEGMENTS) for _, split in bars]
+    top = max([sum(max(0.0, split.get(k) or 0.0) for k, _, _ in segments)
+               for _, split in bars]
               or [1.0]) * 1.15 or 1.0
     scale = (width - left - 60) / top
     parts = [f'<text x="{left}" y="12" font-size="11" fill="#6b7280">ms per request</text>']
@@ -154,7 +156,7 @@ def stacked_bars(chart_id: str, bars: Sequence[tuple[str, dict[str, Any]]]) -> s
         y, x = top_pad + n * row, float(left)
         parts.append(f'<text x="{left - 6}" y="{y + row / 2 + 2:.1f}" font-size="12" '
                      f'text-anchor="end">{_esc(label)}</text>')
-        for key, name, color in SEGMENTS:
+        for key, name, color in segments:
             value = split.get(key)
             if not value or value <= 0:
                 continue
@@ -168,9 +170,40 @@ def stacked_bars(chart_id: str, bars: Sequence[tuple[str, dict[str, Any]]]) -> s
         parts.append(f'<text x="{x + 4:.1f}" y="{y + row / 2 + 2:.1f}" font-size="11" '
                      f'fill="#374151">{"" if batch is None else f"batch {batch:g}"}</text>')
     legend = "".join(f'<span><i style="background:{color}"></i>{_esc(name)}</span>'
-                     for _, name, color in SEGMENTS)
+                     for _, name, color in segments)
     return (f'<svg data-chart="{chart_id}" viewBox="0 0 {width} {height}" width="100%" '
             f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
+
+
+#: colours of a cloud's own parts, outside in
+CLOUD_COLORS = ("#059669", "#2563eb", "#7c3aed", "#d97706")
+
+
+def _cloud_time(targets: Sequence[dict[str, Any]]) -> str:
+    """The cloud's own view of each cloud target's load: a stacked bar (outside the
+    endpoint, then the cloud's parts), or what is missing."""
+    found = [t for t in targets if t.get("cloud_time")]
+    if not found:
+        return ""
+    drawn = [t for t in found if t["cloud_time"]["endpoint_ms"] is not None]
+    parts: list[str] = []
+    for t in drawn:
+        parts += [k for k in t["cloud_time"]["parts"] if k not in parts]
+    segments = [("outside_endpoint_ms", "outside the endpoint (network, HTTP)", "#9ca3af")] + [
+        (key, key[:-3].replace("_", " "), CLOUD_COLORS[n % len(CLOUD_COLORS)])
+        for n, key in enumerate(parts)]
+    bars = stacked_bars("cloudtime", [(t["target"], t["cloud_time"]) for t in drawn],
+                        segments) if drawn else ""
+    figure = (f"<figure><figcaption>Mean request over the load, by the cloud's own metrics"
+              f"</figcaption>{bars}</figure>" if bars else "")
+    notes = "".join(f"<li>{_esc(t['target'])}: {_esc(t['cloud_time']['source'])}"
+                    + (f" — {_esc(t['cloud_time']['note'])}" if t["cloud_time"]["note"] else "")
+                    + "</li>" for t in found)
+    return f"""<h2>The cloud's own view</h2>
+{figure}
+<ul>{notes}</ul>
+<p class="note">Outside the endpoint = the client's mean over the load − the sum of the
+cloud's parts over the same window.</p>"""
 
 
 def _share(share: float | None) -> str:
@@ -282,6 +315,7 @@ level ({", ".join(map(str, report['concurrency']))}). Overall:
 <figure><figcaption>Deploy and cold-start time</figcaption>{timing}</figure>
 </div>
 {_server_time(targets, report["concurrency"])}
+{_cloud_time(targets)}
 <h2>Side by side</h2>
 <table><thead><tr><th>target</th><th>result</th><th>deploy s</th><th>cold start s</th>
 <th>p50 ms</th><th>p90 ms</th><th>p95 ms</th><th>p99 ms</th><th>max req/s</th>

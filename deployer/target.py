@@ -187,6 +187,27 @@ class Fleet:
 
 
 @dataclasses.dataclass(frozen=True)
+class CloudTime:
+    """What a cloud's own metrics say of the requests in a window (see
+    :meth:`Target.cloud_time`). A figure the cloud has not published is absent, never 0."""
+
+    #: the parts of a request's time in the cloud's endpoint, outside in, one per metric:
+    #: disjoint means in milliseconds, named by the metric in snake case with the unit,
+    #: e.g. ``{"overhead_latency_ms": 1.2, "model_latency_ms": 3.1}`` (the report stacks them)
+    figures: dict[str, float]
+    #: the client's latency the cloud accounts for, the sum of ``figures``: what ``compare``
+    #: subtracts from the client's mean to get the time outside the endpoint; None when a
+    #: part is missing
+    endpoint_ms: float | None
+    #: where the figures come from: service, metrics, statistic, dimensions, period
+    source: str
+    #: why figures are missing (e.g. "not yet published after 180 s"); '' when complete
+    note: str = ""
+    #: the requests the cloud counted in the window, when it says
+    requests: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RequestLimits:
     """The limits an endpoint applies to requests (see :meth:`Target.request_limits`)."""
 
@@ -395,6 +416,18 @@ class Target:
         """The deployment's scaling range and, asked of the cloud now, its desired and current
         instance counts (None where the cloud cannot say). ``status`` shows it and
         ``compare`` notes the price at ``maximum``. Default: None (one instance, no scaling).
+        """
+        return None
+
+    def cloud_time(self, deployment: Deployment, start: float, end: float, *, wait: float,
+                   progress: Callable[[str], None]) -> CloudTime | None:
+        """The cloud's own latency metrics for the requests sent between ``start`` and
+        ``end`` (Unix seconds): ``compare`` and the test step call it once after their load.
+
+        Clouds publish such metrics late (a minute or more): poll until the window's figures
+        are there or ``wait`` seconds have passed, calling ``progress`` at most every 30 s;
+        then return what there is, with ``note`` saying what is missing. Errors of the
+        metrics service become a ``note``, never an exception. Default: None (no cloud).
         """
         return None
 

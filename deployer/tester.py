@@ -81,6 +81,9 @@ class TestReport:
     models: list[ModelResult] = dataclasses.field(default_factory=list)
     load: list[LoadResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    #: with a load on a cloud target: the cloud's own latency metrics over the test step
+    #: (see deployer.compare.cloud_figures), or None
+    cloud_time: dict[str, Any] | None = None
 
     __test__ = False  # not a pytest class
 
@@ -114,6 +117,8 @@ class TestOptions:
     requests: int = 0
     concurrency: int = 1
     ready_timeout: float = 30.0
+    #: after a load on a cloud target, seconds to wait for its own latency metrics
+    cloud_wait: float = 180.0
 
     __test__ = False
 

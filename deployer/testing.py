@@ -29,8 +29,8 @@ from . import hookimpl
 from .api import Deployer
 from .client import EndpointClient, EndpointError
 from .errors import DeployFailed, Interrupted
-from .target import (SCALING, DeployContext, Fleet, Option, PlannedResource, RequestLimits, Target,
-                     scaling)
+from .target import (SCALING, CloudTime, DeployContext, Fleet, Option, PlannedResource,
+                     RequestLimits, Target, scaling)
 
 
 class TargetContract:
@@ -238,6 +238,8 @@ class FakeTarget(Target):
         Option("token", str, None, "a secret that must never reach state", secret=True),
         Option("instance_type", str, None, "an instance type it pretends to bill (for compare)"),
         Option("max_concurrent", int, None, "requests in flight it serves; past it, HTTP 429"),
+        Option("cloud_ms", list, [], "the cloud's own latency parts it reports after a load, "
+               "NAME=MS items (e.g. overhead=0.01,model=0.02); none published when empty"),
         *SCALING,
     )
     runs_here = False
@@ -257,6 +259,17 @@ class FakeTarget(Target):
         rule = (f"target {fleet.target_requests_per_minute} requests/minute per instance"
                 if fleet.scales else "")
         return Fleet(fleet.minimum, fleet.maximum, fleet.initial, fleet.initial, rule)
+
+    def cloud_time(self, deployment, start, end, *, wait, progress):
+        if not self.settings.instance_type:
+            return None   # runs nowhere billed: no cloud to ask
+        source = f"the fake cloud's metrics for {deployment.name}"
+        parts = dict(item.split("=", 1) for item in self.settings.cloud_ms)
+        if not parts:
+            progress(f"waiting up to {wait:g} s for the fake cloud's metrics")
+            return CloudTime({}, None, source, note=f"not yet published after {wait:g} s")
+        figures = {f"{name}_latency_ms": float(ms) for name, ms in parts.items()}
+        return CloudTime(figures, round(sum(figures.values()), 3), source)
 
     def request_limits(self, deployment):
         if self.settings.max_concurrent is None:

@@ -105,11 +105,41 @@ def test_a_fleet_that_scales_is_priced_at_its_minimum_and_its_maximum_noted(tmp_
     assert "scales to 5" in render(report_of(fake, repo))
 
 
+def test_the_clouds_own_view_of_the_load_is_set_beside_the_clients(tmp_path, repo):
+    world = FakeWorld(tmp_path / "world.json")
+    said = []
+    core = Deployer(state_dir=tmp_path / "s", plugins=[FakePlugin()], progress=said.append)
+    options = {"world": str(world.path), "instance_type": "ml.g4dn.xlarge",
+               "cloud_ms": "overhead=0.01,model=0.02"}
+    fake = compare(core, repo, ["fake"], {"fake": options}, requests=200, concurrency=[1, 2],
+                   progress=said.append).targets[0]
+    assert fake.passed, fake.error
+    cloud = fake.cloud_time
+    assert cloud["parts"] == ["overhead_latency_ms", "model_latency_ms"]
+    assert cloud["overhead_latency_ms"] == 0.01 and cloud["endpoint_ms"] == 0.03
+    weighted = (sum(x["latency_ms"]["mean"] * x["requests"] for x in fake.load)
+                / sum(x["requests"] for x in fake.load))
+    assert cloud["client_mean_ms"] == round(weighted, 3)
+    assert cloud["outside_endpoint_ms"] == round(cloud["client_mean_ms"] - 0.03, 3)
+    assert cloud["window"][0] < cloud["window"][1] and cloud["note"] == ""
+    page = render(report_of(fake, repo))
+    assert 'data-chart="cloudtime"' in page and 'data-part="model_latency_ms"' in page
+
+    late = compare(core, repo, ["fake"], {"fake": {**options, "cloud_ms": ""}},
+                   requests=60, concurrency=[1], cloud_wait=0,
+                   progress=said.append).targets[0]
+    assert late.passed and late.cloud_time["endpoint_ms"] is None
+    assert late.cloud_time["note"] == "not yet published after 0 s"
+    assert "the cloud's metrics: not yet published after 0 s" in late.warnings
+    assert not any(k.endswith("_latency_ms") for k in late.cloud_time), late.cloud_time
+    assert any("waiting up to 0 s for the fake cloud's metrics" in line for line in said)
+
+
 def report_of(target, repo):
     from deployer.compare import CompareReport
 
-    return CompareReport(str(repo), "add_sub", 30, [1], [target], [target.target], [],
-                         "estimates").to_dict()
+    return CompareReport(str(repo), "add_sub", 30, [x["concurrency"] for x in target.load],
+                         [target], [target.target], [], "estimates").to_dict()
 
 
 def test_the_endpoints_own_refusals_are_counted_apart_and_warned_of(tmp_path, repo):

@@ -204,6 +204,20 @@ def test_status_shows_the_fleets_range_and_counts(fake_cli, world):
         assert fake_cli("teardown", name).code == 0
 
 
+def test_the_test_step_sets_the_clouds_own_view_beside_its_load(fake_cli, world):
+    assert fake_cli("deploy", REPOS / "add_sub", "--target", "fake", "--name", "seen", "-o",
+                    f"world={world.path}", "-o", "instance_type=ml.g4dn.xlarge", "-o",
+                    "cloud_ms=model=0.02").code == 0
+    data = fake_cli("test", "seen", "--requests", "40", "--json").json()
+    cloud = data["cloud_time"]
+    assert cloud["parts"] == ["model_latency_ms"] and cloud["endpoint_ms"] == 0.02
+    assert cloud["client_mean_ms"] == data["load"][0]["latency_ms"]["mean"]
+    text = fake_cli("test", "seen", "--requests", "40").out
+    assert "the cloud's metrics: model_latency 0.02 ms; outside the endpoint" in text
+    assert fake_cli("test", "seen", "--json").json()["cloud_time"] is None  # no load
+    assert fake_cli("teardown", "seen").code == 0
+
+
 def test_config_file_and_cli_override(fake_cli, world, tmp_path):
     config = tmp_path / "deploy.toml"
     config.write_text(f'target = "fake"\nname = "from-config"\n[options]\nworld = "{world.path}"\n'
