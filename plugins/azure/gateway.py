@@ -1,6 +1,7 @@
 """The rehearsal's stand-in for a managed online endpoint's scoring host.
 
-Run as ``python -m deployer_plugins.azure.gateway --key-file F --routes F --port-file F``. It
+Run as ``python -m deployer_plugins.azure.gateway --key-file F --routes F --port-file F
+[--requests-log F]``. It
 demands ``Authorization: Bearer <key>`` (401 otherwise) and routes on the
 ``azureml-model-deployment`` header: a named deployment it knows (404 for an unknown one), or,
 without the header, a deployment holding traffic, by weight (404 when none has any). Everything
@@ -21,10 +22,17 @@ throttle a load test provokes.
 
 The routes file is JSON ``{"deployments": {"blue": "http://127.0.0.1:PORT"}, "traffic":
 {"blue": 100}, "limits": {"blue": {"concurrency": 16, "timeout_ms": 60000, "queue_ms": null}}}``
-(no limits: no throttle); it and the key file are read again whenever they change (traffic moves, keys
-are regenerated). The key file holds one accepted key or token a line, a token followed by its
-expiry (seconds since the epoch): past it, the token gets 401. The key never appears on the
-command line.
+(no limits: no throttle); it and the key file are read again whenever they change (traffic
+moves, keys are regenerated). The key file holds one accepted key or token a line, a token
+followed by its expiry (seconds since the epoch): past it, the token gets 401. The key never
+appears on the command line.
+
+With ``--requests-log`` every request but the gateway's own health check appends one JSON line
+``{"t": WALL, "ms": MS, "deployment": NAME or null, "status": CODE, "method": M}``: ``t`` when
+its headers had been read (seconds since the epoch), ``ms`` from then to the end of its answer,
+the deployment it was routed to (null when refused before routing). The line is written just
+before the answer's last bytes, so a client that has read a whole answer finds its line in the
+file: what a fake workspace serves as the endpoint's request metrics.
 """
 
 from __future__ import annotations
@@ -140,13 +148,24 @@ UPSTREAM_TIMEOUT = 180.0
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, key_file: Path, routes_file: Path):
+    def __init__(self, address, key_file: Path, routes_file: Path,
+                 requests_log: Path | None = None):
         super().__init__(address, Handler)
         self.key = _Watched(key_file, parse_keys)
         self.routes = _Watched(routes_file, json.loads)
         self.local = threading.local()
         self._throttles: dict[tuple, Throttle] = {}
         self._lock = threading.Lock()
+        self._log = open(requests_log, "a", encoding="utf-8") if requests_log else None
+
+    def record(self, line: dict) -> None:
+        """Append one request's line to the requests log (when there is one), flushed."""
+        if self._log is None:
+            return
+        text = json.dumps(line, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._log.write(text)
+            self._log.flush()
 
     def throttle(self, deployment: str, limits: dict) -> Throttle:
         """The deployment's Throttle; a new one when its limits change (an update)."""
@@ -192,6 +211,17 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # one line per request on the gateway's log
         sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
 
+    def _recorded(self, status: int) -> None:
+        """This request is answered (but for its last bytes): its line in the requests log."""
+        began = getattr(self, "_began", None)
+        if began is None or self.path == HEALTH_PATH:
+            return
+        self._began = None  # once per request
+        self.server.record({"t": round(began[0], 6),
+                            "ms": round((time.monotonic() - began[1]) * 1000, 3),
+                            "deployment": self._routed, "status": status,
+                            "method": self.command})
+
     def _answer(self, status: int, message: str, extra: dict | None = None) -> None:
         body = json.dumps({"message": message}).encode()
         self.send_response(status, REASONS.get(status))
@@ -199,6 +229,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (extra or {}).items():
             self.send_header(key, value)
+        self._recorded(status)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -227,6 +258,7 @@ class Handler(BaseHTTPRequestHandler):
         return chosen, deployments[chosen]
 
     def _handle(self) -> None:
+        self._began, self._routed = (time.time(), time.monotonic()), None
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.path == HEALTH_PATH:
@@ -237,6 +269,7 @@ class Handler(BaseHTTPRequestHandler):
         deployment, upstream = self._route()
         if deployment is None:
             return self._answer(404, upstream or "not found")
+        self._routed = deployment
         limits = self._limits(deployment) if self.command == "POST" else None
         if not limits:
             return self._forward(deployment, upstream, body, None)
@@ -298,6 +331,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._relay(conn, answer, deployment)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header(DEPLOYMENT_HEADER, deployment)
+        self._recorded(answer.status)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
@@ -320,11 +354,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             if answer.length:  # a Content-Length the upstream did not fill
                 raise http.client.IncompleteRead(b"", answer.length)
+            self._recorded(answer.status)
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
             answer.close()  # read to its end: the connection may serve the next request
         except (OSError, http.client.HTTPException) as exc:
+            self._recorded(answer.status)
             conn.close()
             self.close_connection = True
             self.log_error("stream from deployment %r cut short: %r", deployment, exc)
@@ -339,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--routes", type=Path, required=True)
     parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    parser.add_argument("--requests-log", type=Path,
+                        help="append one JSON line per request answered (see above)")
     args = parser.parse_args(argv)
-    return serve(Gateway((args.host, args.port), args.key_file, args.routes), args.host,
-                 args.port_file)
+    return serve(Gateway((args.host, args.port), args.key_file, args.routes,
+                         args.requests_log), args.host, args.port_file)
 
 
 def serve(server: ThreadingHTTPServer, host: str, port_file: Path | None) -> int:

@@ -98,8 +98,9 @@ def gateway_limits(request: dict, instance_count: int) -> dict:
 
 def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
                   progress: Callable[[str], None], host: str = "127.0.0.1",
-                  timeout: float = 30.0) -> tuple[int, str]:
-    """Start the gateway on a free port; return (pid, url) once it answers."""
+                  timeout: float = 30.0, requests_log: Path | None = None) -> tuple[int, str]:
+    """Start the gateway on a free port; return (pid, url) once it answers. With
+    ``requests_log`` it appends a line per request there (see :mod:`.gateway`)."""
     from . import gateway
 
     if not routes_file.exists():
@@ -110,6 +111,8 @@ def start_gateway(work_dir: Path, tag: str, key_file: Path, routes_file: Path,
     command = [sys.executable, "-m", gateway.__name__, "--host", host, "--port", "0",
                "--key-file", str(key_file), "--routes", str(routes_file),
                "--port-file", str(port_file)]
+    if requests_log is not None:
+        command += ["--requests-log", str(requests_log)]
     pid = triton.start(command, {}, log_path, tag)   # the allow-listed environment only
     deadline = time.monotonic() + timeout
     while not port_file.exists():
