@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import math
 import re
 import sys
 import threading
@@ -35,6 +37,20 @@ WORKSPACE_HINT = ("check -o subscription, -o resource_group and -o workspace (or
                   "--subscription ID' must find it")
 THROTTLE_HINT = ("Azure throttled the calls even after the SDK's retries: wait a few minutes "
                  "and run it again")
+#: Azure Monitor's metrics of an online endpoint read after a load (Supported metrics for
+#: Microsoft.MachineLearningServices/workspaces/onlineEndpoints): ``RequestLatency``, "the
+#: average complete interval of time taken for a request to be responded in milliseconds", and
+#: ``RequestsPerMinute``, both with the dimension ``deployment``, at a time grain of PT1M
+LATENCY_METRIC = "RequestLatency"
+REQUESTS_METRIC = "RequestsPerMinute"
+METRICS_DIMENSION = "deployment"
+METRICS_INTERVAL = "PT1M"
+#: one query for both: Average and Count of the latency (Count, the samples behind each
+#: minute's Average, weighs the minutes), Total of the requests (every series of the minute
+#: summed: its Average would average over the status codes' series)
+METRICS_AGGREGATION = "Average,Count,Total"
+METRICS_HINT = ("the identity needs the 'Monitoring Reader' role (it holds "
+                "microsoft.insights/metrics/read) on the endpoint or its resource group")
 #: 404 codes that mean the workspace (or what holds it) is missing, not the resource asked for
 WORKSPACE_CODES = ("WorkspaceNotFound", "ParentResourceNotFound", "ResourceGroupNotFound",
                    "SubscriptionNotFound", "InvalidSubscriptionId")
@@ -43,6 +59,9 @@ WORKSPACE_CODES = ("WorkspaceNotFound", "ParentResourceNotFound", "ResourceGroup
 class SeamError(Exception):
     """A control-plane call failed: ``code`` is Azure's error code when known, ``hint`` what to
     do about it."""
+
+    #: the HTTP status Azure answered with, when it came from an answer
+    status: Optional[int] = None
 
     def __init__(self, message: str, code: str = "", hint: Optional[str] = None):
         super().__init__(message)
@@ -118,6 +137,70 @@ class AutoscaleInfo:
     tags: dict[str, str]
     #: its ARM document (camelCase, as sent and answered)
     document: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricMinute:
+    """One minute of one metric as Azure Monitor answers it (its series summed)."""
+
+    #: the minute's start, seconds since the epoch
+    minute: float
+    average: Optional[float]
+    count: Optional[float]
+    total: Optional[float]
+
+
+@dataclasses.dataclass
+class EndpointMetrics:
+    """An endpoint's metrics over whole minutes: what was asked, and the minutes Azure
+    Monitor has published (a minute without data is left out)."""
+
+    resource: str
+    #: the query's parameters as sent (timespan, interval, metricnames, aggregation, filter)
+    query: dict
+    #: metric name -> its published minutes, oldest first
+    minutes: dict[str, list[MetricMinute]]
+
+
+def metrics_query(deployment: str, start: float, end: float) -> dict:
+    """The metrics query over the whole minutes that hold ``start`` .. ``end`` (Unix
+    seconds), for one deployment: ``metrics.list``'s keyword arguments."""
+    first = math.floor(start / 60) * 60
+    last = max(math.ceil(end / 60) * 60, first + 60)
+    quoted = deployment.replace("'", "''")
+    return {"timespan": f"{_iso(first)}/{_iso(last)}", "interval": METRICS_INTERVAL,
+            "metricnames": f"{LATENCY_METRIC},{REQUESTS_METRIC}",
+            "aggregation": METRICS_AGGREGATION, "filter": f"{METRICS_DIMENSION} eq '{quoted}'"}
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _minutes(answer) -> dict[str, list[MetricMinute]]:
+    """Per metric, the minutes with data of an ``azure.mgmt.monitor.models.Response`` (series
+    summed: counts and totals added, averages weighed by their counts)."""
+    found: dict[str, list[MetricMinute]] = {}
+    for metric in answer.value or []:
+        name = str(getattr(metric.name, "value", "") or "")
+        merged: dict[float, list[float | None]] = {}
+        for series in metric.timeseries or []:
+            for point in series.data or []:
+                if point.average is None and point.count is None and point.total is None:
+                    continue  # not published, or no request that minute
+                at = point.time_stamp.timestamp()
+                weighed, count, total = merged.setdefault(at, [None, None, None])
+                if point.average is not None:
+                    weight = point.count if point.count is not None else 1.0
+                    weighed = (weighed or 0.0) + point.average * weight
+                    count = (count or 0.0) + weight
+                if point.total is not None:
+                    total = (total or 0.0) + point.total
+                merged[at] = [weighed, count, total]
+        found[name] = [MetricMinute(at, None if not count else weighed / count, count, total)
+                       for at, (weighed, count, total) in sorted(merged.items())]
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +444,33 @@ class Seam:
             return False
         return True
 
+    # -- Azure Monitor's metrics of the endpoint (MonitorManagementClient.metrics) -----------
+    def endpoint_id(self, endpoint: str) -> str:
+        """The endpoint's ARM id (the resource its metrics are of)."""
+        with sdk_call(f"endpoint {endpoint}"):
+            found = str(self._endpoint(endpoint).id or "")
+        if not found:
+            raise SeamError(f"Azure gave no resource id for endpoint {endpoint}")
+        return found
+
+    def endpoint_metrics(self, resource: str, deployment: str, start: float,
+                         end: float) -> EndpointMetrics:
+        """The endpoint's request metrics for ``deployment`` over the whole minutes holding
+        ``start`` .. ``end`` (see :func:`metrics_query`), as published so far."""
+        query = metrics_query(deployment, start, end)
+        try:
+            with sdk_call(f"reading Azure Monitor metrics of {resource.rsplit('/', 1)[-1]}"):
+                answer = self._metrics(resource, **query)
+        except ForbiddenError as exc:
+            if "Monitoring Reader" not in (exc.hint or ""):
+                exc.hint = METRICS_HINT  # the role that reads metrics, whatever the message
+            raise
+        return EndpointMetrics(resource, query, _minutes(answer))
+
+    def sleep(self, seconds: float) -> None:
+        """Wait between two metrics queries."""
+        time.sleep(max(0.0, seconds))
+
     def find_autoscales(self, tags: dict[str, str]) -> list[AutoscaleInfo]:
         """The resource group's autoscale settings whose tags include ``tags``."""
         with sdk_call("listing autoscale settings"):
@@ -478,6 +588,11 @@ class Seam:
     def _autoscales(self) -> list:
         raise NotImplementedError
 
+    # azure-mgmt-monitor's metrics.list: an ``azure.mgmt.monitor.models.Response``
+    def _metrics(self, resource_uri: str, *, timespan: str, interval: str, metricnames: str,
+                 aggregation: str, filter: str):
+        raise NotImplementedError
+
 
 def _autoscale_info(setting) -> AutoscaleInfo:
     """From an ``AutoscaleSettingResource``; the range is its first profile's."""
@@ -588,7 +703,14 @@ def sdk_call(what: str) -> Iterator[None]:
 def translate(exc: Exception, what: str) -> SeamError:
     """The SeamError for an azure-core (or azure-identity, azure-ai-ml) exception, read as the
     SDK raises it: ``status_code`` and ``error.code``/``error.message`` from Azure's JSON body
-    ``{"error": {"code", "message"}}``, or a long-running operation's failed status body."""
+    ``{"error": {"code", "message"}}``, or a long-running operation's failed status body. Its
+    ``status`` is the HTTP status (None without an answer)."""
+    error = _translate(exc, what)
+    error.status = _status(exc)
+    return error
+
+
+def _translate(exc: Exception, what: str) -> SeamError:
     from azure.core.exceptions import (ClientAuthenticationError, ResourceExistsError,
                                        ResourceNotFoundError)
 
@@ -659,6 +781,10 @@ def role_hint(message: str) -> str:
     scope = (_SCOPE.search(message) or [None, ""])[1]
     action = (_ACTION.search(message) or [None, ""])[1]
     lacks = f"the identity lacks permission {action}" if action else "the identity lacks a role"
+    if "microsoft.insights/metrics/read" in action.lower():
+        where = re.split(r"(?i)/providers/microsoft\.insights", scope)[0] or "ENDPOINT-ID"
+        return (f"{lacks}: {METRICS_HINT} (az role assignment create --role 'Monitoring "
+                f"Reader' --assignee ID --scope {where})")
     if "microsoft.insights/" in f"{scope} {action}".lower():
         group = re.match(r"(?i)(/subscriptions/[^/]+/resourceGroups/[^/]+)", scope)
         where = group[1] if group else "the workspace's resource group"
@@ -787,3 +913,8 @@ class MLSeam(Seam):
     def _autoscales(self):
         return list(self.monitor.autoscale_settings.list_by_resource_group(
             self.ml.resource_group_name))
+
+    def _metrics(self, resource_uri, **query):
+        # the operation's URL template is "/{resourceUri}/providers/...": the id without its
+        # leading slash
+        return self.monitor.metrics.list(resource_uri.lstrip("/"), **query)
