@@ -19,6 +19,9 @@ targets it (recorded last, so teardown deletes it first): one profile with the r
 rules on the endpoint's ``RequestsPerMinute`` for the deployment, per instance (scale out by one
 above the target, in by one below half of it). Blue/green gives the new deployment a setting of
 its own and removes the old one's with the old deployment; in place keeps (and updates) it.
+
+After a load, ``cloud_time`` reads Azure Monitor's metrics of the endpoint for the serving
+deployment (``RequestLatency``, ``RequestsPerMinute``; see :meth:`AzureTarget.cloud_time`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import re
 from deployer import hookimpl
 from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
                              UsageError)
-from deployer.target import Fleet, Target
+from deployer.target import CloudTime, Fleet, Target
 
 from . import spec, update
 from .twin import AzureTwin
@@ -38,6 +41,13 @@ DEPLOYMENT_HEADER = spec.DEPLOYMENT_HEADER
 OPTIONS = spec.OPTIONS
 LOG_LINES = 30
 ERROR_WORDS = re.compile(r"(?i)error|fail|exception|refused|denied")
+#: seconds between two metrics queries while waiting for Azure Monitor, and between two
+#: progress lines
+METRICS_POLL = 15.0
+METRICS_PROGRESS = 30.0
+#: the minute that must be published for the window to count as covered: the one this many
+#: seconds before the window's end (its end follows the last request by a moment)
+METRICS_SETTLE = 2.0
 
 
 def _hints(exc, then: str) -> str:
@@ -390,6 +400,61 @@ class AzureTarget(Target):
             rule = f"disabled: {rule}"
         return Fleet(setting.minimum, setting.maximum, count, current, rule)
 
+    def cloud_time(self, deployment, start, end, *, wait, progress):
+        """Azure Monitor's view of the requests between ``start`` and ``end``: the endpoint's
+        ``RequestLatency`` (the whole request as the endpoint sees it, ms) and
+        ``RequestsPerMinute`` for the serving deployment (filter ``deployment eq 'NAME'``),
+        per minute (PT1M) over the whole minutes holding the window, through the seam's
+        ``metrics.list``. The endpoint has no metric that splits that time into parts (its
+        deployments publish percentiles only), so the one figure is ``request_latency_ms``:
+        the minutes' Averages weighed by their Counts. ``requests`` is the sum of the minutes'
+        RequestsPerMinute Totals.
+
+        Azure publishes a minute late: it asks again every ``METRICS_POLL`` seconds until the
+        minute of the window's end has data or ``wait`` seconds have passed. What is missing,
+        and a refused query, is said in ``note``."""
+        from . import seam as seam_module
+
+        ep, dep = deployment.endpoint.get("endpoint"), deployment.endpoint.get("deployment")
+        if not ep or not dep:
+            return None
+        query = seam_module.metrics_query(dep, start, end)
+        source = (f"Azure Monitor metrics of endpoint {ep}: {seam_module.LATENCY_METRIC} "
+                  f"(Average weighed by Count) and {seam_module.REQUESTS_METRIC} (Total), "
+                  f"filter {query['filter']}, interval {query['interval']}, whole minutes "
+                  f"{query['timespan']}")
+        try:
+            seam = self._seam()
+            resource = seam.endpoint_id(ep)
+            source = source.replace(f"endpoint {ep}", resource, 1)
+            found = self._poll_metrics(seam, resource, dep, start, end, wait, progress)
+        except seam_module.SeamError as exc:
+            return CloudTime({}, None, source, note=_metrics_refused(exc))
+        except ImportError as exc:
+            return CloudTime({}, None, source, note=f"cannot read Azure Monitor's metrics: "
+                             f"{exc} ({self.install_hint})")
+        return _cloud_figures(found, end, wait, source)
+
+    @staticmethod
+    def _poll_metrics(seam, resource: str, dep: str, start: float, end: float, wait: float,
+                      progress):
+        """The metrics once the window's last minute is published, or at ``wait``."""
+        began = seam.clock()
+        next_line = began
+        while True:
+            found = seam.endpoint_metrics(resource, dep, start, end)
+            if _covered(found, end):
+                return found
+            now = seam.clock()
+            if now - began >= wait:
+                return found
+            if now >= next_line:
+                progress(f"waiting up to {wait:g} s for Azure Monitor's metrics of "
+                         f"{resource.rsplit('/', 1)[-1]}/{dep} (published a minute or more "
+                         f"late; {now - began:.0f} s so far)")
+                next_line = now + METRICS_PROGRESS
+            seam.sleep(min(METRICS_POLL, began + wait - now))
+
     def logs(self, deployment, lines=100) -> str:
         from .seam import LOG_CONTAINERS
 
@@ -401,6 +466,52 @@ class AzureTarget(Target):
             return "\n".join(f"--- {c} ---\n" + seam.logs(endpoint["endpoint"],
                                                           endpoint["deployment"], lines, c)
                              for c in LOG_CONTAINERS)
+
+
+def _last_minute(end: float) -> float:
+    """The start of the minute that must be published for a window ending at ``end``."""
+    return (end - METRICS_SETTLE) // 60 * 60
+
+
+def _covered(found, end: float) -> bool:
+    """Whether the latency of the window's last minute is published."""
+    from .seam import LATENCY_METRIC
+
+    last = _last_minute(end)
+    return any(m.minute >= last and m.count for m in found.minutes.get(LATENCY_METRIC, []))
+
+
+def _cloud_figures(found, end: float, wait: float, source: str) -> CloudTime:
+    """The mean per request of the published minutes (never 0 for nothing) and their requests;
+    ``note`` says what is not yet published."""
+    import time as time_module
+
+    from .seam import LATENCY_METRIC, REQUESTS_METRIC
+
+    latency = [m for m in found.minutes.get(LATENCY_METRIC, [])
+               if m.count and m.average is not None]
+    totals = [m.total for m in found.minutes.get(REQUESTS_METRIC, []) if m.total is not None]
+    requests = round(sum(totals)) if totals else None
+    if not latency:
+        return CloudTime({}, None, source, note=f"not yet published after {wait:g} s",
+                         requests=requests)
+    mean = round(sum(m.average * m.count for m in latency) / sum(m.count for m in latency), 3)
+    note = ""
+    if not _covered(found, end):
+        minute = time_module.strftime("%H:%M", time_module.gmtime(_last_minute(end)))
+        note = (f"the minute {minute} UTC not yet published after {wait:g} s: the figures are "
+                "of the minutes before it")
+    return CloudTime({"request_latency_ms": mean}, mean, source, note=note, requests=requests)
+
+
+def _metrics_refused(exc) -> str:
+    """One line for a metrics query Azure refused (or that never got an answer)."""
+    from .seam import METRICS_HINT
+
+    status = f"HTTP {exc.status}" if exc.status else "no answer"
+    code = f" {exc.code}" if exc.code and exc.code not in str(exc) else ""
+    return " ".join(f"Azure Monitor's metrics could not be read ({status}{code}): {exc}; "
+                    f"{exc.hint or METRICS_HINT}".split())
 
 
 class _Cloud:
