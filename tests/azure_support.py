@@ -31,6 +31,18 @@ source that is not a deployment or endpoint of the workspace, a metric or dimens
 does not have, a cooldown outside 1 minute to 1 week); once created the deployment's instance
 count is brought into the range, as Azure does. Nothing ever scales on load.
 
+Azure Monitor's metrics of an endpoint (``metrics.list``, seam primitive ``_metrics``) are
+served from what its gateway measured: each gateway writes a line per request (when its
+headers were read, the milliseconds to the end of its answer, the deployment it went to; see
+:mod:`deployer_plugins.azure.gateway`), and the query answers, per minute of its timespan and
+for the deployment its ``$filter`` names, ``RequestLatency`` (one sample per request) and
+``RequestsPerMinute`` (one sample per status code per minute: its Total is the requests), with
+the aggregations asked, as azure-mgmt-monitor's ``Response``. A request is published
+``metrics_delay`` seconds after its answer on the fake clock (0: at once; ``math.inf``: never,
+"not yet published"); ``sleep`` moves that clock instead of waiting. A metric, dimension,
+aggregation or interval Azure does not have is refused with 400; ``metric_queries`` keeps every
+query. ``gateway_requests`` reads the lines back.
+
 Faults: ``fail(method, error)`` makes the next call of a seam method raise ``error`` (an
 ``azure_error``, say) or, for ``OperationFailure``, lets its long-running operation fail with
 that code; ``stuck`` names operations that never finish (their poller's ``wait`` moves the fake
@@ -40,10 +52,12 @@ that code; ``stuck`` names operations that never finish (their poller's ``wait``
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import io
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -226,6 +240,10 @@ class _Endpoint:
     def routes(self) -> Path:
         return self.folder / "routes.json"
 
+    @property
+    def requests_log(self) -> Path:
+        return self.folder / "requests.jsonl"
+
 
 #: what the service fills in for probe settings not sent (ProbeSettings' documented defaults)
 PROBE_DEFAULTS = {"initial_delay": 10, "period": 10, "timeout": 2, "success_threshold": 1,
@@ -305,12 +323,19 @@ class FakeAzure(seam.Seam):
         self._ids = itertools.count(1)
         #: autoscale setting name -> the JSON the service keeps
         self.autoscale: dict[str, dict] = {}
+        #: seconds after its answer a request shows in the metrics (math.inf: never)
+        self.metrics_delay = 0.0
+        #: every metrics query, its keyword arguments and resource
+        self.metric_queries: list[dict] = []
 
     def factory(self, settings, progress):
         return self
 
     def clock(self) -> float:
         return time.monotonic() + self.skew
+
+    def sleep(self, seconds: float) -> None:
+        self.skew += max(0.0, seconds)  # the fake clock moves on; nothing waits
 
     def fail(self, method: str, error, times: int = 1) -> None:
         self.faults.setdefault(method, []).extend([error] * times)
@@ -386,7 +411,8 @@ class FakeAzure(seam.Seam):
             twin.write_key(folder / "key")
             tag = f"fake-azure-{folder.name}-{(entity.tags or {}).get(spec.ID_TAG, 'x')}"
             _, url = twin.start_gateway(folder, tag, folder / "key", folder / "routes.json",
-                                        lambda _: None)
+                                        lambda _: None,
+                                        requests_log=folder / "requests.jsonl")
             endpoint = self.endpoints[entity.name] = _Endpoint(
                 entity.name, entity.auth_mode, dict(entity.tags or {}), folder, tag,
                 url + "/score")
@@ -729,6 +755,82 @@ class FakeAzure(seam.Seam):
 
         self._call("list_autoscales", "*")
         return [AutoscaleSettingResource.deserialize(b) for b in self.autoscale.values()]
+
+
+    # -- Azure Monitor's metrics of an endpoint (azure-mgmt-monitor) ---------------------------
+    def gateway_requests(self, endpoint: str, deployment: str | None = None) -> list[dict]:
+        """The lines endpoint ``endpoint``'s gateway wrote (for ``deployment`` when given)."""
+        path = self.endpoints[endpoint].requests_log
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [json.loads(line) for line in lines if line.strip()]
+        return [r for r in found if deployment is None or r["deployment"] == deployment]
+
+    def _metrics(self, resource_uri, *, timespan, interval, metricnames, aggregation, filter):
+        from azure.mgmt.monitor.models import Response
+
+        name = str(resource_uri).rsplit("/", 1)[-1]
+        self._call("read_metrics", name)
+        self.metric_queries.append({"resource": resource_uri, "timespan": timespan,
+                                    "interval": interval, "metricnames": metricnames,
+                                    "aggregation": aggregation, "filter": filter})
+        source = self._source(resource_uri)
+        if source is None:
+            raise not_found("onlineEndpoints", name)
+        endpoint, deployment = source
+        names = metricnames.split(",")
+        kinds = [a.strip().lower() for a in aggregation.split(",")]
+        wanted = re.fullmatch(r"(\w+) eq '([^']*)'", filter or "")
+        problems = [f"metric {m} is not supported by the source" for m in names
+                    if deployment is not None or m not in ENDPOINT_METRICS]
+        problems += [f"aggregation {a} is not one of average, count, total, minimum, maximum"
+                     for a in kinds if a not in ("average", "count", "total", "minimum",
+                                                 "maximum")]
+        if interval != "PT1M":
+            problems.append(f"interval {interval}: this fake serves PT1M")
+        if not wanted:
+            problems.append(f"$filter {filter!r}: this fake serves DIMENSION eq 'VALUE'")
+        else:
+            problems += [f"dimension {wanted[1]} is not one of metric {m}" for m in names
+                         if wanted[1] not in ENDPOINT_METRICS.get(m, set())]
+        if problems:
+            raise azure_error(400, "BadRequest", "; ".join(problems))
+        first, last = (datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+                       for t in timespan.split("/"))
+        now = time.time() + self.skew
+        published = [r for r in self.gateway_requests(endpoint.name, wanted[2])
+                     if first <= r["t"] < last and r["t"] + r["ms"] / 1000
+                     + self.metrics_delay <= now]
+        minutes = [first + 60 * i for i in range(int((last - first) // 60))]
+
+        def point(at: float, samples: list[float]) -> dict:
+            stamp = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat()
+            found = {"timeStamp": stamp.replace("+00:00", "Z")}
+            if samples:
+                values = {"average": sum(samples) / len(samples), "count": len(samples),
+                          "total": sum(samples), "minimum": min(samples),
+                          "maximum": max(samples)}
+                found.update({k: values[k] for k in kinds})
+            return found
+
+        def samples(metric: str, at: float) -> list[float]:
+            those = [r for r in published if at <= r["t"] < at + 60]
+            if metric == "RequestLatency":
+                return [r["ms"] for r in those]
+            statuses = sorted({r["status"] for r in those})  # one series per status code
+            return [float(sum(r["status"] == s for r in those)) for s in statuses]
+
+        value = [{"id": f"{resource_uri}/providers/Microsoft.Insights/metrics/{m}",
+                  "type": "Microsoft.Insights/metrics",
+                  "name": {"value": m, "localizedValue": m},
+                  "unit": "MilliSeconds" if m == "RequestLatency" else "Count",
+                  "timeseries": [{"metadatavalues": [{"name": {"value": wanted[1]},
+                                                      "value": wanted[2]}],
+                                  "data": [point(at, samples(m, at)) for at in minutes]}]
+                  if published else [], "errorCode": "Success"} for m in names]
+        return Response.deserialize({
+            "cost": len(minutes), "timespan": timespan, "interval": interval,
+            "namespace": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+            "resourceregion": self.region, "value": value})
 
 
 # -- fixtures for the azure test modules (import them: ``from azure_support import fake``) ------
