@@ -13,7 +13,7 @@ import time
 
 from deployer import hookimpl
 from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError
-from deployer.target import Fleet, PlannedResource, Target
+from deployer.target import CloudTime, Fleet, PlannedResource, Target
 
 from . import spec
 from .twin import SageMakerTwin
@@ -579,6 +579,39 @@ class SageMakerTarget(Target):
         with aws.failures(DeployFailed, self._facts(endpoint["region"])):
             return SageMakerClient(aws.session(endpoint["region"]), endpoint["endpoint"],
                                    repository, endpoint.get("mode") == "multi", self.progress)
+
+    def cloud_time(self, deployment, start, end, *, wait, progress):
+        """CloudWatch's ``AWS/SageMaker`` OverheadLatency and ModelLatency (microseconds, as
+        ms) for the endpoint and its variant over the minute-aligned periods covering
+        ``[start, end]``, per request; Invocations as ``requests`` (see cloudwatch.py). Polls
+        until published or ``wait`` s; an AWS error is the note, with AWS's code."""
+        from botocore.config import Config
+
+        from . import aws, cloudwatch
+
+        endpoint = deployment.endpoint
+        if "endpoint" not in endpoint:
+            return None
+        facts = self._facts(endpoint["region"])
+
+        def explain(exc) -> str:
+            line, hint = aws.explain(exc, facts)
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("AccessDenied", "AccessDeniedException") or "not authorized" in line:
+                hint = (f"the caller needs {cloudwatch.PERMISSION} (an IAM policy statement: "
+                        f"Action {cloudwatch.PERMISSION}, Resource *)")
+            return f"{line} ({hint})" if hint else line
+
+        try:
+            client = aws.session(endpoint["region"]).client("cloudwatch", config=Config(
+                connect_timeout=5, read_timeout=20))
+        except Exception as exc:  # noqa: BLE001 - e.g. a profile that is gone: a note
+            if not aws.is_cloud_error(exc):
+                raise
+            return CloudTime({}, None, cloudwatch.source(endpoint["endpoint"], VARIANT),
+                             note=explain(exc))
+        return cloudwatch.cloud_time(client, endpoint["endpoint"], VARIANT, start, end,
+                                     wait=wait, progress=progress, explain=explain)
 
     def _region(self, resource, deployment) -> str | None:
         return resource.data.get("region") or deployment.endpoint.get("region") or \
