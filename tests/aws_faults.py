@@ -2,9 +2,10 @@
 errors, so real boto3 meets the errors a real account returns and moto never raises.
 
 Everything else is forwarded to moto unchanged. Point ``AWS_ENDPOINT_URL_SAGEMAKER``, ``_S3``,
-``_IAM`` and ``_CLOUDWATCH_LOGS`` at :attr:`FaultProxy.url`. Operations are matched as AWS
-routes them: JSON 1.1 services (SageMaker, CloudWatch Logs) by the ``X-Amz-Target`` header
-(``SageMaker.CreateEndpoint``), query services (IAM) by the signing name and the form's
+``_IAM``, ``_CLOUDWATCH_LOGS`` and ``_CLOUDWATCH`` at :attr:`FaultProxy.url`. Operations are
+matched as AWS routes them: JSON services (SageMaker, CloudWatch Logs, CloudWatch: JSON 1.0,
+which botocore prefers to its CBOR) by the ``X-Amz-Target`` header
+(``SageMaker.CreateEndpoint``, ``GraniteServiceVersion20100801.GetMetricData``), query services (IAM) by the signing name and the form's
 ``Action`` (``iam.GetRole``), S3 (REST-XML) by method and path. The bodies are what those
 protocols send: ``{"__type": CODE, "message": ...}`` with ``X-Amzn-ErrorType`` for JSON,
 ``<ErrorResponse><Error><Type/><Code/><Message/></Error><RequestId/></ErrorResponse>`` for
@@ -56,6 +57,7 @@ class FaultProxy:
         parsed = urllib.parse.urlparse(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.faults: list[Fault] = []
+        self.hooks: list[tuple[str, object]] = []
         self.seen: collections.Counter[str] = collections.Counter()
         self.log: list[str] = []
         self.lock = threading.Lock()
@@ -106,14 +108,25 @@ class FaultProxy:
 
     # -- what a test asks for ------------------------------------------------------------------
     def json_error(self, target: str, code: str, message: str, *, status: int = 400,
-                   times: int | None = None) -> Fault:
-        """Fail the JSON 1.1 operation ``target`` (e.g. ``SageMaker.CreateModel``)."""
+                   times: int | None = None, version: str = "1.1",
+                   headers: dict[str, str] | None = None) -> Fault:
+        """Fail the JSON operation ``target`` (e.g. ``SageMaker.CreateModel``; CloudWatch
+        speaks JSON 1.0: ``GraniteServiceVersion20100801.GetMetricData``, and, query
+        compatible, adds ``x-amzn-query-error: CODE;Sender`` in ``headers``)."""
         body = json.dumps({"__type": code, "message": message}).encode()
         return self._add(Fault(lambda method, path, headers, _: headers.get("X-Amz-Target")
                                == target,
-                               status, {"Content-Type": "application/x-amz-json-1.1",
+                               status, {"Content-Type": f"application/x-amz-json-{version}",
                                         "X-Amzn-ErrorType": code,
-                                        "x-amzn-RequestId": str(uuid.uuid4())}, body, times))
+                                        "x-amzn-RequestId": str(uuid.uuid4()),
+                                        **(headers or {})}, body, times))
+
+    def before(self, operation: str, call) -> None:
+        """Run ``call()`` before answering each request for ``operation`` (as :attr:`seen`
+        names it), outside the proxy's lock: e.g. publish what an emulator holds before a
+        read of it, so the read sees everything sent so far."""
+        with self.lock:
+            self.hooks.append((operation, call))
 
     def json_answer(self, target: str, answer: dict, *, times: int | None = None) -> Fault:
         """Answer the JSON 1.1 operation ``target`` with 200 and ``answer``: an operation
@@ -162,6 +175,7 @@ class FaultProxy:
     def clear(self) -> None:
         with self.lock:
             self.faults.clear()
+            self.hooks.clear()
             self.seen.clear()
             self.log = []
 
@@ -179,8 +193,12 @@ class FaultProxy:
         return f"{method} {path.split('?')[0]}"
 
     def answer(self, method: str, path: str, headers, body: bytes):
+        operation = self.operation(method, path, headers, body)
         with self.lock:
-            operation = self.operation(method, path, headers, body)
+            hooks = [call for name, call in self.hooks if name == operation]
+        for call in hooks:
+            call()
+        with self.lock:
             self.seen[operation] += 1
             self.log.append(operation)
             for fault in self.faults:

@@ -7,15 +7,21 @@ moto's S3, and runs it exactly like the rehearsal twin (``deployer_plugins.sagem
 On a multi-model endpoint a TargetModel's first invocation answers ``ModelNotReadyException``
 while it loads, as SageMaker does for a cold model. A background thread stops the server of an
 endpoint moto no longer has.
+
+Like SageMaker it publishes the endpoint's invocation metrics to CloudWatch (moto's, through
+boto3's put_metric_data): see :class:`RuntimeEmulator`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import os
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,8 +57,8 @@ def moto_url():
 @contextlib.contextmanager
 def aws_environment(url: str, runtime_url: str | None = None,
                     **extra: str) -> Iterator[dict[str, str]]:
-    """Fake credentials and region, SageMaker, S3, IAM, CloudWatch Logs, Application Auto
-    Scaling and Service Quotas at ``url`` (moto, or a proxy in front of it), InvokeEndpoint at
+    """Fake credentials and region, SageMaker, S3, IAM, CloudWatch (metrics and Logs),
+    Application Auto Scaling and Service Quotas at ``url`` (moto, or a proxy in front of it), InvokeEndpoint at
     ``runtime_url``, ``extra`` variables, a fresh bucket, and :data:`ROLE` in moto's IAM,
     trusting SageMaker: yields ``{"bucket", "role"}``. A MonkeyPatch of its own: the contract
     suite calls ``monkeypatch.undo()`` mid-test."""
@@ -66,7 +72,7 @@ def aws_environment(url: str, runtime_url: str | None = None,
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true",
                "AWS_ENDPOINT_URL_SAGEMAKER": url, "AWS_ENDPOINT_URL_S3": url,
-               "AWS_ENDPOINT_URL_IAM": url,
+               "AWS_ENDPOINT_URL_IAM": url, "AWS_ENDPOINT_URL_CLOUDWATCH": url,
                # botocore derives these names from the service ids ("CloudWatch Logs",
                # "Application Auto Scaling", "Service Quotas")
                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": url,
@@ -101,8 +107,10 @@ def _split(uri: str) -> tuple[str, str]:
 
 
 class _Endpoint:
-    def __init__(self, root: Path, tag: str, multi: bool, info: dict, prefix: tuple[str, str]):
+    def __init__(self, root: Path, tag: str, multi: bool, info: dict, prefix: tuple[str, str],
+                 variant: str = "AllTraffic"):
         self.root, self.tag, self.multi, self.info, self.prefix = root, tag, multi, info, prefix
+        self.variant = variant
         self.loaded: set[str] = set()
         self.loading: dict[str, threading.Thread] = {}
         self.errors: dict[str, str] = {}
@@ -112,7 +120,26 @@ class _Endpoint:
 class RuntimeEmulator:
     """``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` for tests. Uses boto3 with the process's env.
     What goes wrong in the emulator itself (not in what it serves) is kept in ``faults``;
-    :meth:`close` fails when there is any."""
+    :meth:`close` fails when there is any.
+
+    CloudWatch, as SageMaker: every invocation that reaches the container is measured and
+    kept in ``records`` ({time, endpoint, variant, model_us, overhead_us}): ``ModelLatency``
+    is the container's answer as the emulator sees it (the HTTP call to Triton),
+    ``OverheadLatency`` the rest of the emulator's handling, from the request's headers read
+    to the answer about to be written (less the start of the endpoint's server on its first
+    request, which SageMaker does before InService). Each record becomes three datapoints (namespace
+    ``AWS/SageMaker``, dimensions EndpointName and VariantName, timestamped with the request's
+    arrival): ModelLatency and OverheadLatency in Microseconds, Invocations = 1 (Count).
+    Requests answered before the container (unknown endpoint, a multi-model endpoint's cold
+    model) are not recorded. Publishing is off the request path: a background thread sends
+    what is pending every :attr:`EVERY` s, late as SageMaker is, and :meth:`flush` sends it
+    all now (a test calls it before the target reads, e.g. through
+    ``FaultProxy.before``). ``publishing = False`` keeps new records unpublished: CloudWatch
+    has "not yet" the figures. Records go to the CloudWatch endpoint (and region) the
+    process's environment named when the request came.
+    """
+
+    EVERY = 0.5
 
     def __init__(self):
         self.work = Path(tempfile.mkdtemp(prefix="sm-runtime-"))
@@ -121,24 +148,37 @@ class RuntimeEmulator:
         self.invocations = 0
         self.not_ready_answers = 0
         self.faults: list[str] = []
+        self.records: list[dict] = []
+        self.publishing = True
+        self._pending: list[dict] = []
+        self._records_lock = threading.Lock()
+        self._send_lock = threading.Lock()   # one sender at a time, in order
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go in two writes: with Nagle, the body would wait for the
+            # client's delayed ACK of the headers (40 ms), a delay no SageMaker endpoint has
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
 
             def do_POST(self):
+                arrived, began = time.time(), time.perf_counter()
                 parts = self.path.split("?")[0].strip("/").split("/")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if len(parts) != 3 or parts[0] != "endpoints" or parts[2] != "invocations":
                     return self.reply(404, {"message": f"no route {self.path}"},
                                       error="UnknownOperationException")
+                timing: dict = {}
                 status, headers, answer = emulator.invoke(
                     urllib.parse.unquote(parts[1]),
                     self.headers.get("X-Amzn-SageMaker-Target-Model"), body,
-                    self.headers.get("Content-Type", "application/json"))
+                    self.headers.get("Content-Type", "application/json"), timing)
+                if "model" in timing:
+                    emulator.record(timing["endpoint"], arrived, timing["model"],
+                                    time.perf_counter() - began - timing.get("startup", 0.0))
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -161,6 +201,7 @@ class RuntimeEmulator:
         self._stop = threading.Event()
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         threading.Thread(target=self._reaper, daemon=True).start()
+        threading.Thread(target=self._publisher, daemon=True).start()
 
     # -- AWS errors as botocore parses them (rest-json) ---------------------------------------
     @staticmethod
@@ -209,7 +250,8 @@ class RuntimeEmulator:
         tag = f"sm-runtime-{uuid.uuid4().hex}"
         info = container.start(server, args, env, root / "tritonserver.log", tag, 120,
                                lambda _: None)
-        return _Endpoint(root, tag, multi, info, prefix)
+        return _Endpoint(root, tag, multi, info, prefix,
+                         config["ProductionVariants"][0]["VariantName"])
 
     def _load(self, endpoint: _Endpoint, target: str) -> None:
         try:
@@ -227,12 +269,18 @@ class RuntimeEmulator:
             with endpoint.lock:
                 endpoint.errors[target] = str(exc)
 
-    def invoke(self, name: str, target: str | None, body: bytes, content_type: str):
+    def invoke(self, name: str, target: str | None, body: bytes, content_type: str,
+               timing: dict | None = None):
+        """``(status, headers, body)``; ``timing`` gets ``endpoint`` and ``model`` (seconds
+        in the container's HTTP call) when the request reached the container, and
+        ``startup`` (seconds starting the endpoint's server on its first request)."""
+        timing = {} if timing is None else timing
         self.invocations += 1
         try:
             with self.lock:
                 endpoint = self.endpoints.get(name)
                 if endpoint is None:
+                    starting = time.perf_counter()
                     try:
                         endpoint = self.endpoints[name] = self._start(name)
                     except Exception as exc:  # noqa: BLE001
@@ -241,6 +289,9 @@ class RuntimeEmulator:
                                                f"Endpoint {name} not found.")
                         return self._error(424, "ModelError", "the container failed",
                                            OriginalStatusCode=500, OriginalMessage=str(exc))
+                    # SageMaker's container runs before the endpoint is InService: this
+                    # start is the emulator's, no overhead of a request
+                    timing["startup"] = time.perf_counter() - starting
             headers = {"Content-Type": content_type}
             port = endpoint.info["sagemaker_port"]
             if endpoint.multi:
@@ -265,7 +316,9 @@ class RuntimeEmulator:
                 headers[container.TARGET_HEADER] = target
             else:
                 url = f"http://127.0.0.1:{port}/invocations"
+            called = time.perf_counter()
             status, answer_headers, answer = container.request("POST", url, body, headers)
+            timing.update(endpoint=(name, endpoint.variant), model=time.perf_counter() - called)
             if status != 200:
                 return self._error(424, "ModelError", "Received client error from primary "
                                    "container", OriginalStatusCode=status,
@@ -275,6 +328,66 @@ class RuntimeEmulator:
         except Exception as exc:  # noqa: BLE001 - a bug here fails the test (close)
             self.faults.append(f"invoke {name}: {exc!r}")
             return self._error(500, "InternalFailure", f"emulator: {exc}")
+
+    # -- CloudWatch, as SageMaker publishes it ----------------------------------------------
+    def record(self, endpoint: tuple[str, str], arrived: float, model: float,
+               total: float) -> None:
+        """Keep one invocation's measures; pending for CloudWatch when publishing."""
+        entry = {"time": arrived, "endpoint": endpoint[0], "variant": endpoint[1],
+                 "model_us": round(model * 1e6, 1),
+                 "overhead_us": round(max(0.0, total - model) * 1e6, 1),
+                 "cloudwatch": os.environ.get("AWS_ENDPOINT_URL_CLOUDWATCH"),
+                 "region": os.environ.get("AWS_REGION", "us-east-1")}
+        with self._records_lock:
+            self.records.append(entry)
+            if self.publishing:
+                self._pending.append(entry)
+
+    def in_window(self, endpoint: str, first: float, last: float) -> list[dict]:
+        """The records of ``endpoint`` whose time is in ``[first, last)``."""
+        with self._records_lock:
+            return [r for r in self.records
+                    if r["endpoint"] == endpoint and first <= r["time"] < last]
+
+    def flush(self) -> None:
+        """Publish everything pending now (to moto: put_metric_data); returns once sent."""
+        import boto3
+
+        with self._send_lock:
+            with self._records_lock:
+                pending, self._pending = self._pending, []
+            for entry in [e for e in pending if not e["cloudwatch"]]:
+                self.faults.append(f"no CloudWatch endpoint to publish {entry} to")
+            groups: dict[tuple[str, str], list[dict]] = {}
+            for entry in pending:
+                if entry["cloudwatch"]:
+                    groups.setdefault((entry["cloudwatch"], entry["region"]), []).append(entry)
+            for (url, region), entries in groups.items():
+                client = boto3.client("cloudwatch", endpoint_url=url, region_name=region,
+                                      aws_access_key_id="testing",
+                                      aws_secret_access_key="testing")
+                data = [datum for entry in entries for datum in self._datapoints(entry)]
+                for at in range(0, len(data), 300):
+                    client.put_metric_data(Namespace="AWS/SageMaker",
+                                           MetricData=data[at:at + 300])
+
+    @staticmethod
+    def _datapoints(entry: dict) -> list[dict]:
+        dimensions = [{"Name": "EndpointName", "Value": entry["endpoint"]},
+                      {"Name": "VariantName", "Value": entry["variant"]}]
+        stamp = datetime.datetime.fromtimestamp(entry["time"], datetime.timezone.utc)
+        return [{"MetricName": name, "Dimensions": dimensions, "Timestamp": stamp,
+                 "Value": value, "Unit": unit} for name, value, unit in (
+                    ("ModelLatency", entry["model_us"], "Microseconds"),
+                    ("OverheadLatency", entry["overhead_us"], "Microseconds"),
+                    ("Invocations", 1.0, "Count"))]
+
+    def _publisher(self) -> None:
+        while not self._stop.wait(self.EVERY):
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - kept for close()
+                self.faults.append(f"publishing metrics: {exc!r}")
 
     def _reaper(self) -> None:
         while not self._stop.wait(1.0):
