@@ -277,7 +277,6 @@ class Deployer:
         impl = self._target(deployment.target, deployment.options)
         repo = Repository.load(deployment.repository)
         client = impl.client(deployment)
-        began = time.time()
         try:
             report = tester.run(client, repo, deployment.models, name=name,
                                 target=deployment.target, options=options,
@@ -286,17 +285,17 @@ class Deployer:
                                 metrics=impl.server_metrics(deployment))
         finally:
             client.close()
-        if report.load:   # the cloud's own view of the test step's requests
+        if report.load_window:   # the cloud's own view of the load's requests
             from .compare import cloud_figures
 
-            window = (began, time.time())
-            found = impl.cloud_time(deployment, *window, wait=options.cloud_wait,
+            found = impl.cloud_time(deployment, *report.load_window, wait=options.cloud_wait,
                                     progress=self.progress)
             if found is not None:
                 report.cloud_time = cloud_figures(found, [dataclasses.asdict(x)
-                                                          for x in report.load], window)
-                if found.note:
-                    self.progress(f"warning: the cloud's metrics: {found.note}")
+                                                          for x in report.load],
+                                                  report.load_window)
+                if report.cloud_time["note"]:
+                    self.progress(f"warning: the cloud's metrics: {report.cloud_time['note']}")
         self._notify("deployer_test_finished", deployment=deployment, report=report)
         return report
 

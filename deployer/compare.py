@@ -192,10 +192,15 @@ def cloud_figures(found, levels: Sequence[Mapping[str, Any]],
               if pairs else None)
     outside = (round(client - found.endpoint_ms, 3)
                if client is not None and found.endpoint_ms is not None else None)
+    note = found.note
+    if outside is not None and outside < 0:   # the cloud's whole minutes held more requests
+        note = "; ".join(filter(None, [note, (
+            "the cloud's mean is above the client's: its periods also hold requests from "
+            "outside the load (a longer load compares like with like)")]))
     return {**found.figures, "parts": list(found.figures), "endpoint_ms": found.endpoint_ms,
             "client_mean_ms": client,
             "outside_endpoint_ms": outside, "requests": found.requests, "source": found.source,
-            "note": found.note, "window": [round(window[0], 3), round(window[1], 3)]}
+            "note": note, "window": [round(window[0], 3), round(window[1], 3)]}
 
 
 def _failed_load(result: TargetResult) -> str | None:
@@ -297,8 +302,8 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                                     progress=lambda line: progress(f"{target}: {line}"))
             if found is not None:
                 result.cloud_time = cloud_figures(found, result.load, window)
-                if found.note:
-                    result.warnings.append(f"the cloud's metrics: {found.note}")
+                if result.cloud_time["note"]:
+                    result.warnings.append(f"the cloud's metrics: {result.cloud_time['note']}")
                     progress(f"warning: {target}: {result.warnings[-1]}")
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
             result.stream = result.load[0]["stream"] if result.load else {}

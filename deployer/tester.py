@@ -81,9 +81,11 @@ class TestReport:
     models: list[ModelResult] = dataclasses.field(default_factory=list)
     load: list[LoadResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
-    #: with a load on a cloud target: the cloud's own latency metrics over the test step
-    #: (see deployer.compare.cloud_figures), or None
+    #: with a load on a cloud target: the cloud's own latency metrics over the load (see
+    #: deployer.compare.cloud_figures), or None
     cloud_time: dict[str, Any] | None = None
+    #: when the load began and ended (Unix seconds), or None without a load
+    load_window: tuple[float, float] | None = None
 
     __test__ = False  # not a pytest class
 
@@ -467,11 +469,13 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
         progress(f"load: {options.requests} requests at concurrency {options.concurrency} "
                  f"on {load_model}")
         send, kind = load_sender(client, repository.models[load_model], inputs[load_model])
+        began = time.time()
         measured = servertime.timed_load(
             metrics, load_model, send, options.requests, options.concurrency, kind=kind,
             per_request=per_request(repository.models[load_model], inputs[load_model]))
         if metrics and measured.server_time_note:
             progress(f"warning: {measured.server_time_note}")
         report.load.append(measured)
+        report.load_window = (began, time.time())
     report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -47,7 +47,8 @@ def test_the_test_step_gives_the_endpoints_latency_and_requests(fake, run_cli):
     ep, dep = endpoint["endpoint"], endpoint["deployment"]
     report, err = _test(run_cli, "ct", "--requests", "200", "--concurrency", "2")
     cloud = report["cloud_time"]
-    assert cloud["parts"] == ["request_latency_ms"] and cloud["note"] == "", cloud
+    # complete (a note could only say the minutes' other requests outweigh the load's)
+    assert cloud["parts"] == ["request_latency_ms"] and "published" not in cloud["note"], cloud
     assert cloud["request_latency_ms"] > 0 and cloud["endpoint_ms"] == cloud[
         "request_latency_ms"]
     assert cloud["client_mean_ms"] >= cloud["endpoint_ms"], cloud
@@ -103,7 +104,9 @@ def test_published_late_is_waited_for(fake, run_cli):
     fake.metrics_delay = 40.0
     report, err = _test(run_cli, "slow", "--requests", "20", "--cloud-metrics-wait", "300")
     cloud = report["cloud_time"]
-    assert cloud["note"] == "" and cloud["request_latency_ms"] > 0, cloud
+    # complete: no "not yet published" (with only 20 requests the checks' slower minutes may
+    # put the cloud's mean above the client's, which the note then says)
+    assert "published" not in cloud["note"] and cloud["request_latency_ms"] > 0, cloud
     assert cloud["requests"] >= 20
     assert len(fake.metric_queries) == 4  # at 0, 15, 30 s: none yet; at 45 s: all
     assert len([line for line in err.splitlines() if "waiting up to 300 s" in line]) == 2
@@ -152,7 +155,7 @@ def test_compare_gives_the_clouds_time(fake, run_cli):
     assert code == 0, out + err
     result = json.loads(out)["targets"][0]
     cloud = result["cloud_time"]
-    assert result["passed"] and cloud["note"] == "", cloud
+    assert result["passed"] and "published" not in cloud["note"], cloud
     assert cloud["request_latency_ms"] > 0 and cloud["requests"] >= 80
     assert cloud["client_mean_ms"] >= cloud["endpoint_ms"]
     assert fake.metric_queries[-1]["filter"] == "deployment eq 'blue'"

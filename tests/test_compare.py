@@ -121,9 +121,15 @@ def test_the_clouds_own_view_of_the_load_is_set_beside_the_clients(tmp_path, rep
                 / sum(x["requests"] for x in fake.load))
     assert cloud["client_mean_ms"] == round(weighted, 3)
     assert cloud["outside_endpoint_ms"] == round(cloud["client_mean_ms"] - 0.03, 3)
-    assert cloud["window"][0] < cloud["window"][1] and cloud["note"] == ""
+    assert cloud["window"][0] < cloud["window"][1]
+    assert (cloud["note"] == "") == (cloud["outside_endpoint_ms"] >= 0), cloud
     page = render(report_of(fake, repo))
     assert 'data-chart="cloudtime"' in page and 'data-part="model_latency_ms"' in page
+
+    above = compare(core, repo, ["fake"], {"fake": {**options, "cloud_ms": "model=60000"}},
+                    requests=30, concurrency=[1]).targets[0]
+    assert above.cloud_time["outside_endpoint_ms"] < 0   # a minute of others' requests
+    assert "its periods also hold requests from outside the load" in above.cloud_time["note"]
 
     late = compare(core, repo, ["fake"], {"fake": {**options, "cloud_ms": ""}},
                    requests=60, concurrency=[1], cloud_wait=0,
