@@ -134,8 +134,8 @@ class RuntimeEmulator:
     model) are not recorded. Publishing is off the request path: a background thread sends
     what is pending every :attr:`EVERY` s, late as SageMaker is, and :meth:`flush` sends it
     all now (a test calls it before the target reads, e.g. through
-    ``FaultProxy.before``). ``publishing = False`` keeps new records unpublished: CloudWatch
-    has "not yet" the figures. Records go to the CloudWatch endpoint (and region) the
+    ``FaultProxy.before``). ``publishing = False`` holds new records back: CloudWatch has "not
+    yet" the figures, until :meth:`release`. Records go to the CloudWatch endpoint (and region) the
     process's environment named when the request came.
     """
 
@@ -151,6 +151,7 @@ class RuntimeEmulator:
         self.records: list[dict] = []
         self.publishing = True
         self._pending: list[dict] = []
+        self._held: list[dict] = []
         self._records_lock = threading.Lock()
         self._send_lock = threading.Lock()   # one sender at a time, in order
         emulator = self
@@ -340,8 +341,15 @@ class RuntimeEmulator:
                  "region": os.environ.get("AWS_REGION", "us-east-1")}
         with self._records_lock:
             self.records.append(entry)
-            if self.publishing:
-                self._pending.append(entry)
+            (self._pending if self.publishing else self._held).append(entry)
+
+    def release(self) -> None:
+        """Publishing on again, and what was held while it was off pending: CloudWatch gets
+        those figures late, at the next flush."""
+        with self._records_lock:
+            self.publishing = True
+            self._pending += self._held
+            self._held = []
 
     def in_window(self, endpoint: str, first: float, last: float) -> list[dict]:
         """The records of ``endpoint`` whose time is in ``[first, last)``."""
