@@ -42,7 +42,7 @@ def _minutes(timespan: str) -> tuple[float, float]:
 def test_the_test_step_gives_the_endpoints_latency_and_requests(fake, run_cli):
     """The figures are what the gateway measured: its requests to the deployment in the
     query's whole minutes, their mean time (weighed per request, not a mean of minutes);
-    the client's mean is above the endpoint's (it holds the network and the client)."""
+    outside the endpoint is the client's mean less the endpoint's."""
     endpoint = _deploy(run_cli, "ct")
     ep, dep = endpoint["endpoint"], endpoint["deployment"]
     report, err = _test(run_cli, "ct", "--requests", "200", "--concurrency", "2")
@@ -51,7 +51,6 @@ def test_the_test_step_gives_the_endpoints_latency_and_requests(fake, run_cli):
     assert cloud["parts"] == ["request_latency_ms"] and "published" not in cloud["note"], cloud
     assert cloud["request_latency_ms"] > 0 and cloud["endpoint_ms"] == cloud[
         "request_latency_ms"]
-    assert cloud["client_mean_ms"] >= cloud["endpoint_ms"], cloud
     assert cloud["outside_endpoint_ms"] == round(cloud["client_mean_ms"] - cloud["endpoint_ms"],
                                                  3)
     query = fake.metric_queries[-1]
@@ -157,7 +156,6 @@ def test_compare_gives_the_clouds_time(fake, run_cli):
     cloud = result["cloud_time"]
     assert result["passed"] and "published" not in cloud["note"], cloud
     assert cloud["request_latency_ms"] > 0 and cloud["requests"] >= 80
-    assert cloud["client_mean_ms"] >= cloud["endpoint_ms"]
     assert fake.metric_queries[-1]["filter"] == "deployment eq 'blue'"
     assert fake.endpoints == {}
 

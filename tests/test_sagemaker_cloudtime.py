@@ -79,14 +79,15 @@ def measured(emulator, endpoint: str, cloud: dict) -> dict:
 
 def check_figures(cloud: dict, expected: dict) -> None:
     assert cloud["parts"] == PARTS, cloud
-    assert cloud["note"] == "", cloud
+    # complete: nothing left unpublished (the minutes also hold the test step's checks, which
+    # may put the cloud's mean above the client's: then the note says so)
+    assert "published" not in cloud["note"], cloud
     for part in PARTS:
         assert cloud[part] > 0
         assert cloud[part] == pytest.approx(expected[part], abs=0.0015), (part, cloud)
     assert cloud["endpoint_ms"] == round(cloud["overhead_latency_ms"]
                                          + cloud["model_latency_ms"], 3)
     assert cloud["requests"] == expected["requests"]
-    assert cloud["client_mean_ms"] >= cloud["endpoint_ms"]
     assert cloud["outside_endpoint_ms"] == round(cloud["client_mean_ms"]
                                                  - cloud["endpoint_ms"], 3)
     assert cloud["source"] == (
