@@ -62,6 +62,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from deployer import triton
 from deployer.errors import DeployFailed
@@ -865,3 +866,41 @@ def run_cli(tmp_path, capfd):
 
     run.outputs = outputs
     return run
+
+
+def monitor_seam(answer):
+    """A real ``MLSeam`` whose real ``MonitorManagementClient`` sends through a stand-in
+    transport answering ``answer(request)``; returns (seam, transport), the requests it sent
+    in ``transport.sent``."""
+    from azure.core.credentials import AccessToken
+    from azure.core.pipeline.transport import HttpTransport
+    from azure.mgmt.monitor import MonitorManagementClient
+
+    class Arm(HttpTransport):
+        def __init__(self):
+            self.sent = []
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            pass
+
+        def open(self):
+            pass
+
+        def close(self):
+            pass
+
+        def send(self, request, **kwargs):
+            self.sent.append(request)
+            return answer(request)
+
+    class Token:
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken("t", int(time.time()) + 3600)
+
+    arm = Arm()
+    real = seam.MLSeam(SimpleNamespace(subscription_id="sub", resource_group_name="rg"))
+    real._monitor = MonitorManagementClient(Token(), "sub", transport=arm)
+    return real, arm

@@ -7,13 +7,12 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import time
-import types
 from pathlib import Path
 
 import pytest
 
-from azure_support import WORKSPACE_ID, _response, azure_error, fake, run_cli  # noqa: F401
+from azure_support import (WORKSPACE_ID, _response, azure_error, fake,  # noqa: F401
+                           monitor_seam, run_cli)
 from deployer_plugins.azure import seam
 
 pytestmark = pytest.mark.server
@@ -165,42 +164,6 @@ def _point(minute: str, **values) -> dict:
     return {"timeStamp": f"2025-01-02T10:{minute}:00Z", **values}
 
 
-def _monitor(answer):
-    """An MLSeam whose MonitorManagementClient sends through a transport answering
-    ``answer(request)``; the requests it sent are in ``.sent``."""
-    from azure.core.credentials import AccessToken
-    from azure.core.pipeline.transport import HttpTransport
-    from azure.mgmt.monitor import MonitorManagementClient
-
-    class Arm(HttpTransport):
-        sent: list = []
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *args):
-            pass
-
-        def open(self):
-            pass
-
-        def close(self):
-            pass
-
-        def send(self, request, **kwargs):
-            self.sent.append(request)
-            return answer(request)
-
-    class Token:
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("t", int(time.time()) + 3600)
-
-    arm = Arm()
-    real = seam.MLSeam(types.SimpleNamespace(subscription_id="sub", resource_group_name="rg"))
-    real._monitor = MonitorManagementClient(Token(), "sub", transport=arm)
-    return real, arm
-
-
 RESOURCE = ("/subscriptions/sub/resourceGroups/rg/providers/Microsoft.MachineLearningServices/"
             "workspaces/ws/onlineEndpoints/ep")
 
@@ -231,7 +194,7 @@ def test_the_real_monitor_client_sends_the_query_and_its_answer_is_parsed():
                      {"metadatavalues": [], "data": [
                          _point("00", average=1.0, count=1.0, total=1.0),
                          _point("01", average=1.5, count=2.0, total=3.0), _point("02")]}]}]}
-    real, arm = _monitor(lambda request: _response(200, body, "GET", request.url))
+    real, arm = monitor_seam(lambda request: _response(200, body, "GET", request.url))
     start = datetime.datetime(2025, 1, 2, 10, 0, 20, tzinfo=datetime.timezone.utc).timestamp()
     found = real.endpoint_metrics(RESOURCE, "blue", start, start + 110)
     url = urllib.parse.urlsplit(arm.sent[0].url)
@@ -259,7 +222,7 @@ def test_the_real_monitor_client_refused():
     refused = {"error": {"code": "AuthorizationFailed", "message": (
         "The client 'x' does not have authorization to perform action "
         f"'microsoft.insights/metrics/read' over scope '{scope}' or the scope is invalid.")}}
-    real, _ = _monitor(lambda request: _response(403, refused, "GET", request.url))
+    real, _ = monitor_seam(lambda request: _response(403, refused, "GET", request.url))
     with pytest.raises(seam.ForbiddenError) as caught:
         real.endpoint_metrics(RESOURCE, "blue", 0.0, 60.0)
     assert caught.value.status == 403 and "'Monitoring Reader' role" in caught.value.hint

@@ -323,65 +323,37 @@ def test_the_real_monitor_client_sends_the_document(monkeypatch):
     """MLSeam's autoscale calls through a real MonitorManagementClient whose HTTP transport
     answers as ARM: the PUT's URL and body (exactly the document the fake keeps), 404 as
     none, a DELETE of a setting that is there, a 403 as one line naming the role."""
-    import time
-    import types
-
-    from azure.core.credentials import AccessToken
-    from azure.core.pipeline.transport import HttpTransport
-    from azure.mgmt.monitor import MonitorManagementClient
-
-    from azure_support import _response
-    from deployer.target import Scaling
+    from azure_support import _response, monitor_seam
     from deployer_plugins.azure import seam
+    from deployer.target import Scaling
 
-    class Arm(HttpTransport):
-        def __init__(self):
-            self.sent, self.store, self.refuse = [], {}, False
+    store, refuse, sent = {}, [], []
 
-        def __enter__(self):
-            return self
+    def answer(request):
+        body = json.loads(request.content) if request.content else None
+        sent.append((request.method, request.url.split("?")[0], body))
+        name = request.url.split("?")[0].rsplit("/", 1)[1]
+        if refuse:
+            return _response(403, {"error": {"code": "AuthorizationFailed", "message": (
+                "The client 'x' does not have authorization to perform action "
+                "'microsoft.insights/autoscalesettings/write' over scope "
+                f"'{GROUP_ID}/providers/microsoft.insights/autoscalesettings/{name}' or "
+                "the scope is invalid.")}}, request.method, request.url)
+        if request.method == "PUT":
+            store[name] = {**body, "id": f"{GROUP_ID}/x/{name}", "name": name}
+        elif request.method == "DELETE":
+            return _response(200 if store.pop(name, None) else 204, {}, "DELETE", request.url)
+        if name not in store:
+            return _response(404, {"error": {"code": "ResourceNotFound",
+                                              "message": "not found"}}, "GET", request.url)
+        return _response(200, store[name], request.method, request.url)
 
-        def __exit__(self, *args):
-            pass
-
-        def open(self):
-            pass
-
-        def close(self):
-            pass
-
-        def send(self, request, **kwargs):
-            body = json.loads(request.content) if request.content else None
-            self.sent.append((request.method, request.url.split("?")[0], body))
-            name = request.url.split("?")[0].rsplit("/", 1)[1]
-            if self.refuse:
-                return _response(403, {"error": {"code": "AuthorizationFailed", "message": (
-                    "The client 'x' does not have authorization to perform action "
-                    "'microsoft.insights/autoscalesettings/write' over scope "
-                    f"'{GROUP_ID}/providers/microsoft.insights/autoscalesettings/{name}' or "
-                    "the scope is invalid.")}}, request.method, request.url)
-            if request.method == "PUT":
-                self.store[name] = {**body, "id": f"{GROUP_ID}/x/{name}", "name": name}
-            elif request.method == "DELETE":
-                return _response(200 if self.store.pop(name, None) else 204, {},
-                                 "DELETE", request.url)
-            if name not in self.store:
-                return _response(404, {"error": {"code": "ResourceNotFound",
-                                                  "message": "not found"}}, "GET", request.url)
-            return _response(200, self.store[name], request.method, request.url)
-
-    class Token:
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("t", int(time.time()) + 3600)
-
-    arm = Arm()
-    real = seam.MLSeam(types.SimpleNamespace(subscription_id="sub", resource_group_name="rg"))
-    real._monitor = MonitorManagementClient(Token(), "sub", transport=arm)
+    real, _ = monitor_seam(answer)
     document = spec.autoscale_document(Scaling(1, 3, 1, 50), "blue", "/e",
                                        "/e/deployments/blue", "westus", {"k": "v"})
     info = real.create_autoscale("as1", spec.autoscale_entity(document))
     assert (info.minimum, info.maximum, info.enabled, info.tags) == (1, 3, True, {"k": "v"})
-    method, url, body = arm.sent[0]
+    method, url, body = sent[0]
     assert (method, url) == ("PUT", "https://management.azure.com/subscriptions/sub/"
                              "resourcegroups/rg/providers/Microsoft.Insights/"
                              "autoscalesettings/as1")
@@ -389,7 +361,7 @@ def test_the_real_monitor_client_sends_the_document(monkeypatch):
     assert spec.autoscale_rule(info.document) == spec.autoscale_rule(document)
     assert real.get_autoscale("missing") is None
     assert real.delete_autoscale("as1") is True and real.delete_autoscale("as1") is False
-    arm.refuse = True
+    refuse.append(True)
     with pytest.raises(seam.ForbiddenError) as refused:
         real.create_autoscale("as2", spec.autoscale_entity(document))
     assert "creating autoscale setting as2: AuthorizationFailed" in str(refused.value)

@@ -227,13 +227,18 @@ def test_report_charts_render_in_headless_chromium(tmp_path):
         ]}
     page = tmp_path / "report.html"
     page.write_text(render(report))
-    dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = headless_dom(page, tmp_path)
     assert 'data-rendered="yes"' in dom
     marks = dict(re.findall(r'data-chart="(\w+)"[^>]*data-marks="(\d+)"', dom))
     # latency: 2 targets x 4 percentiles; throughput: 2 lines + 6 points; timing: 2 x 2 bars
     assert marks == {"latency": "8", "throughput": "8", "timing": "4"}, marks
     assert "ping health check failed" in dom
+
+
+def headless_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM of ``page`` once headless Chromium has run its scripts (a fresh profile)."""
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120).stdout

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import urllib.request
 
 import numpy as np
@@ -22,7 +21,7 @@ from deployer.report import SEGMENTS, render
 from deployer.tester import TestOptions
 
 from conftest import REPOS
-from test_compare import CHROMIUM
+from test_compare import CHROMIUM, headless_dom
 
 PARTS_MS = ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
 
@@ -234,11 +233,7 @@ document.querySelectorAll('svg[data-chart="servertime"] rect.mark').forEach(func
 });
 document.body.setAttribute('data-rendered', 'yes');""")
     page.write_text(script)
-    dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = headless_dom(page, tmp_path)
     assert 'data-rendered="yes"' in dom
     marks = dict(re.findall(r'data-chart="(\w+)"[^>]*data-marks="(\d+)"', dom))
     # three levels with figures, three non-zero segments each; batch: three bars
