@@ -5,7 +5,6 @@ Chromium."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
