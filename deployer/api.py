@@ -286,16 +286,14 @@ class Deployer:
         finally:
             client.close()
         if report.load_window:   # the cloud's own view of the load's requests
-            from .compare import cloud_figures
+            from .compare import cloud_view
 
-            found = impl.cloud_time(deployment, *report.load_window, wait=options.cloud_wait,
-                                    progress=self.progress)
-            if found is not None:
-                report.cloud_time = cloud_figures(found, [dataclasses.asdict(x)
-                                                          for x in report.load],
-                                                  report.load_window)
-                if report.cloud_time["note"]:
-                    self.progress(f"warning: the cloud's metrics: {report.cloud_time['note']}")
+            report.cloud_time = cloud_view(impl, deployment,
+                                           [dataclasses.asdict(x) for x in report.load],
+                                           report.load_window, wait=options.cloud_wait,
+                                           progress=self.progress)
+            if report.cloud_time is not None and report.cloud_time["note"]:
+                self.progress(f"warning: the cloud's metrics: {report.cloud_time['note']}")
         self._notify("deployer_test_finished", deployment=deployment, report=report)
         return report
 

@@ -203,6 +203,15 @@ def cloud_figures(found, levels: Sequence[Mapping[str, Any]],
             "note": note, "window": [round(window[0], 3), round(window[1], 3)]}
 
 
+def cloud_view(impl, deployment, levels: Sequence[Mapping[str, Any]],
+               window: tuple[float, float], *, wait: float,
+               progress: Callable[[str], None]) -> dict[str, Any] | None:
+    """The target's :meth:`~deployer.target.Target.cloud_time` over a load's ``window``, set
+    beside the client's mean of its ``levels`` (:func:`cloud_figures`); None without one."""
+    found = impl.cloud_time(deployment, *window, wait=wait, progress=progress)
+    return None if found is None else cloud_figures(found, levels, window)
+
+
 def _failed_load(result: TargetResult) -> str | None:
     """Why the load failed, in words, or None."""
     parts = []
@@ -298,13 +307,12 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                 client.close()
             # the cloud's own view of the same load; it may wait for late metrics, so it
             # runs outside the measuring lock
-            found = impl.cloud_time(deployment, *window, wait=cloud_wait,
-                                    progress=lambda line: progress(f"{target}: {line}"))
-            if found is not None:
-                result.cloud_time = cloud_figures(found, result.load, window)
-                if result.cloud_time["note"]:
-                    result.warnings.append(f"the cloud's metrics: {result.cloud_time['note']}")
-                    progress(f"warning: {target}: {result.warnings[-1]}")
+            result.cloud_time = cloud_view(impl, deployment, result.load, window,
+                                           wait=cloud_wait,
+                                           progress=lambda line: progress(f"{target}: {line}"))
+            if result.cloud_time is not None and result.cloud_time["note"]:
+                result.warnings.append(f"the cloud's metrics: {result.cloud_time['note']}")
+                progress(f"warning: {target}: {result.warnings[-1]}")
             result.latency_ms = result.load[0]["latency_ms"] if result.load else {}
             result.stream = result.load[0]["stream"] if result.load else {}
             result.throughput_rps = max((x["throughput_rps"] for x in result.load), default=None)
