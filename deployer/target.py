@@ -207,6 +207,32 @@ class CloudTime:
     requests: int | None = None
 
 
+def wait_for_metrics(read: Callable[[], Any], published: Callable[[Any], bool], *,
+                     wait: float, progress: Callable[[float], None], poll: float = 15.0,
+                     every: float = 30.0, clock: Callable[[], float] | None = None,
+                     sleep: Callable[[float], None] | None = None) -> Any:
+    """For :meth:`Target.cloud_time`: ``read()`` at once and every ``poll`` seconds until
+    ``published(reading)`` or ``wait`` seconds have passed; returns the last reading.
+    While it waits, ``progress(seconds_waited)`` at once and then at most every ``every``
+    seconds. ``clock`` and ``sleep`` (default: the monotonic clock, ``time.sleep``) let a
+    fake cloud run on a fake clock. Exceptions of ``read`` pass through."""
+    import time
+
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    began = clock()
+    spoke: float | None = None
+    while True:
+        found = read()
+        waited = clock() - began
+        if published(found) or waited >= wait:
+            return found
+        if spoke is None or waited - spoke >= every:
+            spoke = waited
+            progress(waited)
+        sleep(max(0.0, min(poll, wait - waited)))
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
     """The limits an endpoint applies to requests (see :meth:`Target.request_limits`)."""

@@ -32,7 +32,7 @@ import re
 from deployer import hookimpl
 from deployer.errors import (DeployerError, DeployFailed, TeardownIncomplete, Unavailable,
                              UsageError)
-from deployer.target import CloudTime, Fleet, Target
+from deployer.target import CloudTime, Fleet, Target, wait_for_metrics
 
 from . import spec, update
 from .twin import AzureTwin
@@ -439,21 +439,15 @@ class AzureTarget(Target):
     def _poll_metrics(seam, resource: str, dep: str, start: float, end: float, wait: float,
                       progress):
         """The metrics once the window's last minute is published, or at ``wait``."""
-        began = seam.clock()
-        next_line = began
-        while True:
-            found = seam.endpoint_metrics(resource, dep, start, end)
-            if _covered(found, end):
-                return found
-            now = seam.clock()
-            if now - began >= wait:
-                return found
-            if now >= next_line:
-                progress(f"waiting up to {wait:g} s for Azure Monitor's metrics of "
-                         f"{resource.rsplit('/', 1)[-1]}/{dep} (published a minute or more "
-                         f"late; {now - began:.0f} s so far)")
-                next_line = now + METRICS_PROGRESS
-            seam.sleep(min(METRICS_POLL, began + wait - now))
+        def waiting(waited: float) -> None:
+            progress(f"waiting up to {wait:g} s for Azure Monitor's metrics of "
+                     f"{resource.rsplit('/', 1)[-1]}/{dep} (published a minute or more "
+                     f"late; {waited:.0f} s so far)")
+
+        return wait_for_metrics(lambda: seam.endpoint_metrics(resource, dep, start, end),
+                                lambda found: _covered(found, end), wait=wait,
+                                progress=waiting, poll=METRICS_POLL, every=METRICS_PROGRESS,
+                                clock=seam.clock, sleep=seam.sleep)
 
     def logs(self, deployment, lines=100) -> str:
         from .seam import LOG_CONTAINERS

@@ -18,7 +18,7 @@ import math
 import time
 from typing import Callable
 
-from deployer.target import CloudTime
+from deployer.target import CloudTime, wait_for_metrics
 
 NAMESPACE = "AWS/SageMaker"
 #: the parts of a request's time in the endpoint, outside in: (metric, figure's name)
@@ -106,25 +106,22 @@ def cloud_time(cloudwatch, endpoint: str, variant: str, start: float, end: float
     needed = int(max(start, end - GRACE)) // PERIOD * PERIOD
     said = source(endpoint, variant)
     names = " and ".join(sorted(metric for metric, _ in PARTS))
-    began = time.monotonic()
-    spoke = None
-    while True:
-        try:
-            found = read(cloudwatch, endpoint, variant, first, last)
-        except Exception as exc:  # noqa: BLE001 - a service error is a note, never a failure
-            from .aws import is_cloud_error
 
-            if not is_cloud_error(exc):
-                raise
-            return CloudTime({}, None, said, note=explain(exc))
-        waited = time.monotonic() - began
-        if _covered(found, needed) or waited >= wait:
-            break
-        if spoke is None or waited - spoke >= PROGRESS_EVERY:
-            spoke = waited
-            progress(f"waiting for CloudWatch's {names} (published a minute or more late): "
-                     f"{waited:.0f}s of {wait:g}")
-        sleep(max(0.0, min(POLL, wait - waited)))
+    def waiting(waited: float) -> None:
+        progress(f"waiting for CloudWatch's {names} (published a minute or more late): "
+                 f"{waited:.0f}s of {wait:g}")
+
+    try:
+        found = wait_for_metrics(lambda: read(cloudwatch, endpoint, variant, first, last),
+                                 lambda found: _covered(found, needed), wait=wait,
+                                 progress=waiting, poll=POLL, every=PROGRESS_EVERY,
+                                 sleep=sleep)
+    except Exception as exc:  # noqa: BLE001 - a service error is a note, never a failure
+        from .aws import is_cloud_error
+
+        if not is_cloud_error(exc):
+            raise
+        return CloudTime({}, None, said, note=explain(exc))
     figures = {name: mean for metric, name in PARTS
                if (mean := _mean_ms(found, metric)) is not None}
     missing = [metric for metric, name in PARTS if name not in figures]
