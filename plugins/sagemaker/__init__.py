@@ -135,7 +135,6 @@ class SageMakerTarget(Target):
         fleet = rules.scaling(self.settings)
         if fleet is None or not fleet.scales:
             return []
-        wanted = autoscaling.Settings.of(fleet)
         rid = autoscaling.resource_id(endpoint, VARIANT)
         return [PlannedResource("scalable-target", rid, {
                     "service": "Application Auto Scaling", "dimension": autoscaling.DIMENSION,
@@ -144,7 +143,7 @@ class SageMakerTarget(Target):
                     "billed_up_to": f"{fleet.maximum} x {self.settings.instance_type}"}),
                 PlannedResource("scaling-policy", autoscaling.policy_name(endpoint), {
                     "type": "TargetTrackingScaling", "resource_id": rid,
-                    "configuration": autoscaling.configuration(wanted)})]
+                    "configuration": autoscaling.configuration(fleet)})]
 
     # -- deploy's steps: upload → model → endpoint config → endpoint → wait -----------------
     def _upload(self, repository, session, region, context) -> tuple[dict, dict]:
@@ -259,7 +258,7 @@ class SageMakerTarget(Target):
         any AWS error after the checks is DeployFailed (exit 3) with the one line. With the
         scaling options, the InService endpoint's variant is then registered with Application
         Auto Scaling and given its target tracking policy (each recorded first)."""
-        from . import autoscaling, aws, rules
+        from . import aws, rules
 
         session, region = self._session_region()
         deployment = context.deployment
@@ -281,7 +280,7 @@ class SageMakerTarget(Target):
             fleet = rules.scaling(self.settings)
             if fleet is not None and fleet.scales:
                 self._autoscale(session, names["endpoint"], region,
-                                autoscaling.Settings.of(fleet), context)
+                                fleet, context)
 
     def _create_endpoint(self, sm, names: dict[str, str], region, context):
         """``create_endpoint`` on the new config; the resource stays ``creating`` until it
@@ -315,14 +314,15 @@ class SageMakerTarget(Target):
         self.progress(f"  registering {rid} with Application Auto Scaling: "
                       f"{wanted.minimum} to {wanted.maximum} instances")
         context.created(target, arn=autoscaling.register(aas, rid, wanted, tags))
-        if wanted.target is None:  # restoring a target whose policy was never put
+        target_value = wanted.target_requests_per_minute
+        if target_value is None:  # restoring a target whose policy was never put
             return
         name = autoscaling.policy_name(endpoint)
         policy = context.record("scaling-policy", name, region=region, resource_id=rid,
-                                target_value=wanted.target,
+                                target_value=target_value,
                                 scale_in_cooldown=wanted.scale_in_cooldown,
                                 scale_out_cooldown=wanted.scale_out_cooldown)
-        self.progress(f"  scaling policy {name}: {autoscaling.rule(wanted.target)}")
+        self.progress(f"  scaling policy {name}: {autoscaling.rule(target_value)}")
         context.created(policy, arn=autoscaling.put_policy(aas, rid, name, wanted))
 
     def _unscale(self, session, context, scaled: list) -> None:
@@ -427,7 +427,7 @@ class SageMakerTarget(Target):
             context.set_endpoint(**details)
             fleet = rules.scaling(self.settings)
             if fleet is not None and fleet.scales:
-                self._rescale(session, endpoint, region, autoscaling.Settings.of(fleet),
+                self._rescale(session, endpoint, region, fleet,
                               context, f"registered again on {new_config}")
             self._retire(context, previous, details["artifacts"])
 
@@ -438,7 +438,7 @@ class SageMakerTarget(Target):
 
         target = next((r for r in scaled if r.kind == "scalable-target"), None)
         policy = next((r for r in scaled if r.kind == "scaling-policy"), None)
-        return autoscaling.Settings.recorded(target, policy) if target is not None else None
+        return autoscaling.recorded(target, policy) if target is not None else None
 
     def _rescale(self, session, endpoint: str, region, wanted, context, what: str) -> None:
         """:meth:`_autoscale` during an update: its failure is a warning (the endpoint

@@ -11,7 +11,7 @@ values they were created with, so a failed update can put them back. boto3 error
 
 from __future__ import annotations
 
-import dataclasses
+from deployer.target import Scaling
 
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -19,29 +19,13 @@ METRIC = "SageMakerVariantInvocationsPerInstance"
 KINDS = ("scalable-target", "scaling-policy")
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What is registered: the range, and the policy's target and cooldowns."""
-
-    minimum: int
-    maximum: int
-    target: int | None
-    scale_in_cooldown: int | None = None
-    scale_out_cooldown: int | None = None
-
-    @classmethod
-    def of(cls, scaling) -> Settings:
-        """From a :class:`deployer.target.Scaling`."""
-        return cls(scaling.minimum, scaling.maximum, scaling.target_requests_per_minute,
-                   scaling.scale_in_cooldown, scaling.scale_out_cooldown)
-
-    @classmethod
-    def recorded(cls, target, policy) -> Settings:
-        """From the data of a recorded scalable target and (or None) scaling policy."""
-        data = policy.data if policy is not None else {}
-        return cls(target.data["min_capacity"], target.data["max_capacity"],
-                   data.get("target_value"), data.get("scale_in_cooldown"),
-                   data.get("scale_out_cooldown"))
+def recorded(target, policy) -> Scaling:
+    """The scaling a recorded scalable target and (or None) its scaling policy were created
+    with, to register again (the initial count is of no use there: the minimum)."""
+    data = policy.data if policy is not None else {}
+    low = target.data["min_capacity"]
+    return Scaling(low, target.data["max_capacity"], low, data.get("target_value"),
+                   data.get("scale_in_cooldown"), data.get("scale_out_cooldown"))
 
 
 def resource_id(endpoint: str, variant: str) -> str:
@@ -57,7 +41,7 @@ def rule(target: int | float, metric: str = METRIC) -> str:
     return f"target tracking {target:g} {metric}"
 
 
-def register(aas, rid: str, settings: Settings, tags: dict[str, str]) -> str:
+def register(aas, rid: str, settings: Scaling, tags: dict[str, str]) -> str:
     """RegisterScalableTarget (it also moves the current count into the range); its ARN."""
     answer = aas.register_scalable_target(
         ServiceNamespace=NAMESPACE, ResourceId=rid, ScalableDimension=DIMENSION,
@@ -65,10 +49,10 @@ def register(aas, rid: str, settings: Settings, tags: dict[str, str]) -> str:
     return answer.get("ScalableTargetARN", "")
 
 
-def configuration(settings: Settings) -> dict:
+def configuration(settings: Scaling) -> dict:
     """The TargetTrackingScalingPolicyConfiguration: cooldowns only when given (AWS's
     default for SageMaker variants otherwise)."""
-    config = {"TargetValue": float(settings.target),
+    config = {"TargetValue": float(settings.target_requests_per_minute),
               "PredefinedMetricSpecification": {"PredefinedMetricType": METRIC}}
     if settings.scale_in_cooldown is not None:
         config["ScaleInCooldown"] = settings.scale_in_cooldown
@@ -77,7 +61,7 @@ def configuration(settings: Settings) -> dict:
     return config
 
 
-def put_policy(aas, rid: str, name: str, settings: Settings) -> str:
+def put_policy(aas, rid: str, name: str, settings: Scaling) -> str:
     """PutScalingPolicy (TargetTrackingScaling); its ARN."""
     answer = aas.put_scaling_policy(
         PolicyName=name, ServiceNamespace=NAMESPACE, ResourceId=rid,
