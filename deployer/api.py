@@ -105,6 +105,19 @@ class Deployer:
         except Exception as exc:  # noqa: BLE001 - an observer must not change the outcome
             self.progress(f"warning: a plugin's {hook} failed: {type(exc).__name__}: {exc}")
 
+    def _kept(self, target: str, existing: Deployment | None,
+              options: Mapping[str, Any]) -> dict[str, Any]:
+        """The recorded options an update keeps: all, except that a new ``gpu`` drops the
+        instance type it picked last time (unless that is given again)."""
+        kept = dict(existing.options) if existing else {}
+        cls = self.registry.get(target)
+        if "gpu" in options and cls.hardware:
+            from . import hardware
+
+            for name in hardware.option_names(cls.hardware) - set(options):
+                kept.pop(name, None)
+        return kept
+
     @staticmethod
     def _public(target: Target) -> dict[str, Any]:
         secret = {opt.name for opt in target.options if opt.secret}
@@ -184,7 +197,7 @@ class Deployer:
         name = check_name(name or default_name(repo.path, target))
         existing = self._for_update(name, target) if update else None
         # an update keeps the recorded options unless given again
-        impl = self._target(target, {**(existing.options if existing else {}),
+        impl = self._target(target, {**self._kept(target, existing, options or {}),
                                      **(options or {})})
         impl.validate(repo)
         previous: tuple = ()

@@ -151,12 +151,21 @@ pass_ctx = click.pass_obj
 
 @cli.command()
 @click.argument("name", required=False)
+@click.option("--gpus", is_flag=True, help="Print the hardware vocabulary: each accelerator's "
+              "instance type per cloud, with its list price.")
 @json_option
 @pass_ctx
-def targets(ctx: Context, name: str | None, as_json: bool) -> None:
-    """List installed targets, or describe one target's options."""
+def targets(ctx: Context, name: str | None, gpus: bool, as_json: bool) -> None:
+    """List installed targets, or describe one target's options (--gpus: the hardware)."""
     from . import plugins
     from .render import table
+
+    if gpus:
+        if name:
+            raise UsageError("targets --gpus takes no target name", hint="deployer targets "
+                             "--gpus")
+        _gpus(as_json)
+        return
 
     registry = plugins.load()
     if name:
@@ -183,6 +192,31 @@ def targets(ctx: Context, name: str | None, as_json: bool) -> None:
         ["target", "available", "description"],
         [[r["name"], "yes" if r["available"] else f"no: {r['reason']}", r["description"]]
          for r in rows]))
+
+
+def _gpus(as_json: bool) -> None:
+    from . import hardware
+    from .compare import price_table
+    from .render import table
+
+    rows = hardware.table(price_table())
+    clouds = list(hardware.vocabulary()["clouds"])
+
+    def cell(entries: list[dict]) -> str:
+        if not entries:
+            return "-"
+        first = entries[0]
+        price = "?" if first["usd_per_hour"] is None else f"{first['usd_per_hour']:g}"
+        low, high = first["gpus"], entries[-1]["gpus"]
+        span = f" ({low}-{high} GPUs)" if high > low else f" ({low} GPUs)" if low > 1 else ""
+        return f"{first['name']}: {price} USD/h{span}"
+
+    emit(as_json, rows, lambda: table(
+        ["gpu", *(hardware.CLOUD_NAMES[c] for c in clouds)],
+        [[r["accelerator"], *(cell(r["clouds"][c]) for c in clouds)] for r in rows])
+        + "\n" + "\n".join(f"{hardware.CLOUD_NAMES[c]}: {v['source']} ({v['date']})"
+                            for c, v in hardware.vocabulary()["clouds"].items())
+        + "\n? = no price: 'deployer prices refresh', or compare --price TYPE=USD")
 
 
 @cli.command()
@@ -341,13 +375,16 @@ def rehearse(ctx: Context, repository, target, name, raw_options, config_file, a
               help="Concurrency levels (repeatable; default 1 and 4).")
 @click.option("--price", "prices", multiple=True, metavar="TYPE=USD",
               help="Override an hourly price, e.g. --price ml.g4dn.xlarge=0.74.")
+@click.option("--gpu", "gpus", multiple=True, metavar="ACCELERATOR[:COUNT]",
+              help="Run each cloud target on this accelerator (cpu, T4, L4, A10G, A10, A100, "
+                   "H100; repeatable: one run per accelerator, grouped in the report).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report with charts.")
 @CLOUD_WAIT
 @json_option
 @pass_ctx
 def compare(ctx: Context, repository, targets, raw_options, model, requests, concurrency,
-            prices, report_file, cloud_wait, as_json) -> None:
+            prices, gpus, report_file, cloud_wait, as_json) -> None:
     """Deploy to several targets, measure the same load on each, tear all down, compare."""
     from . import compare as comparing
     from .render import cloud_line, server_time_table, table
@@ -366,7 +403,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
     result = comparing.compare(ctx.deployer, repository, list(targets), per_target,
                                requests=requests, concurrency=list(concurrency) or [1, 4],
                                prices=price_map, model=model, cloud_wait=cloud_wait,
-                               progress=ctx.progress)
+                               gpus=list(gpus), progress=ctx.progress)
     data = result.to_dict()
     if report_file:
         from .report import render
@@ -376,16 +413,20 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
 
     def text() -> str:
         rows = []
+        grouped = any(t["accelerator"] for t in data["targets"])
         for t in data["targets"]:
             lat = t["latency_ms"]
-            rows.append([t["target"], "passed" if t["passed"] else "FAILED",
-                         t["deploy_seconds"], t["cold_start_seconds"], lat.get("p50"),
-                         lat.get("p90"), lat.get("p95"), lat.get("p99"), t["throughput_rps"],
-                         t["errors"], t["throttled"], t["timed_out"], t["cost_per_hour"],
-                         t["cost_per_million"]])
-        lines = [table(["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms", "p95 ms",
-                        "p99 ms", "max req/s", "errors", "429", "408", "USD/h*", "USD/M*"],
-                       rows)]
+            rows.append(([f"{t['accelerator'] or '-'} {t['hardware'] or ''}".strip()]
+                         if grouped else [])
+                        + [t["target"], "passed" if t["passed"] else "FAILED",
+                           t["deploy_seconds"], t["cold_start_seconds"], lat.get("p50"),
+                           lat.get("p90"), lat.get("p95"), lat.get("p99"), t["throughput_rps"],
+                           t["errors"], t["throttled"], t["timed_out"], t["cost_per_hour"],
+                           t["cost_per_million"]])
+        lines = [table((["accelerator"] if grouped else [])
+                       + ["target", "result", "deploy s", "cold s", "p50 ms", "p90 ms",
+                          "p95 ms", "p99 ms", "max req/s", "errors", "429", "408", "USD/h*",
+                          "USD/M*"], rows)]
         split = server_time_table([(t["target"], level) for t in data["targets"]
                                    for level in t["load"]])
         if split:   # where the time went, by Triton's own counters

@@ -20,7 +20,7 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from . import samples, servertime
+from . import hardware, samples, servertime
 from .errors import DeployerError, Interrupted, UsageError
 from .state import name_from
 from .tester import TestOptions, load_sender, per_request
@@ -42,8 +42,13 @@ def price_table(overrides: Mapping[str, float] | None = None) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class TargetResult:
+    #: the target's name, or ``TARGET@GPU`` when compare runs it at several accelerators
     target: str
     name: str
+    #: the accelerator it ran at (``--gpu``: "T4", "A100:2"), None without one
+    accelerator: str | None = None
+    #: the instance type the accelerator picked on this target's cloud (e.g. ml.g4dn.xlarge)
+    hardware: str | None = None
     passed: bool = False
     error: str | None = None
     deploy_seconds: float | None = None
@@ -117,6 +122,47 @@ def split_options(raw: Mapping[str, str], targets: Sequence[str]) -> dict[str, d
                                   f"{', '.join(targets)}")
         per[target][option] = value
     return per
+
+
+def _runs(core: Deployer, targets: Sequence[str], options: Mapping[str, Mapping[str, Any]],
+          gpus: Sequence[str]) -> dict[str, tuple[str, dict[str, Any], str | None]]:
+    """Label → (target, its options, accelerator): one run per target, and with ``gpus`` one
+    per accelerator for each target that takes ``gpu`` (labelled TARGET@GPU when several)."""
+    def label_of(gpu: str) -> str:
+        name, count = hardware.parse(gpu)
+        return name if count == 1 else f"{name}:{count}"
+
+    labels = [label_of(gpu) for gpu in gpus]
+    if len(set(labels)) != len(labels):
+        raise UsageError("name each accelerator once: --gpu T4 --gpu L4 ...")
+    runs: dict[str, tuple[str, dict[str, Any], str | None]] = {}
+    for target in targets:
+        opts = dict(options.get(target, {}))
+        takes = bool(core.registry.get(target).hardware)
+        if not labels or not takes:
+            runs[target] = (target, opts, label_of(opts["gpu"]) if takes and opts.get("gpu")
+                            else None)
+            continue
+        if "gpu" in opts:
+            raise UsageError(f"-o {target}.gpu and --gpu both name an accelerator",
+                             hint=f"drop -o {target}.gpu, or --gpu")
+        for label in labels:
+            runs[target if len(labels) == 1 else f"{target}@{label}"] = (
+                target, {**opts, "gpu": label}, label)
+    if labels and not any(accelerator for _, _, accelerator in runs.values()):
+        raise UsageError("--gpu is for the cloud targets; none of these takes it",
+                         hint="add --target sagemaker, azure or vertex (or a twin)")
+    return runs
+
+
+def _hardware(impl) -> str:
+    """The instance type (and a Vertex machine's GPUs) the target's settings name."""
+    settings = impl.settings
+    kind = settings.get("instance_type") or settings.get("machine_type") or "?"
+    gpu = settings.get("accelerator_type")
+    if settings.get("machine_type") and gpu and gpu != "none":
+        kind += f" + {settings.get('accelerator_count')} x {gpu}"
+    return kind
 
 
 def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict,
@@ -252,9 +298,11 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             options: Mapping[str, Mapping[str, Any]] | None = None, *, requests: int = 1000,
             concurrency: Sequence[int] = (1, 4), prices: Mapping[str, float] | None = None,
             model: str | None = None, cold_start_timeout: float = 300.0,
-            cloud_wait: float = 180.0,
+            cloud_wait: float = 180.0, gpus: Sequence[str] = (),
             progress: Callable[[str], None] = lambda _: None) -> CompareReport:
-    """Deploy, measure and tear down ``repository`` on every target; never leaves one up."""
+    """Deploy, measure and tear down ``repository`` on every target; never leaves one up.
+    ``gpus`` (accelerators of :mod:`deployer.hardware`) runs each cloud target once per
+    accelerator; the report lists the results grouped by accelerator."""
     from .repository import Repository
 
     if len(set(targets)) != len(targets) or not targets:
@@ -263,22 +311,27 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
     model = model or repo.top_level()[0]
     if model not in repo.models:
         raise UsageError(f"no model {model!r} in {repo.path}")
-    options = {t: dict((options or {}).get(t, {})) for t in targets}
+    runs = _runs(core, targets, options or {}, gpus)
+    options = {label: run[1] for label, run in runs.items()}
     impls = {}
-    for target in targets:  # all bad input is reported before anything is created
-        impls[target] = core.registry.create(target, options[target], progress)
-        impls[target].validate(repo)
+    for label, (target, opts, _) in runs.items():  # all bad input before anything is created
+        impls[label] = core.registry.create(target, opts, progress)
+        impls[label].validate(repo)
     table = price_table(prices)
     inputs = samples.generated_steps(repo.models[model])
     tag = secrets.token_hex(2)
-    results = {t: TargetResult(target=t, name=name_from(f"cmp-{repo.path.name}-{t}-{tag}"),
-                               runs_here=type(impls[t]).runs_here) for t in targets}
+    results = {label: TargetResult(
+        target=label, name=name_from(f"cmp-{repo.path.name}-{label.replace('@', '-')}-{tag}"),
+        runs_here=type(impls[label]).runs_here, accelerator=accelerator,
+        hardware=_hardware(impls[label]) if accelerator else None)
+        for label, (_, _, accelerator) in runs.items()}
+    targets = list(results)
     measure_lock = threading.Lock()
 
     def one(target: str) -> None:
         result, impl = results[target], impls[target]
         try:
-            deployment = core.deploy(repo.path, target, result.name, options[target])
+            deployment = core.deploy(repo.path, runs[target][0], result.name, options[target])
             result.deploy_seconds = deployment.deploy_seconds
             result.served_by = dict(deployment.endpoint.get("served_by") or {})
             _limits(result, impl.request_limits(deployment), concurrency, progress)
@@ -372,8 +425,11 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
         pool.shutdown(wait=True)
         for target in targets:
             teardown(target)
+    order = {name: i for i, name in enumerate(hardware.accelerators())}
+    grouped = sorted(results.values(), key=lambda r: -1 if r.accelerator is None else order[
+        hardware.parse(r.accelerator)[0]])
     report = CompareReport(repository=str(repo.path), model=model, requests=requests,
-                           concurrency=list(concurrency), targets=list(results.values()),
+                           concurrency=list(concurrency), targets=grouped,
                            parallel=remote, sequential=here, price_note=table["about"],
                            interrupted=interrupted)
     if interrupted:

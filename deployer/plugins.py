@@ -11,7 +11,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import UsageError
-from .target import SCALING, Options, Target
+from .target import GPU, SCALING, Options, Target
 
 ENTRY_POINT_GROUP = "deployer.targets"
 DISABLE_ENV = "DEPLOYER_DISABLE_PLUGINS"
@@ -54,13 +54,26 @@ def parse_options(cls: type[Target], raw: Mapping[str, Any]) -> Options:
             f"target {cls.name!r} runs one instance and does not scale: "
             f"{', '.join(repr(k) for k in scaling)} is for the cloud targets",
             hint=f"drop -o {scaling[0]}, or deploy to sagemaker, azure or vertex")
+    if GPU.name in unknown:
+        raise UsageError(f"target {cls.name!r} runs on this machine's own hardware: 'gpu' is "
+                         "for the cloud targets", hint="drop -o gpu, or deploy to sagemaker, "
+                         "azure or vertex")
     if unknown:
         raise UsageError(
             f"target {cls.name!r} has no option {', '.join(repr(k) for k in unknown)}; "
             f"its options: {', '.join(declared) or 'none'}",
             hint=f"'deployer targets {cls.name}' describes them")
-    return Options({name: opt.parse(raw[name]) if name in raw else opt.default
-                    for name, opt in declared.items()})
+    values = {name: opt.parse(raw[name]) if name in raw else opt.default
+              for name, opt in declared.items()}
+    if values.get(GPU.name) is not None and cls.hardware:
+        from . import hardware
+
+        if not hardware.option_names(cls.hardware) & set(raw):   # instance_type given wins
+            choice = cls.choose_hardware(values[GPU.name], Options(values))
+            values.update({name: declared[name].parse(value)
+                           for name, value in choice.options.items()})
+            values[GPU.name] = choice.label
+    return Options(values)
 
 
 def _disabled(extra: Iterable[str]) -> set[str]:

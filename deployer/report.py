@@ -24,6 +24,7 @@ th:first-child,td:first-child{text-align:left}
 .note{color:#6b7280;font-size:12px}pre{background:#f3f4f6;padding:8px;overflow:auto;
 font-size:12px}.legend span{display:inline-block;margin-right:14px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+tr.group th{text-align:left;background:#f3f4f6}
 """
 
 # Counts the drawn marks of each chart once the browser has laid them out (tests read it).
@@ -260,13 +261,19 @@ def render(report: dict[str, Any]) -> str:
                        {**{(t["target"], "deploy"): t["deploy_seconds"] for t in targets},
                         **{(t["target"], "cold start"): t["cold_start_seconds"]
                            for t in targets}}, "seconds")
-    rows = []
+    rows, group = [], False
     for t in targets:
+        if any(x.get("accelerator") for x in targets) and t.get("accelerator") != group:
+            group = t.get("accelerator")   # results come grouped by accelerator
+            rows.append(f'<tr class="group"><th colspan="14">{_esc(group or "no accelerator")}'
+                        "</th></tr>")
         lat = t["latency_ms"]
         status = ('<span class="ok">passed</span>' if t["passed"]
                   else '<span class="fail">failed</span>')
         rows.append(
-            f"<tr><td>{_esc(t['target'])}</td><td>{status}</td>"
+            f"<tr><td>{_esc(t['target'])}"
+            + (f" <small>{_esc(t['hardware'])}</small>" if t.get("hardware") else "")
+            + f"</td><td>{status}</td>"
             f"<td>{_fmt(t['deploy_seconds'])}</td><td>{_fmt(t['cold_start_seconds'], 3)}</td>"
             + "".join(f"<td>{_fmt(lat.get(p), 3)}</td>" for p in PERCENTILES)
             + f"<td>{_fmt(t['throughput_rps'], 1)}</td><td>{t['errors']}</td>"

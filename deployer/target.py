@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .client import EndpointClient
+    from .hardware import Choice
     from .repository import Repository
     from .state import Deployment, Resource
 
@@ -108,6 +109,16 @@ SCALING: tuple[Option, ...] = (
     Option("scale_out_cooldown", int, None, "autoscaling: seconds after a scale-out before "
            "the next one (default: the cloud's)"),
 )
+
+
+#: The hardware option every cloud target declares (add it to ``options`` and set
+#: ``Target.hardware``): an accelerator of :mod:`deployer.hardware`'s vocabulary, optionally with
+#: a count. The core turns it into the target's own options (:meth:`Target.choose_hardware`)
+#: unless one of those was given; a target that runs here does not declare it and the core
+#: refuses it for that target in one line.
+GPU = Option("gpu", str, None, "hardware: ACCELERATOR[:COUNT], one of cpu, T4, L4, A10G, A10, "
+             "A100, H100; picks this cloud's smallest instance type with at least COUNT of it "
+             "(an explicit instance type wins; 'deployer targets --gpus' lists them)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +335,8 @@ class Target:
     - ``twin``: for a cloud target, the name of the target that rehearses it locally (builds
       the same artefact and serves it the way that cloud's Triton container would); it must
       accept the same options. ``deployer rehearse REPO --target T`` runs T's twin.
+    - ``hardware``: for a target that declares :data:`GPU`, its cloud's column in the hardware
+      vocabulary (``"sagemaker"``, ``"azure"``, ``"vertex"``; see :mod:`deployer.hardware`).
 
     The core creates one instance per command with ``Target(settings, progress)``, where
     ``settings`` are the validated values of ``options`` (read ``self.settings.NAME``). Heavy SDKs
@@ -337,6 +350,7 @@ class Target:
     install_hint: ClassVar[str] = ""
     twin: ClassVar[str | None] = None
     runs_here: ClassVar[bool] = True
+    hardware: ClassVar[str | None] = None
 
     def __init__(self, settings: Options, progress: Callable[[str], None]):
         self.settings = settings
@@ -362,6 +376,20 @@ class Target:
             hint = f"; {cls.install_hint}" if cls.install_hint else ""
             return f"missing Python package(s): {', '.join(missing)}{hint}"
         return None
+
+    @classmethod
+    def choose_hardware(cls, gpu: str, settings: Options) -> Choice:
+        """The instance type for ``-o gpu=...`` (its options become this target's settings).
+        ``settings`` are the other options as given (with defaults). Called by the core only
+        when ``gpu`` is given and none of the options a choice sets is. Raises a
+        ValidationError naming the nearest accelerator the cloud has when it has none.
+        Default: the smallest type in this target's ``hardware`` column. Override it to apply
+        the cloud's rules (a region's offer, single-GPU types for a multi-model endpoint)
+        through :func:`deployer.hardware.choose`'s ``allowed``.
+        """
+        from . import hardware
+
+        return hardware.choose(cls.hardware or "", gpu)
 
     def validate(self, repository: Repository) -> None:
         """Check the target's own rules on the repository and options, with no side effect.

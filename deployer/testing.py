@@ -29,7 +29,7 @@ from . import hookimpl
 from .api import Deployer
 from .client import EndpointClient, EndpointError
 from .errors import DeployFailed, Interrupted
-from .target import (SCALING, CloudTime, DeployContext, Fleet, Option, PlannedResource,
+from .target import (GPU, SCALING, CloudTime, DeployContext, Fleet, Option, PlannedResource,
                      RequestLimits, Target, scaling)
 
 
@@ -62,6 +62,18 @@ class TargetContract:
             f"declare all of deployer.target.SCALING or none (has {[o.name for o in shared]})"
         for option in shared:
             assert declared[option.name].type is option.type, f"{option.name} is retyped"
+        # the hardware word: declared together with a vocabulary column whose every choice
+        # sets options the target declares, to values they accept
+        assert (GPU.name in declared) == bool(cls.hardware), \
+            "declare deployer.target.GPU and set Target.hardware together"
+        if cls.hardware:
+            from . import hardware
+
+            for entries in hardware.types(cls.hardware).values():
+                for entry in entries:
+                    for key, value in entry["options"].items():
+                        assert key in declared, f"{entry['name']} sets undeclared {key!r}"
+                        declared[key].parse(value)
 
     def test_plan_has_no_side_effect(self, deployer, target_name, target_options, repository,
                                      tmp_path, monkeypatch):

@@ -229,6 +229,41 @@ def test_compare_sagemaker_against_local(aws, state, capsys, tritonserver):
     assert_clean(aws["bucket"])
 
 
+def test_gpu_picks_the_instance_and_compare_groups_by_accelerator(aws, state, capsys):
+    """-o gpu through plan (the endpoint config's type, the image for it) and compare --gpu
+    at two accelerators: one endpoint each, in parallel, priced per type, grouped in order,
+    nothing left in moto."""
+    import json
+
+    code, out, err = run_cli(capsys, "plan", str(ADD_SUB), "-t", "sagemaker", "--json",
+                             *options(aws, "gpu=cpu"))
+    assert code == 0, err
+    plan = json.loads(out)["resources"]
+    assert plan[2]["details"]["instance_type"] == "ml.m5.xlarge"
+    assert plan[1]["details"]["image"].endswith("-py3-cpu")
+
+    code, out, err = run_cli(
+        capsys, "compare", str(ADD_SUB), "--target", "sagemaker", "--target", "local",
+        "-o", f"sagemaker.role={aws['role']}", "-o", f"sagemaker.bucket={aws['bucket']}",
+        "--gpu", "t4", "--gpu", "cpu", "--requests", "40", "--concurrency", "1",
+        "--price", "ml.g4dn.xlarge=1.0", "--price", "ml.m5.xlarge=0.5", "--json")
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert [(t["target"], t["accelerator"], t["hardware"]) for t in data["targets"]] == [
+        ("local", None, None), ("sagemaker@cpu", "cpu", "ml.m5.xlarge"),
+        ("sagemaker@T4", "T4", "ml.g4dn.xlarge")]   # grouped: none, cpu, T4 (moto lacks g5)
+    assert sorted(data["parallel"]) == ["sagemaker@T4", "sagemaker@cpu"]
+    for t in data["targets"][1:]:
+        assert t["passed"] and t["torn_down"], t
+        assert [i["instance_type"] for i in t["instances"]] == [t["hardware"]]
+    assert [t["cost_per_hour"] for t in data["targets"]] == [0.0, 0.5, 1.0]
+    assert_clean(aws["bucket"])
+
+    code, out, err = run_cli(capsys, "compare", str(ADD_SUB), "--target", "local",
+                             "--gpu", "T4")
+    assert code == 2 and "--gpu is for the cloud targets" in err
+
+
 def test_run_multi_model_two_models(aws, state, capsys, tmp_path, emulator):
     repo = tmp_path / "two"
     for name in ("add_sub", "text_len"):

@@ -19,7 +19,7 @@ PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 #: what a target plugin may import from the core: the contract and the helper module
 PUBLIC = {"deployer", "deployer.triton", "deployer.target", "deployer.errors", "deployer.state",
           "deployer.repository", "deployer.samples", "deployer.shim", "deployer.testing",
-          "deployer.pyimports"}
+          "deployer.pyimports", "deployer.hardware"}
 
 
 def _violations(path: Path) -> list[str]:

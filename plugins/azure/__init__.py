@@ -81,6 +81,7 @@ class AzureTarget(Target):
     name = "azure"
     description = "Azure ML managed online endpoint with a no-code Triton deployment"
     options = OPTIONS
+    hardware = "azure"
     requires = ("azure.ai.ml", "azure.identity")
     install_hint = "pip install 'triton-deployer[azure]'"
     twin = "azure-twin"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer.errors import ValidationError
-from deployer.target import SCALING, Option, PlannedResource, Scaling, scaling
+from deployer.target import GPU, SCALING, Option, PlannedResource, Scaling, scaling
 
 #: the modules the cloud target needs (the twin runs without them)
 REQUIRES = ("azure.ai.ml", "azure.identity")
@@ -43,6 +43,7 @@ OPTIONS = (
     Option("deployment", str, "blue", "deployment name inside the endpoint"),
     Option("instance_type", str, "STANDARD_NC4AS_T4_V3", "VM size (a managed online endpoint "
            "SKU; case does not matter)"),
+    GPU,
     Option("instance_count", int, 1, "number of instances"),
     Option("auth_mode", str, "key", "how callers authenticate", choices=("key", "aml_token",
                                                                          "aad_token")),

@@ -208,6 +208,7 @@ class AzureTwin(Target):
     description = ("rehearsal of azure on this machine: embedded tritonserver behind a "
                    "bearer-key gateway that routes on azureml-model-deployment")
     options = rehearsal_options(spec.OPTIONS)
+    hardware = "azure"
     runs_here = True
 
     def validate(self, repository) -> None:

@@ -29,6 +29,11 @@ class SageMakerTarget(Target):
     twin = "sagemaker-twin"
     runs_here = False
     options = spec.OPTIONS
+    hardware = "sagemaker"
+
+    @classmethod
+    def choose_hardware(cls, gpu, settings):
+        return spec.choose_hardware(gpu, settings)
 
     def models_served(self, repository):
         return spec.models_served(self.settings, repository)

@@ -8,7 +8,9 @@ import: the CLI loads every plugin.
 
 from __future__ import annotations
 
-from deployer.target import SCALING, Option
+import os
+
+from deployer.target import GPU, SCALING, Option
 
 from .images import DEFAULT_VERSION
 
@@ -24,6 +26,7 @@ OPTIONS = (
                                              "PREFIX/<sha256 of their content>/"),
     Option("instance_type", str, "ml.g4dn.xlarge", "instance type; CPU families (ml.m5, "
            "ml.c5...) get the -cpu image"),
+    GPU,
     Option("instance_count", int, 1, "initial instance count"),
     Option("image_version", str, None, f"Triton image version (default: {DEFAULT_VERSION}, "
            "pinned: the one we test; any other the SDK's image map lists for the region)"),
@@ -46,6 +49,22 @@ OPTIONS = (
            "(/aws/sagemaker/Endpoints/NAME) on teardown; by default it stays"),
     *SCALING,
 )
+
+
+def choose_hardware(gpu: str, settings):
+    """``-o gpu`` on SageMaker: the vocabulary's smallest type, offered in the region (when
+    its price list was fetched for it); a multi-model endpoint also needs a single GPU."""
+    from deployer import hardware
+
+    region = (settings.region or os.environ.get("AWS_REGION")
+              or os.environ.get("AWS_DEFAULT_REGION"))
+    offered, where = hardware.offered("sagemaker", region)
+    choice = hardware.choose("sagemaker", gpu, allowed=offered, why_not=where)
+    if settings.mode == "multi" and choice.gpus > 1:
+        return hardware.choose("sagemaker", gpu, allowed=lambda e: e["gpus"] <= 1 and offered(e),
+                               why_not=" with a single GPU, which a GPU multi-model endpoint "
+                                       "needs" + (f",{where}" if where else ""))
+    return choice
 
 
 def layout(settings, repository):

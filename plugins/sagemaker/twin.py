@@ -34,6 +34,11 @@ class SageMakerTwin(Target):
     description = ("rehearses a sagemaker deploy locally: its exact artefacts, served like "
                    "SageMaker's Triton container by the embedded tritonserver")
     options = spec.OPTIONS
+    hardware = "sagemaker"
+
+    @classmethod
+    def choose_hardware(cls, gpu, settings):
+        return spec.choose_hardware(gpu, settings)
     runs_here = True
 
     def validate(self, repository) -> None:

@@ -329,10 +329,15 @@ class VertexTarget(Steps, Target):
     name = "vertex"
     description = "a Vertex AI endpoint serving NVIDIA's Triton image as a custom container"
     options = spec.OPTIONS
+    hardware = "vertex"
     requires = ("google.cloud.aiplatform", "google.cloud.storage")
     install_hint = "pip install 'triton-deployer[vertex]'"
     twin = "vertex-twin"
     runs_here = False
+
+    @classmethod
+    def choose_hardware(cls, gpu, settings):
+        return spec.choose_hardware(gpu, settings)
 
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository, cloud=True)

@@ -34,7 +34,7 @@ import re
 from typing import Callable
 
 from deployer.errors import ValidationError
-from deployer.target import SCALING, Option, PlannedResource, scaling
+from deployer.target import GPU, SCALING, Option, PlannedResource, scaling
 
 #: the labels every resource gets: the deployment's id (set at deploy) and its name
 ID_LABEL = "deployer-id"
@@ -71,6 +71,7 @@ OPTIONS = (
     Option("accelerator_type", str, "NVIDIA_TESLA_T4", "GPU type (NVIDIA_TESLA_T4, NVIDIA_L4, "
            "NVIDIA_TESLA_A100, ...), or none for CPU only"),
     Option("accelerator_count", int, 1, "GPUs per replica"),
+    GPU,
     Option("min_replica_count", int, None, "replicas always running (default 1; the same as "
            "min_instances)"),
     Option("max_replica_count", int, None, "replicas Vertex may scale up to (default "
@@ -129,6 +130,15 @@ N1_GPUS = {"NVIDIA_TESLA_T4": (1, 2, 4), "NVIDIA_TESLA_P4": (1, 2, 4),
            "NVIDIA_TESLA_P100": (1, 2, 4), "NVIDIA_TESLA_V100": (1, 2, 4, 8)}
 #: retired by Google: Vertex no longer serves on them
 RETIRED_GPUS = {"NVIDIA_TESLA_K80"}
+
+
+def choose_hardware(gpu: str, settings):
+    """``-o gpu`` on Vertex: the vocabulary's machine (and accelerator), offered in the region
+    when its price list was fetched for it."""
+    from deployer import hardware
+
+    offered, where = hardware.offered("vertex", settings.region)
+    return hardware.choose("vertex", gpu, allowed=offered, why_not=where)
 
 
 def project(settings) -> str | None:

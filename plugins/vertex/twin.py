@@ -313,8 +313,13 @@ class VertexTwin(Steps, Target):
     description = ("rehearsal of vertex on this machine: its artefact and container args, "
                    "served by the embedded tritonserver behind a rawPredict gateway")
     options = rehearsal_options(spec.OPTIONS)
+    hardware = "vertex"
     runs_here = True
     cloud = False
+
+    @classmethod
+    def choose_hardware(cls, gpu, settings):
+        return spec.choose_hardware(gpu, settings)
 
     def validate(self, repository) -> None:
         spec.check_settings(self.settings, repository, cloud=False)
