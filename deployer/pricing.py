@@ -264,7 +264,8 @@ def _fetch_sagemaker(names: list[str], region: str) -> dict[str, Any]:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
     except ImportError:
-        raise SourceFailed("boto3 is not installed (pip install 'triton-deployer[sagemaker]')")
+        raise SourceFailed("boto3 is not installed (pip install 'triton-deployer[sagemaker]')"
+                           ) from None
     wanted, prices = set(names), {}
     try:
         client = boto3.client("pricing", region_name=AWS_PRICING_REGION, config=Config(
@@ -441,10 +442,10 @@ def _get_json(url: str, what: str, headers: Mapping[str, str] | None = None) -> 
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
-    """The error body's message (Google's error.message, Azure's Message), else the reason."""
+    """The error body's message (``error.message``, ``Error.Message``…), else the reason."""
     try:
         body = json.loads(exc.read().decode("utf-8", "replace"))
-        error = body.get("error", body)
+        error = body.get("error") or body.get("Error") or body
         message = (error.get("message") or error.get("Message") if isinstance(error, dict)
                    else None)
         return _line(message or exc.reason)
