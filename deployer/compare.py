@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import secrets
 import threading
 import time
@@ -45,7 +44,7 @@ def price_table(overrides: Mapping[str, float] | None = None) -> dict[str, Any]:
             "label": f"shipped price table, {source['date']}, {source['region']}"}}
     cached, warning = pricing.read_cache()
     for name, entry in (cached or {}).get("prices", {}).items():
-        source = cached["sources"][entry["cloud"]]
+        source = {k: v for k, v in cached["sources"][entry["cloud"]].items() if k != "missing"}
         prices[name.lower()] = {**entry, "instance_type": name, "source": {
             **source, "fetched": True,
             "label": f"{source['source']}, fetched {source['date']}, {source['region']}"}}
