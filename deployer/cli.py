@@ -362,6 +362,67 @@ def rehearse(ctx: Context, repository, target, name, raw_options, config_file, a
                  junit_xml, kwargs)
 
 
+@cli.group()
+def prices() -> None:
+    """Current list prices: fetch them from each cloud, show the ones compare uses."""
+
+
+@prices.command("refresh")
+@click.option("--cloud", "clouds", multiple=True,
+              type=click.Choice(["sagemaker", "azure", "vertex"]),
+              help="Refresh only this cloud (repeatable; default: all three).")
+@click.option("--region", "regions", multiple=True, metavar="CLOUD=REGION",
+              help="Price this cloud in this region, e.g. --region azure=westeurope "
+                   "(default: the shipped table's region).")
+@json_option
+@pass_ctx
+def prices_refresh(ctx: Context, clouds, regions, as_json) -> None:
+    """Fetch on-demand list prices from AWS, Azure and Google into the cache.
+
+    AWS needs credentials allowed pricing:GetProducts; Azure needs nothing; Google needs an
+    API key in GOOGLE_CLOUD_API_KEY. A cloud that fails keeps its prices, with a warning."""
+    from . import pricing
+    from .render import table
+
+    region_map = {}
+    for item in regions:
+        cloud, sep, region = item.partition("=")
+        if not sep or not region:
+            raise UsageError(f"--region {item!r} is not CLOUD=REGION",
+                             hint="e.g. --region azure=westeurope")
+        region_map[cloud] = region
+    results = pricing.refresh(clouds, region_map, progress=ctx.progress)
+    for r in results:
+        if r.warning:
+            click.echo(f"warning: {r.cloud}: {r.warning}", err=True)
+    data = {"cache": str(pricing.cache_path()), "clouds": [r.to_dict() for r in results]}
+    emit(as_json, data, lambda: "\n".join([table(
+        ["cloud", "region", "source", "fetched", "prices"],
+        [[r.cloud, r.region, r.source, r.fetched or "failed: kept its prices", r.count]
+         for r in results])] + [f"{r.cloud}: not listed in {r.region}: {', '.join(r.missing)}"
+                                for r in results if r.missing]
+        + [f"cache: {data['cache']}"
+           + ("" if any(r.fetched for r in results) else " (unchanged)")]))
+
+
+@prices.command("show")
+@json_option
+def prices_show(as_json) -> None:
+    """The price per instance type that compare uses, and where each comes from."""
+    from .compare import price_table
+    from .render import table
+
+    found = price_table()
+    for warning in found["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    rows = sorted(found["prices"].values(), key=lambda e: (e.get("cloud", ""),
+                                                          e["instance_type"]))
+    emit(as_json, rows, lambda: table(
+        ["cloud", "instance type", "USD/h", "source"],
+        [[e.get("cloud", ""), e["instance_type"], e["usd_per_hour"], e["source"]["label"]]
+         for e in rows]))
+
+
 @cli.command()
 @click.argument("repository", type=click.Path())
 @click.option("-t", "--target", "targets", multiple=True, required=True,

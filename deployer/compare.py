@@ -13,11 +13,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import secrets
 import threading
 import time
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import hardware, samples, servertime
@@ -30,14 +28,32 @@ if TYPE_CHECKING:
 
 
 def price_table(overrides: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The packaged price table with per-run overrides applied (keys compared case-blind)."""
-    table = json.loads(resources.files("deployer").joinpath("prices.json").read_text())
-    prices = {k.lower(): {**v, "instance_type": k, "source": table["sources"][v["cloud"]]}
-              for k, v in table["prices"].items()}
+    """The prices compare uses, keys compared case-blind: per type, the price
+    ``deployer prices refresh`` fetched into the cache when there is one, else the shipped
+    table's; ``overrides`` (``--price``) win. Each entry's ``source`` says where it comes from
+    (``source``, ``date``, ``region``, and ``label``: one line for a cost note). A corrupt or
+    old cache is ignored with one warning (in ``warnings`` and in ``about``)."""
+    from . import pricing
+
+    table = pricing.shipped()
+    prices = {}
+    for name, entry in table["prices"].items():
+        source = table["sources"][entry["cloud"]]
+        prices[name.lower()] = {**entry, "instance_type": name, "source": {
+            **source, "fetched": False,
+            "label": f"shipped price table, {source['date']}, {source['region']}"}}
+    cached, warning = pricing.read_cache()
+    for name, entry in (cached or {}).get("prices", {}).items():
+        source = {k: v for k, v in cached["sources"][entry["cloud"]].items() if k != "missing"}
+        prices[name.lower()] = {**entry, "instance_type": name, "source": {
+            **source, "fetched": True,
+            "label": f"{source['source']}, fetched {source['date']}, {source['region']}"}}
     for key, usd in (overrides or {}).items():
         prices[key.lower()] = {"usd_per_hour": float(usd), "instance_type": key,
-                               "source": {"source": "--price on the command line"}}
-    return {"about": table["about"], "prices": prices}
+                               "source": {"source": "--price on the command line",
+                                          "label": "--price on the command line"}}
+    about = table["about"] + (f" Warning: {warning}." if warning else "")
+    return {"about": about, "prices": prices, "warnings": [warning] if warning else []}
 
 
 @dataclasses.dataclass
@@ -185,7 +201,9 @@ def _cost(result: TargetResult, instances: list[tuple[str, int]], table: dict,
                                 f"{unknown[0]}=USD_PER_HOUR")
             return
         result.cost_per_hour = round(total, 4)
-        result.cost_note = "estimate from list prices (see sources)"
+        labels = dict.fromkeys(table["prices"][kind.lower()]["source"].get("label", "")
+                               for kind, _ in instances)
+        result.cost_note = f"estimate from list prices: {'; '.join(filter(None, labels))}"
         # instances() is the fleet at its minimum; each part grows with the instance count
         if fleet is not None and fleet.maximum > fleet.minimum >= 1:
             result.max_cost_per_hour = round(total / fleet.minimum * fleet.maximum, 4)
