@@ -189,12 +189,12 @@ def offered(cloud: str, region: str | None) -> tuple[Callable[[Mapping[str, Any]
         return (lambda entry: True), ""
     from . import pricing
 
-    fresh = pricing.fetched(cloud, region)
-    if fresh is None:
+    found = pricing.unlisted(cloud, region)
+    if found is None:
         return (lambda entry: True), ""
-    listed, source = fresh
+    missing, source = found
 
     def allowed(entry: Mapping[str, Any]) -> bool:
-        return all(str(kind).lower() in listed for kind, _ in _parts(entry["options"]))
+        return not any(str(kind).lower() in missing for kind, _ in _parts(entry["options"]))
 
     return allowed, f" in {region} (per {source})"

@@ -172,6 +172,18 @@ def read_cache() -> tuple[dict[str, Any] | None, str | None]:
     return table, None
 
 
+def unlisted(cloud: str, region: str) -> tuple[set[str], str] | None:
+    """The types (lower case) the cloud's price source, fetched for ``region``, does not list
+    there, and the words naming that source; None when the cache has no fetch of that cloud
+    for that region. A type listed at several prices counts as listed."""
+    table, _ = read_cache()
+    source = (table or {}).get("sources", {}).get(cloud)
+    if not source or source["region"] != region:
+        return None
+    return ({name.lower() for name in source.get("missing", []) if " (" not in name},
+            f"the {source['source']} fetched {source['date']}")
+
+
 def refresh(clouds: Iterable[str] | None = None, regions: Mapping[str, str] | None = None,
             progress: Callable[[str], None] | None = None,
             today: datetime.date | None = None) -> list[CloudRefresh]:

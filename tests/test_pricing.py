@@ -224,3 +224,32 @@ def test_the_types_to_price_are_the_vocabularys_and_the_shipped_tables():
     assert "none" not in types["vertex"]
     assert set(pricing.VERTEX_MACHINES) >= {t for t in types["vertex"] if not t.isupper()}
     assert set(pricing.VERTEX_GPUS) >= {t for t in types["vertex"] if t.isupper()}
+
+
+def test_gpu_keeps_to_what_the_fetched_region_offers(sources, capsys, monkeypatch):
+    """After a refresh, -o gpu picks only types the region's price list lists: H100 (not
+    listed in the recorded us-east-1) is one line naming the nearest it has; a listed one, or
+    a region never fetched, passes."""
+    from deployer import plugins
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert refresh(capsys, "--cloud", "sagemaker", "--cloud", "vertex")[0] == 0
+    code = main(["plan", "tests/repos/add_sub", "-t", "sagemaker", "-o", "gpu=H100",
+                 "-o", "region=us-east-1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: SageMaker has no H100 instance in us-east-1 (per the AWS Price List API "
+        f"fetched {TODAY}); the nearest it has: A10G (ml.g5.xlarge) (pass -o gpu=A10G, or "
+        "-o instance_type=TYPE)"]
+    sagemaker, vertex = (plugins.load().get(name) for name in ("sagemaker-twin", "vertex"))
+    with pytest.raises(Exception, match=r"no instance with 4 T4 GPUs in us-east-1 .*at most 1"):
+        plugins.parse_options(sagemaker, {"gpu": "T4:4", "region": "us-east-1"})
+    assert plugins.parse_options(sagemaker, {"gpu": "T4", "region": "us-east-1"})[
+        "instance_type"] == "ml.g4dn.xlarge"
+    assert plugins.parse_options(sagemaker, {"gpu": "H100", "region": "eu-west-1"})[
+        "instance_type"] == "ml.p5.48xlarge"    # no price list fetched there: not checked
+    assert plugins.parse_options(vertex, {"gpu": "L4"})["machine_type"] == "g2-standard-4"
+    with pytest.raises(Exception, match="Vertex AI has no H100 instance in us-central1"):
+        plugins.parse_options(vertex, {"gpu": "H100"})
