@@ -508,7 +508,7 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
         lines += [f"{t['target']}: {cloud_line(t['cloud_time'])}" for t in data["targets"]
                   if t.get("cloud_time")]
         lines += [f"{t['target']}: {t['cost_note']}" for t in data["targets"]
-                  if t.get("max_cost_per_hour") is not None]   # a fleet that scales
+                  if t["instances"]]   # where each cloud figure comes from
         lines.append(f"* estimates: {data['price_note']}")
         lines.append(f"compare {'PASSED' if data['passed'] else 'FAILED'}")
         return "\n".join(lines)
