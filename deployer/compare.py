@@ -159,9 +159,11 @@ def _runs(core: Deployer, targets: Sequence[str], options: Mapping[str, Mapping[
             runs[target] = (target, opts, label_of(opts["gpu"]) if takes and opts.get("gpu")
                             else None)
             continue
-        if "gpu" in opts:
-            raise UsageError(f"-o {target}.gpu and --gpu both name an accelerator",
-                             hint=f"drop -o {target}.gpu, or --gpu")
+        named = sorted(({"gpu"} | hardware.option_names(core.registry.get(target).hardware))
+                       & set(opts))
+        if named:   # an explicit type would win over every --gpu
+            raise UsageError(f"-o {target}.{named[0]} and --gpu both name the hardware",
+                             hint=f"drop -o {target}.{named[0]}, or --gpu")
         for label in labels:
             runs[target if len(labels) == 1 else f"{target}@{label}"] = (
                 target, {**opts, "gpu": label}, label)

@@ -123,6 +123,8 @@ def choose(cloud: str, text: str, *, allowed: Callable[[Mapping[str, Any]], bool
         return Choice(cloud=cloud, accelerator=accelerator, count=count, name=entry["name"],
                       gpus=entry["gpus"], options=dict(entry["options"]))
     what = "CPU instance" if accelerator == "cpu" else f"{accelerator} instance"
+    explicit = ("-o machine_type=TYPE" if "machine_type" in option_names(cloud)
+                else "-o instance_type=TYPE")
     if usable:   # the accelerator is there, not that many of it
         most = usable[-1]
         raise ValidationError(
@@ -133,11 +135,12 @@ def choose(cloud: str, text: str, *, allowed: Callable[[Mapping[str, Any]], bool
     if near is None:
         raise ValidationError(f"{who} has no {what}{why_not}, nor any other of "
                               f"{', '.join(accelerators())}",
-                              hint="pass -o instance_type=TYPE, or another region")
+                              hint=f"pass {explicit}, or another region")
     name, entry = near
     label = name if entry["gpus"] <= 1 or name == "cpu" else f"{name}:{entry['gpus']}"
     raise ValidationError(
-        f"{who} has no {what}{why_not}; the nearest it has: {name} ({entry['name']})", hint=f"pass -o gpu={label}, or -o instance_type=TYPE")
+        f"{who} has no {what}{why_not}; the nearest it has: {name} ({entry['name']})",
+        hint=f"pass -o gpu={label}, or {explicit}")
 
 
 def table(prices: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

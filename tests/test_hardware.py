@@ -186,3 +186,14 @@ def test_targets_gpus_prints_the_vocabulary_with_prices(run_cli):
     assert any(line.startswith("T4 ") and "ml.g4dn.xlarge" in line
                and "Standard_NC4as_T4_v3" in line for line in lines)
     assert run_cli("targets", "local", "--gpus")[0] == 2
+
+
+def test_compare_gpu_refusals_come_before_anything_is_created(run_cli):
+    code, _, err = run_cli("compare", str(ADD_SUB), "-t", "sagemaker-twin", "--gpu", "T4",
+                           "-o", "sagemaker-twin.instance_type=ml.m5.large")
+    assert code == 2
+    assert "-o sagemaker-twin.instance_type and --gpu both name the hardware" in err
+    code, _, err = run_cli("compare", str(ADD_SUB), "-t", "local", "-t", "azure-twin",
+                           "--gpu", "T4", "--gpu", "L4")
+    assert code == 2 and "Azure ML has no L4 instance; the nearest it has: T4" in err
+    assert "Traceback" not in err and run_cli("list", "--json")[1].strip() == "[]"
