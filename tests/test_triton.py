@@ -19,7 +19,8 @@ PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 #: what a target plugin may import from the core: the contract and the helper module
 PUBLIC = {"deployer", "deployer.triton", "deployer.target", "deployer.errors", "deployer.state",
           "deployer.repository", "deployer.samples", "deployer.shim", "deployer.testing",
-          "deployer.pyimports", "deployer.hardware"}
+          "deployer.pyimports", "deployer.hardware",
+          "deployer.progress"}
 
 
 def _violations(path: Path) -> list[str]:
