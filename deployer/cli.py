@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -15,17 +17,43 @@ import click
 from .errors import DeployerError, ExitCode, UsageError
 
 RAISE_ENV = "DEPLOYER_RAISE_ERRORS"
+#: what main() hands the group when the command line asks for --json (progress stays plain)
+JSON = object()
 
 
 class Context:
-    def __init__(self, state_dir: str | None, quiet: bool):
+    """What every command shares: the state directory, the core, and where progress goes."""
+
+    def __init__(self, state_dir: str | None, quiet: bool, as_json: bool = False):
         self.state_dir = state_dir
         self.quiet = quiet
+        self.as_json = as_json
         self._deployer = None
+        self._progress: Callable[[str], None] | None = None
 
-    def progress(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(message, err=True)
+    @property
+    def progress(self) -> Callable[[str], None]:
+        """The progress sink, made on first use: nothing with ``-q``; at a terminal (stderr a
+        TTY, no ``--json``, TERM not "dumb") the live view (:class:`deployer.terminal.LiveView`);
+        else :func:`plain_line` on stderr."""
+        if self._progress is None:
+            from .render import at_terminal
+
+            if self.quiet:
+                self._progress = _silent
+            elif not self.as_json and at_terminal(sys.stderr):
+                from .terminal import LiveView
+
+                self._progress = LiveView()
+            else:
+                self._progress = plain_line
+        return self._progress
+
+    def close(self) -> None:
+        """The command ends (also by an error): stop drawing, so the error prints below."""
+        close = getattr(self._progress, "close", None)
+        if close is not None:
+            close()
 
     @property
     def deployer(self):
@@ -34,6 +62,21 @@ class Context:
 
             self._deployer = Deployer(state_dir=self.state_dir, progress=self.progress)
         return self._deployer
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\r")
+
+
+def plain_line(line: str) -> None:
+    """One plain progress line on stderr, for logs: ``12:03:04 uploading ...``, without carriage
+    returns or escape codes. A ``warning:`` line keeps that start (what logs are searched for)."""
+    for part in _ESCAPES.sub("", line).splitlines() or [""]:
+        stamp = "" if part.startswith(("warning:", "error:")) else time.strftime("%H:%M:%S ")
+        click.echo(stamp + part, err=True)
 
 
 def emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
@@ -143,7 +186,8 @@ def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
     Exit codes: 0 ok, 1 test failed, 2 bad input, 3 deploy failed,
     4 teardown incomplete, 5 unavailable, 70 internal error, 130 interrupted.
     """
-    ctx.obj = Context(state_dir, quiet)
+    ctx.obj = Context(state_dir, quiet, as_json=ctx.obj is JSON)
+    ctx.call_on_close(ctx.obj.close)
 
 
 pass_ctx = click.pass_obj
@@ -683,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="deployer", standalone_mode=False)
+        cli.main(args=argv, prog_name="deployer", standalone_mode=False,
+                 obj=JSON if as_json else None)
         return ExitCode.OK
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else ExitCode.OK

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import hardware, samples, servertime
 from .errors import DeployerError, Interrupted, UsageError
+from .progress import Prefixed, counted
 from .state import name_from
 from .tester import TestOptions, load_sender, per_request
 
@@ -294,6 +295,18 @@ def _failed_load(result: TargetResult) -> str | None:
     return f"under load, {', '.join(parts)}{source}"
 
 
+@contextlib.contextmanager
+def _steps(progress: Callable[[str], None], target: str):
+    """At a terminal, a spinner per target saying which step it is at (yields a function
+    taking the step); in plain lines nothing more (each step prints its own lines)."""
+    live = getattr(progress, "live", None)
+    if live is None:
+        yield lambda step: None
+        return
+    with live.waiting(target) as wait:
+        yield wait.state
+
+
 def _first_inference(client, model, inputs, timeout: float) -> float:
     """Seconds to the first successful inference of ``inputs[0]`` on ``model`` (a stateful
     model: a sequence of that one step; a decoupled one: a whole stream)."""
@@ -349,27 +362,38 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
     measure_lock = threading.Lock()
 
     def one(target: str) -> None:
+        with _steps(progress, target) as step:
+            measure(target, step)
+
+    def measure(target: str, step: Callable[[str], None]) -> None:
         result, impl = results[target], impls[target]
         try:
+            step("deploying")
             deployment = core.deploy(repo.path, runs[target][0], result.name, options[target])
             result.deploy_seconds = deployment.deploy_seconds
             result.served_by = dict(deployment.endpoint.get("served_by") or {})
             _limits(result, impl.request_limits(deployment), concurrency, progress)
             client = impl.client(deployment)
             try:
+                step("waiting for its turn to measure")
                 with measure_lock:
                     progress(f"{target}: cold start, test step and load")
+                    step("cold start")
                     result.cold_start_seconds = _first_inference(
                         client, repo.models[model], inputs, cold_start_timeout)
+                    step("test step")
                     report = core.test(result.name, TestOptions(ready_timeout=60))
                     result.test_passed = report.passed
                     metrics = impl.server_metrics(deployment)
                     began = time.time()
                     for level in concurrency:
+                        step(f"load at concurrency {level}")
                         send, kind = load_sender(client, repo.models[model], inputs)
-                        measured = servertime.timed_load(
-                            metrics, model, send, requests, level, kind=kind,
-                            per_request=per_request(repo.models[model], inputs))
+                        with counted(Prefixed(progress, f"{target}: "),
+                                     f"load at concurrency {level}", send) as counting:
+                            measured = servertime.timed_load(
+                                metrics, model, counting, requests, level, kind=kind,
+                                per_request=per_request(repo.models[model], inputs))
                         result.load.append(_level(level, measured))
                         if metrics and measured.server_time_note:
                             result.warnings.append(f"concurrency {level}: "
@@ -380,9 +404,10 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                 client.close()
             # the cloud's own view of the same load; it may wait for late metrics, so it
             # runs outside the measuring lock
+            step("the cloud's metrics")
             result.cloud_time = cloud_view(impl, deployment, result.load, window,
                                            wait=cloud_wait,
-                                           progress=lambda line: progress(f"{target}: {line}"))
+                                           progress=Prefixed(progress, f"{target}: "))
             if result.cloud_time is not None and result.cloud_time["note"]:
                 result.warnings.append(f"the cloud's metrics: {result.cloud_time['note']}")
                 progress(f"warning: {target}: {result.warnings[-1]}")
@@ -404,10 +429,12 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                 result.error = "the test step failed: " + "; ".join(failed)
             elif failed_load:
                 result.error = failed_load
+            step("measured" if result.passed else "FAILED")
         except Interrupted:
             raise
         except DeployerError as exc:
             result.error = str(exc)
+            step("FAILED")
         finally:
             if result.error and core.store.exists(result.name):
                 try:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """At a terminal (stdout a TTY, TERM not "dumb"), a table drawn with rich to fit its width
+    (long cells wrap); else plain columns two spaces apart under a line of dashes, one row per
+    line, for scripts and logs."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    if at_terminal(sys.stdout):
+        from .terminal import table as drawn
+
+        return drawn(cells[0], cells[1:])
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def at_terminal(stream) -> bool:
+    """``stream`` is a terminal to draw on (and TERM does not say it cannot draw)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
 
 
 SPLIT_HEADERS = ["target", "concurrency", "client mean ms", "outside server ms", "queue ms",

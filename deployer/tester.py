@@ -466,13 +466,16 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
 
         load_model = models[0] if options.models else next(
             (m for m in repository.top_level() if m in models), models[0])
-        progress(f"load: {options.requests} requests at concurrency {options.concurrency} "
-                 f"on {load_model}")
+        from .progress import counted
+
         send, kind = load_sender(client, repository.models[load_model], inputs[load_model])
         began = time.time()
-        measured = servertime.timed_load(
-            metrics, load_model, send, options.requests, options.concurrency, kind=kind,
-            per_request=per_request(repository.models[load_model], inputs[load_model]))
+        with counted(progress, f"load: {options.requests} requests at concurrency "
+                               f"{options.concurrency} on {load_model}", send) as counting:
+            measured = servertime.timed_load(
+                metrics, load_model, counting, options.requests, options.concurrency,
+                kind=kind, per_request=per_request(repository.models[load_model],
+                                                   inputs[load_model]))
         if metrics and measured.server_time_note:
             progress(f"warning: {measured.server_time_note}")
         report.load.append(measured)
