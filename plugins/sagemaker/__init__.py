@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from deployer import hookimpl
+from deployer import hookimpl, progress
 from deployer.errors import AlreadyDeployed, DeployFailed, TeardownIncomplete, UsageError
 from deployer.target import CloudTime, Fleet, PlannedResource, Target
 
@@ -185,12 +185,22 @@ class SageMakerTarget(Target):
 
         bucket = self.settings.bucket
         config = aws.transfer_config()
+        if not missing:
+            return 0
         if layout == "uncompressed":
-            return aws.upload_files(s3, bucket, missing, config)
+            size = sum(path.stat().st_size for _, path in missing)
+            prefix = aws.common_prefix([key for key, _ in missing])
+            with progress.transfer(self.progress, f"  uploading {len(missing)} file(s) to "
+                                   f"s3://{bucket}/{prefix}", size) as moving:
+                return aws.upload_files(s3, bucket, missing, config, moving.advance)
         sent = 0
         for key, artefact in missing:
-            self.progress(f"  packing and uploading s3://{bucket}/{key}")
-            sent += artefacts.upload_tar_gz(artefact, s3, bucket, key, config)
+            size = artefact.size
+            with progress.transfer(self.progress, f"  packing and uploading s3://{bucket}/{key}",
+                                   size) as moving:
+                sent += artefacts.upload_tar_gz(artefact, s3, bucket, key, config,
+                                                artefacts.PackedMeter(size, moving.update))
+                moving.update(size)
         return sent
 
     @staticmethod
@@ -250,13 +260,16 @@ class SageMakerTarget(Target):
         )["EndpointConfigArn"]
         context.created(resource, arn=arn)
 
-    def _wait_in_service(self, sm, endpoint: str) -> None:
+    def _wait_in_service(self, sm, endpoint: str, what: str) -> None:
         """The ``endpoint_in_service`` waiter, which also stops at UpdateRollbackFailed and
-        Deleting; raises botocore's WaiterError."""
+        Deleting; raises botocore's WaiterError. Reported as a wait (``what``) with the
+        EndpointStatus of every poll."""
         from . import aws
 
         delay = 15
-        aws.wait_in_service(sm, endpoint, delay, (self.settings.startup_timeout + 1800) // delay)
+        with progress.waiting(self.progress, what) as wait:
+            aws.wait_in_service(sm, endpoint, delay,
+                                (self.settings.startup_timeout + 1800) // delay, wait.state)
 
     def deploy(self, repository, context) -> None:
         """Checks (exit 2, nothing created), then upload → model → endpoint config → endpoint;
@@ -358,9 +371,9 @@ class SageMakerTarget(Target):
     def _wait_created(self, sm, session, endpoint: str, name: str) -> None:
         from botocore.exceptions import WaiterError
 
-        self.progress("  waiting for the endpoint to be InService (often 5-15 minutes)")
         try:
-            self._wait_in_service(sm, endpoint)
+            self._wait_in_service(sm, endpoint, "  waiting for the endpoint to be InService "
+                                  "(often 5-15 minutes)")
         except WaiterError as exc:
             raise self._not_in_service(sm, session, endpoint, exc, name) from None
 
@@ -530,11 +543,10 @@ class SageMakerTarget(Target):
 
         from . import aws
 
-        self.progress("  waiting for the endpoint to be InService on the new config "
-                      "(often 5-15 minutes)")
         serving, status = None, None
         try:
-            self._wait_in_service(sm, endpoint)
+            self._wait_in_service(sm, endpoint, "  waiting for the endpoint to be InService on "
+                                  "the new config (often 5-15 minutes)")
             serving = sm.describe_endpoint(EndpointName=endpoint).get("EndpointConfigName")
         except WaiterError as exc:
             status = (getattr(exc, "last_response", None) or {}).get("EndpointStatus")
@@ -660,10 +672,12 @@ class SageMakerTarget(Target):
         if not aws.unless_gone(lambda: call(**{key: resource.id}) or True):
             return False
         if resource.kind == "endpoint":
-            self.progress(f"  waiting for endpoint {resource.id} to be deleted")
             try:
-                sm.get_waiter("endpoint_deleted").wait(
-                    EndpointName=resource.id, WaiterConfig={"Delay": 15, "MaxAttempts": 80})
+                with progress.waiting(self.progress, f"  waiting for endpoint {resource.id} to "
+                                      "be deleted") as wait, aws.answers(
+                        sm, "DescribeEndpoint", lambda a: wait.state(aws.endpoint_state(a))):
+                    sm.get_waiter("endpoint_deleted").wait(
+                        EndpointName=resource.id, WaiterConfig={"Delay": 15, "MaxAttempts": 80})
             except WaiterError as exc:
                 raise TeardownIncomplete(
                     f"endpoint {resource.id} is not deleted yet: {aws.waiter_reason(exc)}",

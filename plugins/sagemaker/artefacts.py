@@ -105,6 +105,8 @@ class ParallelGzip:
         self._crc = 0
         self._size = 0
         self.compressed = 0
+        #: bytes given to write() whose compressed form is already in ``sink``
+        self.consumed = 0
         self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
     def _emit(self, data: bytes) -> None:
@@ -118,9 +120,14 @@ class ParallelGzip:
     def _submit(self, data: bytes) -> None:
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data)
-        self._pending.append(self._pool.submit(self._deflate, data))
+        self._pending.append((len(data), self._pool.submit(self._deflate, data)))
         while len(self._pending) > self._workers * 2:
-            self._emit(self._pending.popleft().result())
+            self._emit_next()
+
+    def _emit_next(self) -> None:
+        size, future = self._pending.popleft()
+        self._emit(future.result())
+        self.consumed += size
 
     def write(self, data) -> int:
         self._buffer += data
@@ -134,7 +141,7 @@ class ParallelGzip:
             self._submit(bytes(self._buffer))
             self._buffer.clear()
         while self._pending:
-            self._emit(self._pending.popleft().result())
+            self._emit_next()
         self._pool.shutdown()
         final = zlib.compressobj(self._level, zlib.DEFLATED, -15)
         self._emit(final.flush(zlib.Z_FINISH))  # an empty final block ends the stream
@@ -152,9 +159,11 @@ def _info(name: str, *, size: int = 0, directory: bool = False, executable: bool
     return info
 
 
-def write_tar_gz(artefact: Artefact, sink: BinaryIO, workers: int | None = None) -> int:
-    """Stream ``artefact`` as a tar.gz into ``sink``; return the compressed size."""
-    gz = ParallelGzip(sink, workers=workers)
+def write_tar_gz(artefact: Artefact, sink: BinaryIO, workers: int | None = None,
+                 gz: ParallelGzip | None = None) -> int:
+    """Stream ``artefact`` as a tar.gz into ``sink`` (through ``gz`` when given, which must
+    write to ``sink``); return the compressed size."""
+    gz = gz or ParallelGzip(sink, workers=workers)
     folders = set(artefact.folders)
     for rel, _ in artefact.members:
         parts = rel.split("/")[:-1]
@@ -203,12 +212,51 @@ class _Pipe:
         return self.result
 
 
-def upload_tar_gz(artefact: Artefact, s3, bucket: str, key: str, transfer_config) -> int:
-    """Pack ``artefact`` straight into a parallel multipart upload; return the bytes sent."""
-    pipe = _Pipe(lambda sink: write_tar_gz(artefact, sink))
+class PackedMeter:
+    """How much of an artefact's content has reached S3, for a progress bar in content bytes
+    (the archive's size is known only at its end; its content's size is known at once).
+
+    The upload reports compressed bytes sent, and the packer may run far ahead of it (the
+    transfer buffers whole parts): the content sent is estimated as the compressed bytes sent
+    times the tar bytes per compressed byte emitted so far, never more than ``total`` nor less
+    than before. ``report(done)`` gets it when it grows; at the end the caller reports the whole.
+    """
+
+    def __init__(self, total: int, report):
+        self.total, self.report = total, report
+        self.gz: ParallelGzip | None = None
+        self.sent = self.reported = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, count: int) -> None:
+        """boto3's upload Callback (called from its threads; negative on a retried part)."""
+        with self._lock:
+            self.sent = max(0, self.sent + count)
+            gz = self.gz
+            if gz is None or not gz.compressed:
+                return
+            ratio = gz.consumed / gz.compressed  # the ratio so far, not a count
+            done = min(self.total, int(self.sent * ratio))
+            if done > self.reported:
+                self.reported = done
+                self.report(done)
+
+
+def upload_tar_gz(artefact: Artefact, s3, bucket: str, key: str, transfer_config,
+                  meter: PackedMeter | None = None) -> int:
+    """Pack ``artefact`` straight into a parallel multipart upload; return the bytes sent.
+    ``meter`` (when given) follows the upload."""
+    def pack(sink):
+        gz = ParallelGzip(sink)
+        if meter is not None:
+            meter.gz = gz
+        return write_tar_gz(artefact, sink, gz=gz)
+
+    pipe = _Pipe(pack)
     try:
         s3.upload_fileobj(pipe.reader, bucket, key, Config=transfer_config,
-                          ExtraArgs={"ContentType": "application/gzip"})
+                          ExtraArgs={"ContentType": "application/gzip"},
+                          Callback=meter)
     except BaseException:
         # the upload's error is the cause; the packer then only sees its pipe closed
         with contextlib.suppress(Exception):

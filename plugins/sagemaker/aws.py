@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import re
+import types
 from typing import Iterator
 
 TAG_KEY = "triton-deployer:deployment-id"
@@ -310,9 +311,35 @@ def trusts(document, service: str) -> bool:
 STOP_STATES = ("UpdateRollbackFailed", "Deleting")
 
 
-def wait_in_service(sm, endpoint: str, delay: int, attempts: int) -> None:
+def endpoint_state(answer: dict) -> str:
+    """A DescribeEndpoint answer's EndpointStatus, or its error (``gone`` when not found)."""
+    error = answer.get("Error") or {}
+    if error.get("Code"):
+        gone = not_found(types.SimpleNamespace(response={"Error": error}))
+        return "gone" if gone else str(error["Code"])
+    return str(answer.get("EndpointStatus") or "?")
+
+
+@contextlib.contextmanager
+def answers(client, operation: str, hear):
+    """While inside, ``hear(parsed answer)`` after every ``operation`` call on ``client`` (a
+    botocore waiter's polls), error answers too."""
+    event = f"after-call.{client.meta.service_model.service_id.hyphenize()}.{operation}"
+
+    def handler(parsed=None, **_):
+        hear(parsed or {})
+
+    client.meta.events.register(event, handler)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, handler)
+
+
+def wait_in_service(sm, endpoint: str, delay: int, attempts: int, state=None) -> None:
     """botocore's ``endpoint_in_service`` waiter with :data:`STOP_STATES` as failures too;
-    raises its WaiterError (``last_response`` is the last DescribeEndpoint answer)."""
+    raises its WaiterError (``last_response`` is the last DescribeEndpoint answer).
+    ``state(text)`` (when given) hears the EndpointStatus of every poll."""
     import copy
 
     from botocore.loaders import create_loader
@@ -326,7 +353,8 @@ def wait_in_service(sm, endpoint: str, delay: int, attempts: int) -> None:
     waiter = create_waiter_with_client(
         "EndpointInService", WaiterModel({"version": 2, "waiters": {
             "EndpointInService": config}}), sm)
-    waiter.wait(EndpointName=endpoint)
+    with answers(sm, "DescribeEndpoint", lambda answer: state and state(endpoint_state(answer))):
+        waiter.wait(EndpointName=endpoint)
 
 
 def log_group(endpoint: str) -> str:
@@ -402,11 +430,22 @@ def existing_keys(s3, bucket: str, prefix: str) -> dict[str, int]:
     return found
 
 
-def upload_files(s3, bucket: str, items: list[tuple[str, object]], config) -> int:
-    """Upload (key, path) pairs, several at a time; return the bytes sent."""
+def upload_files(s3, bucket: str, items: list[tuple[str, object]], config,
+                 advance=None) -> int:
+    """Upload (key, path) pairs, several at a time; return the bytes sent. ``advance(n)``
+    (when given) hears of every ``n`` bytes sent, one call at a time."""
+    import threading
+
+    lock = threading.Lock()
+
+    def sent(count: int) -> None:
+        with lock:
+            advance(count)
+
     def one(item) -> int:
         key, path = item
-        s3.upload_file(str(path), bucket, key, Config=config)
+        s3.upload_file(str(path), bucket, key, Config=config,
+                       Callback=sent if advance else None)
         return path.stat().st_size
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -417,7 +456,7 @@ def delete_keys(s3, bucket: str, keys: list[str]) -> int:
     """Delete ``keys`` that still exist; return how many did."""
     if not keys:
         return 0
-    prefix = _common_prefix(keys)
+    prefix = common_prefix(keys)
     present = [k for k in existing_keys(s3, bucket, prefix) if k in set(keys)]
     for start in range(0, len(present), 1000):
         s3.delete_objects(Bucket=bucket, Delete={
@@ -429,10 +468,10 @@ def any_key(s3, bucket: str, keys: list[str]) -> bool:
     if not keys:
         return False
     wanted = set(keys)
-    return any(k in wanted for k in existing_keys(s3, bucket, _common_prefix(keys)))
+    return any(k in wanted for k in existing_keys(s3, bucket, common_prefix(keys)))
 
 
-def _common_prefix(keys: list[str]) -> str:
+def common_prefix(keys: list[str]) -> str:
     import os.path
 
     prefix = os.path.commonprefix(keys)
