@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import (BarColumn, Progress, ProgressColumn, SpinnerColumn, TaskProgressColumn,
-                           TextColumn, TimeElapsedColumn)
+                           TimeElapsedColumn)
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -57,10 +57,24 @@ class _State(ProgressColumn):
         return Text(f"· {state}", style="bold") if state else Text("")
 
 
-def _description() -> TextColumn:
-    # one line per task, whatever the width: a long description ends in "…"
-    return TextColumn("{task.description}", markup=False,
-                      table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+class _Description(ProgressColumn):
+    """The task's description, shortened in its middle ("…") to leave ``others`` columns of
+    the terminal to the columns after it: one line per task, whatever the width."""
+
+    def __init__(self, console: Console, others: int):
+        super().__init__(table_column=Column(no_wrap=True))
+        self.console, self.others = console, others
+
+    def render(self, task) -> Text:
+        return Text(shorten(task.description, max(20, self.console.width - self.others)))
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its middle replaced by "…" when too long."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 3
+    return text[:width - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 class _Area:
@@ -83,9 +97,9 @@ class LiveView:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.live = self
-        self.transfers = Progress(_description(), BarColumn(bar_width=24), TaskProgressColumn(),
+        self.transfers = Progress(_Description(self.console, others=66), BarColumn(bar_width=20), TaskProgressColumn(),
                                   _Amount(), _Rate(), _Eta(), console=self.console)
-        self.waits = Progress(SpinnerColumn(), _description(),
+        self.waits = Progress(SpinnerColumn(), _Description(self.console, others=40),
                               _State(),
                               TimeElapsedColumn(), console=self.console)
         # stdout is not redirected: a result printed meanwhile must stay on stdout
