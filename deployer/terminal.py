@@ -7,6 +7,7 @@ Imported only when there is a terminal to draw on (the CLI's start does not pay 
 from __future__ import annotations
 
 import shutil
+import textwrap
 import threading
 from typing import Any, Sequence
 
@@ -97,10 +98,10 @@ class LiveView:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.live = self
-        self.transfers = Progress(_Description(self.console, others=66), BarColumn(bar_width=20), TaskProgressColumn(),
-                                  _Amount(), _Rate(), _Eta(), console=self.console)
-        self.waits = Progress(SpinnerColumn(), _Description(self.console, others=40),
-                              _State(),
+        self.transfers = Progress(_Description(self.console, others=66),
+                                  BarColumn(bar_width=20), TaskProgressColumn(), _Amount(),
+                                  _Rate(), _Eta(), console=self.console)
+        self.waits = Progress(SpinnerColumn(), _Description(self.console, others=40), _State(),
                               TimeElapsedColumn(), console=self.console)
         # stdout is not redirected: a result printed meanwhile must stay on stdout
         self._live = Live(_Area(self), console=self.console, refresh_per_second=8,
@@ -197,15 +198,60 @@ class _Wait(plain.Wait):
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> str:
-    """The table drawn for a terminal ``width`` columns wide (default: this one's): long cells
-    wrap, a word too long for its column ends in "…"; never wider than the terminal."""
+    """The table drawn for a terminal ``width`` columns wide (default: this one's), never wider.
+    Each column gets its natural width when all fit; else headers wrap at their words, long
+    text wraps, and a short cell (a name, a figure) stays on one line. When even that does not
+    fit, each row is printed as a record (:func:`records`)."""
     width = width or shutil.get_terminal_size().columns
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for header in headers:
-        grid.add_column(Text(header), overflow="fold")
+    columns = [[row[i] for row in rows] for i in range(len(headers))]
+    sizes = widths(headers, columns, width - 2 * (len(headers) - 1))
+    if sizes is None:
+        return records(headers, rows, width)
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                 header_style="bold")
+    for header, cells, size in zip(headers, columns, sizes):
+        grid.add_column(Text(header), width=size)
     for row in rows:
-        grid.add_row(*(Text(cell) for cell in row))
+        grid.add_row(*(Text(cell, no_wrap=max(map(len, columns[i])) <= SHORT,
+                            overflow="ellipsis" if max(map(len, columns[i])) <= SHORT
+                            else "fold") for i, cell in enumerate(row)))
     console = Console(width=width, force_terminal=True, highlight=False, emoji=False)
     with console.capture() as captured:
         console.print(grid, markup=False)
     return "\n".join(line.rstrip() for line in captured.get().rstrip("\n").splitlines())
+
+
+#: a column whose cells are all at most this long keeps each on one line
+SHORT = 24
+
+
+def widths(headers: Sequence[str], columns: Sequence[Sequence[str]],
+           room: int) -> list[int] | None:
+    """Each column's width in ``room`` characters (the gaps left out); None when the columns
+    cannot fit with each short cell on one line."""
+    longest = [max(map(len, cells), default=0) for cells in columns]
+    natural = [max(len(h), n) for h, n in zip(headers, longest)]
+    if sum(natural) <= room:
+        return natural
+    words = [max((len(w) for w in h.split()), default=1) for h in headers]
+    least = [max(w, n) if n <= SHORT else max(w, 12) for w, n in zip(words, longest)]
+    spare = room - sum(least)
+    if spare < 0:
+        return None
+    # what is left goes to the columns that wrap, by how much more they want
+    wants = [nat - low for nat, low in zip(natural, least)]
+    total = sum(wants) or 1
+    return [low + spare * want // total for low, want in zip(least, wants)]
+
+
+def records(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> str:
+    """A table too wide for the terminal, one block per row: its first cell, then
+    ``header: cell`` lines, wrapped to ``width``."""
+    blocks = []
+    for row in rows:
+        lines = textwrap.wrap(f"{headers[0]}: {row[0]}", width) or [""]
+        for header, cell in zip(headers[1:], row[1:]):
+            lines += textwrap.wrap(f"{header}: {cell}", width, initial_indent="  ",
+                                   subsequent_indent="    ") if cell else []
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

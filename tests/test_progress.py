@@ -20,8 +20,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -210,6 +208,20 @@ def test_a_table_for_the_terminal_fits_its_width():
     assert "".join(line.split()[-1] for line in visible[first:]) == url, drawn
 
 
+def test_a_table_too_wide_for_the_terminal_becomes_one_record_per_row():
+    from deployer.terminal import table
+
+    headers = ["target", "result", "deploy s", "p50 ms", "p99 ms", "max req/s", "USD/h*"]
+    drawn = table(headers, [["azure-twin", "passed", "3.408", "0.696", "3.861", "1766.5",
+                             "0.0"], ["local", "FAILED", "", "0.2", "1.4", "7323.4", "0.0"]],
+                  width=30)
+    assert drawn.split("\n\n") == [
+        "target: azure-twin\n  result: passed\n  deploy s: 3.408\n  p50 ms: 0.696\n"
+        "  p99 ms: 3.861\n  max req/s: 1766.5\n  USD/h*: 0.0",
+        "target: local\n  result: FAILED\n  p50 ms: 0.2\n  p99 ms: 1.4\n"
+        "  max req/s: 7323.4\n  USD/h*: 0.0"]
+
+
 def test_piped_tables_stay_plain_columns():
     from deployer.render import table
 
@@ -349,7 +361,7 @@ def test_a_300_mb_deploy_to_sagemaker_at_a_terminal_then_piped(pane, big, moto_u
 
         def finished() -> bool:
             screens.append(shell.screen())
-            return "EXIT=" in screens[-1] and screens[-1].rstrip().endswith("READY$")
+            return bool(re.search(r"^EXIT=\d+$", screens[-1], re.M)) and screens[-1].endswith("READY$")
 
         wait_for("the deploy at the terminal to end", finished, timeout=900, every=0.1)
         final = screens[-1]
