@@ -299,8 +299,8 @@ class Pane:
 
     def screen(self) -> str:
         """What the pane shows, a line wrapped by the terminal joined again (-J)."""
-        return "\n".join(line.rstrip() for line in
-                         self.tmux("capture-pane", "-p", "-J", "-t", "main").splitlines())
+        return "\n".join(line.rstrip() for line in self.tmux(
+            "capture-pane", "-p", "-J", "-t", "main").splitlines()).rstrip()
 
     def run(self, command: str) -> None:
         self.tmux("send-keys", "-t", "main", "clear", "Enter")
@@ -361,9 +361,10 @@ def test_a_300_mb_deploy_to_sagemaker_at_a_terminal_then_piped(pane, big, moto_u
 
         def finished() -> bool:
             screens.append(shell.screen())
-            return bool(re.search(r"^EXIT=\d+$", screens[-1], re.M)) and screens[-1].endswith("READY$")
+            return (re.search(r"^EXIT=\d+$", screens[-1], re.M) is not None
+                    and screens[-1].endswith("READY$"))
 
-        wait_for("the deploy at the terminal to end", finished, timeout=900, every=0.1)
+        wait_for("the deploy at the terminal to end", finished, timeout=450, every=0.1)
         final = screens[-1]
         assert "EXIT=0" in final, final
         bars = [line for screen in screens for line in screen.splitlines()
@@ -385,7 +386,7 @@ def test_a_300_mb_deploy_to_sagemaker_at_a_terminal_then_piped(pane, big, moto_u
 
         # the same deploy piped: a few plain lines
         piped = deployer("deploy", str(big), "-t", "sagemaker", "--name", "big-piped",
-                         *options, timeout=900)
+                         *options, timeout=450)
         assert piped.returncode == 0, piped.stderr
         lines = assert_plain(piped.stderr, 14)
         packing = [line for line in lines if "packing and uploading" in line]
