@@ -222,6 +222,39 @@ def stuck_poller(fake: FakeAzure):
     return Stuck(None, None, lambda r: r, _polling()())
 
 
+def slow_poller(fake: FakeAzure, states: list[str], set_state, finish):
+    """A poller that is not done for ``len(states)`` waits, the resource in ``states[i]``
+    during the i-th (``set_state``), then runs ``finish()`` (its result); waiting on it moves
+    the fake clock, not real time."""
+    from azure.core.polling import LROPoller
+
+    class Slow(LROPoller):
+        def __init__(self):
+            super().__init__(None, None, lambda r: r, _polling()())
+            self._left, self._done, self._result = list(states), False, None
+            set_state(self._left[0])
+
+        def wait(self, timeout=None):
+            fake.skew += timeout or 0.0
+            if self._done:
+                return
+            if self._left:
+                set_state(self._left.pop(0))
+            else:
+                self._result, self._done = finish(), True
+
+        def done(self):
+            return self._done
+
+        def status(self):
+            return "Succeeded" if self._done else "InProgress"
+
+        def result(self, timeout=None):
+            return self._result
+
+    return Slow()
+
+
 @dataclasses.dataclass
 class _Endpoint:
     name: str
@@ -312,6 +345,9 @@ class FakeAzure(seam.Seam):
         self.faults: dict[str, list] = {}
         #: seam methods whose next long-running operation never finishes (once each)
         self.stuck: set[str] = set()
+        #: seam methods whose next long-running operation passes through these states first,
+        #: one per state read of the seam (once each)
+        self.slow: dict[str, list[str]] = {}
         #: seconds the fake clock is ahead of the monotonic clock
         self.skew = 0.0
         #: seconds since the epoch, the clock token expiries are given on
@@ -352,6 +388,13 @@ class FakeAzure(seam.Seam):
                 raise fault
             return fault
         return None
+
+    def _slow(self, method: str, set_state, finish):
+        """A slow poller when ``method`` is in :attr:`slow`, else the finished one."""
+        states = self.slow.pop(method, None)
+        if states:
+            return slow_poller(self, states, set_state, finish)
+        return poller(finish())
 
     def _stuck(self, method: str) -> bool:
         if method in self.stuck:
@@ -424,15 +467,17 @@ class FakeAzure(seam.Seam):
         if self._stuck("create_or_update_endpoint"):
             endpoint.state = "Creating"
             return stuck_poller(self)
-        return poller(self._entity(endpoint))
+        return self._slow("create_or_update_endpoint",
+                          lambda state: setattr(endpoint, "state", state),
+                          lambda: setattr(endpoint, "state", "Succeeded") or self._entity(endpoint))
 
     def _begin_delete_endpoint(self, name):
         failure = self._call("delete_endpoint", name)
         endpoint = self._get(name)
         if failure is not None:
             return poller(error=failure.error())
-        self._remove(endpoint)
-        return poller()
+        return self._slow("delete_endpoint", lambda state: setattr(endpoint, "state", state),
+                          lambda: self._remove(endpoint))
 
     def _remove(self, endpoint: _Endpoint) -> None:
         for deployment in endpoint.deployments.values():
@@ -458,7 +503,8 @@ class FakeAzure(seam.Seam):
         if self._stuck("set_traffic"):
             endpoint.state = "Updating"
             return stuck_poller(self)
-        return poller(self._entity(endpoint))
+        return self._slow("set_traffic", lambda state: setattr(endpoint, "state", state),
+                          lambda: setattr(endpoint, "state", "Succeeded") or self._entity(endpoint))
 
     def _endpoints(self):
         self._call("list_endpoints", "*")
@@ -609,7 +655,11 @@ class FakeAzure(seam.Seam):
             sent, deployment.instance_count))
         if old:
             triton.stop(old.tag, STOP_GRACE)
-        return poller(self._deployment_entity(endpoint, deployment))
+        shown = endpoint.deployments[entity.name]
+        return self._slow("create_or_update_deployment",
+                          lambda state: setattr(shown, "state", state),
+                          lambda: setattr(shown, "state", "Succeeded")
+                          or self._deployment_entity(endpoint, shown))
 
     def _deployment(self, endpoint_name, name):
         self._call("get_deployment_state", f"{endpoint_name}/{name}")
@@ -633,9 +683,13 @@ class FakeAzure(seam.Seam):
                               "set it to 0 first", "DELETE")
         if failure is not None:
             return poller(error=failure.error())
-        triton.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
-        twin.update_routes(endpoint.routes, name, remove=True)
-        return poller()
+        def finish():
+            triton.stop(endpoint.deployments.pop(name).tag, STOP_GRACE)
+            twin.update_routes(endpoint.routes, name, remove=True)
+
+        return self._slow("delete_deployment",
+                          lambda state: setattr(endpoint.deployments[name], "state", state),
+                          finish)
 
     def _logs(self, endpoint_name, name, lines, container_type):
         self._call(f"logs:{container_type}", f"{endpoint_name}/{name}")

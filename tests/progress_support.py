@@ -48,6 +48,8 @@ class Recorded:
             self.calls.append(("part", key, done, total))
             self.parts.setdefault(key, []).append((done, total))
             self.done = sum(p[-1][0] for p in self.parts.values())
+            totals = [p[-1][1] for p in self.parts.values()]  # the whole, as Transfer.part
+            self.total = None if None in totals else sum(totals)  # type: ignore[arg-type]
             self.history.append(self.done)
 
     def state(self, text: str) -> None:

@@ -246,7 +246,8 @@ def test_a_deadline_ends_the_wait_and_the_polling(ml, monkeypatch):
         with pytest.raises(seam.DeadlineExceeded) as caught:
             real.create_or_update_deployment(deployment)
         assert caught.value.state == "Creating" and "startup_timeout=0.05s" in str(caught.value)
-        assert lines and all("creating deployment ep-seam/blue: Creating" in x for x in lines)
+        assert lines == ["  creating deployment ep-seam/blue",
+                         "  creating deployment ep-seam/blue: Creating"]
         with pytest.raises(seam._Abandoned):  # the poll thread ends at its next poll
             operation.wait(WAIT)
     finally:

@@ -56,19 +56,21 @@ FILTER_TERM = re.compile(r'^labels\.([a-z][a-z0-9_-]*)="([^"]*)"$')
 REQUEST_COUNT = "aiplatform.googleapis.com/prediction/online/request_count"
 
 
-def operation(response=None, error=None, stuck: bool = False):
+def operation(response=None, error=None, stuck: bool = False, stages: tuple[str, ...] = ()):
     """A real google.api_core Operation of a DeployModel: done with ``response`` (a
     DeployModelResponse) or ``error`` (an api_core exception, as a google.rpc.Status), or
-    never done (``stuck``)."""
+    never done (``stuck``). With ``stages`` (DeploymentStage names) it is first running, one
+    stage per read of it (its metadata's ``deployment_stage``), then done."""
     from google.api_core import operation as api_operation
-    from google.cloud.aiplatform_v1.types import (DeployModelOperationMetadata,
+    from google.cloud.aiplatform_v1.types import (DeploymentStage,
+                                                  DeployModelOperationMetadata,
                                                   DeployModelResponse)
     from google.longrunning import operations_pb2
     from google.protobuf import any_pb2
     from google.rpc import status_pb2
 
-    proto = operations_pb2.Operation(name="projects/p/locations/l/operations/1",
-                                     done=not stuck)
+    name = "projects/p/locations/l/operations/1"
+    proto = operations_pb2.Operation(name=name, done=not stuck)
     if error is not None:
         proto.error.CopyFrom(status_pb2.Status(code=error.grpc_status_code.value[0],
                                                message=error.message))
@@ -76,8 +78,19 @@ def operation(response=None, error=None, stuck: bool = False):
         packed = any_pb2.Any()
         packed.Pack(DeployModelResponse.pb(response))
         proto.response.CopyFrom(packed)
-    return api_operation.Operation(proto, lambda **_: proto, lambda **_: None,
-                                   DeployModelResponse,
+
+    def running(stage: str):
+        metadata = any_pb2.Any()
+        metadata.Pack(DeployModelOperationMetadata.pb(DeployModelOperationMetadata(
+            deployment_stage=DeploymentStage[stage])))
+        return operations_pb2.Operation(name=name, done=False, metadata=metadata)
+
+    answers = [running(stage) for stage in stages] + [proto]
+
+    def refresh(**_):
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    return api_operation.Operation(answers[0], refresh, lambda **_: None, DeployModelResponse,
                                    metadata_type=DeployModelOperationMetadata)
 
 
@@ -122,6 +135,8 @@ class FakeVertex(seam.Seam):
         self.faults: dict[str, list] = {}
         #: the next deploy's operation never finishes
         self.stuck = False
+        #: the next deploy's operation passes through these deployment stages (one per read)
+        self.stages: tuple[str, ...] = ()
         self._ids = itertools.count(1000000001)
 
     def factory(self, settings, progress):
@@ -382,9 +397,10 @@ class FakeVertex(seam.Seam):
         split = {(number if k == seam.DEPLOYING else k): int(v)
                  for k, v in traffic_split.items()}
         self._route_traffic(endpoint, split)
+        stages, self.stages = self.stages, ()
         return operation(response=DeployModelResponse(
             deployed_model=DeployedModel(id=number, model=model_name,
-                                         display_name=display_name)))
+                                         display_name=display_name)), stages=stages)
 
     def _route_traffic(self, endpoint: _Endpoint, split: dict) -> None:
         from deployer_plugins.vertex import serving

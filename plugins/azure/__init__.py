@@ -55,6 +55,19 @@ def _hints(exc, then: str) -> str:
     return f"{exc.hint}; {then}" if getattr(exc, "hint", None) else then
 
 
+def _registering(name: str, model) -> str:
+    """What registering the model says: its name and the bytes it uploads."""
+    from pathlib import Path
+
+    from deployer.progress import amount
+
+    folder = Path(str(getattr(model, "path", "") or ""))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) \
+        if folder.is_dir() else 0
+    return (f"  registering model {name} (uploads the repository"
+            + (f", {amount(size, 'bytes')})" if size else ")"))
+
+
 def _failure(seam, ep: str, dep: str, exc) -> tuple[str, str]:
     """(one line with the provisioning state, the containers' log lines as details)."""
     from .seam import LOG_CONTAINERS, DeadlineExceeded
@@ -164,28 +177,28 @@ class AzureTarget(Target):
                              "create it", hint="pass -o endpoint=ANOTHER-NAME")
         teardown = f"run 'deployer teardown {record.name}' to remove what was created"
         with self._calls(record.name):
-            self.progress(f"  creating endpoint {ep} (a few minutes)")
             resource = context.record("endpoint", ep, auth_mode=self.settings.auth_mode)
-            info = seam.create_or_update_endpoint(endpoint_e)
+            info = seam.create_or_update_endpoint(
+                endpoint_e, label=f"  creating endpoint {ep} (a few minutes)")
             context.created(resource, scoring_uri=info.scoring_uri,
                             provisioning_state=info.provisioning_state)
             context.set_endpoint(url=info.scoring_uri, endpoint=ep, deployment=dep,
                                  auth_mode=self.settings.auth_mode)
 
-            self.progress(f"  registering model {names.model} (uploads the repository)")
             resource = context.record("model", names.model,
                                       version=self.settings.model_version)
-            model_name, version = seam.register_model(model_e)
+            model_name, version = seam.register_model(model_e, label=_registering(
+                names.model, model_e))
             context.created(resource, id=f"{model_name}:{version}", name=model_name,
                             version=version)
             deployment_e.model = f"azureml:{model_name}:{version}"
 
-            self.progress(f"  creating deployment {ep}/{dep} on {deployment_doc['instance_type']}"
-                          f" x{deployment_doc['instance_count']} (10-20 minutes)")
             resource = context.record("deployment", f"{ep}/{dep}", endpoint=ep, deployment=dep,
                                       **spec.sent_limits(deployment_doc))
             try:
-                state = seam.create_or_update_deployment(deployment_e)
+                state = seam.create_or_update_deployment(deployment_e, label=(
+                    f"  creating deployment {ep}/{dep} on {deployment_doc['instance_type']} "
+                    f"x{deployment_doc['instance_count']} (10-20 minutes)"))
             except seam_module.ProvisioningFailed as exc:
                 message, details = _failure(seam, ep, dep, exc)
                 raise DeployFailed(message, details=details,
@@ -522,9 +535,9 @@ class _Cloud:
         self.model_e, self.deployment_e = model_e, deployment_e
 
     def register_model(self, plan, context):
-        self.target.progress(f"  registering model {plan.names.model} (uploads the repository)")
         model = context.record("model", plan.names.model, version=plan.model_version)
-        name, version = self.seam.register_model(self.model_e)
+        name, version = self.seam.register_model(self.model_e, label=_registering(
+            plan.names.model, self.model_e))
         context.created(model, id=f"{name}:{version}", name=name, version=version)
         self.deployment_e.model = f"azureml:{name}:{version}"
         return model
@@ -535,15 +548,14 @@ class _Cloud:
         ep, new, old = plan.endpoint, plan.new, plan.old
         created = None
         if plan.in_place:
-            self.target.progress(f"  updating deployment {ep}/{old} in place to {model.id} "
-                                 "(a rolling update, 10-20 minutes)")
+            label = (f"  updating deployment {ep}/{old} in place to {model.id} "
+                     "(a rolling update, 10-20 minutes)")
         else:
-            self.target.progress(f"  creating deployment {ep}/{new} beside {old}, no traffic "
-                                 "(10-20 minutes)")
+            label = f"  creating deployment {ep}/{new} beside {old}, no traffic (10-20 minutes)"
             created = context.record("deployment", f"{ep}/{new}", endpoint=ep, deployment=new,
                                      model=model.id, **spec.sent_limits(plan.deployment_doc))
         try:
-            state = self.seam.create_or_update_deployment(self.deployment_e)
+            state = self.seam.create_or_update_deployment(self.deployment_e, label=label)
         except ProvisioningFailed as exc:
             message, details = _failure(self.seam, ep, new, exc)
             update.abandon(self.target, [r for r in (created, model) if r], context)

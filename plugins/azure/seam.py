@@ -24,8 +24,9 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 LOG_CONTAINERS = ("inference-server", "storage-initializer")
-#: a long-running operation's state is reported this often (seconds)
-STATE_EVERY = 30.0
+#: a long-running operation's provisioning state is read this often (seconds); a plain log
+#: shows a change at once, else a line each ``deployer.progress.EVERY``
+STATE_EVERY = 10.0
 #: default deadline of one long-running operation (seconds); the target passes its
 #: ``startup_timeout``
 DEADLINE = 1800.0
@@ -267,18 +268,23 @@ class Seam:
         except NotFoundError:
             return None
 
-    def create_or_update_endpoint(self, endpoint) -> EndpointInfo:
+    def create_or_update_endpoint(self, endpoint, label: Optional[str] = None) -> EndpointInfo:
+        """Create (or update) and wait, reported as a wait called ``label`` (see _finish)."""
         info = _endpoint_info(self._operation(
             f"creating endpoint {endpoint.name}", lambda: self._begin_endpoint(endpoint),
-            lambda: self._endpoint_state(endpoint.name)))
+            lambda: self._endpoint_state(endpoint.name), label))
         if info.provisioning_state.lower() not in ("succeeded", ""):
             raise ProvisioningFailed(f"endpoint {endpoint.name} is {info.provisioning_state}",
                                      info.provisioning_state)
         return info
 
-    def register_model(self, model) -> tuple[str, str]:
-        """Register (upload) a model; return its (name, version)."""
-        with sdk_call(f"registering model {model.name}"):
+    def register_model(self, model, label: Optional[str] = None) -> tuple[str, str]:
+        """Register (upload) a model; return its (name, version). Reported as a wait called
+        ``label``: the SDK uploads a folder's files without telling how many bytes went."""
+        from deployer import progress
+
+        with progress.waiting(self.progress, label or f"  registering model {model.name}"), \
+                sdk_call(f"registering model {model.name}"):
             registered = self._register(model)
         return registered.name, str(registered.version)
 
@@ -297,9 +303,10 @@ class Seam:
             self._archive(name, version)
         return True
 
-    def create_or_update_deployment(self, deployment) -> str:
-        """Create (or update) and wait; return the provisioning state, or raise
-        ProvisioningFailed (DeadlineExceeded when still going at the deadline)."""
+    def create_or_update_deployment(self, deployment, label: Optional[str] = None) -> str:
+        """Create (or update) and wait (a wait called ``label``, see _finish); return the
+        provisioning state, or raise ProvisioningFailed (DeadlineExceeded when still going at
+        the deadline)."""
         ep, name = deployment.endpoint_name, deployment.name
         what = f"{'creating' if self.get_deployment_state(ep, name) is None else 'updating'} " \
                f"deployment {ep}/{name}"
@@ -307,7 +314,8 @@ class Seam:
             with sdk_call(what):  # refused before it began (403, 404, 409): as it is
                 poller = self._begin_deployment(deployment)
             try:
-                result = self._finish(poller, what, lambda: self._deployment_state(ep, name))
+                result = self._finish(poller, what, lambda: self._deployment_state(ep, name),
+                                      label)
             except DeadlineExceeded:
                 raise
             except SeamError as exc:  # the operation itself failed (OutOfQuota, ...)
@@ -478,38 +486,48 @@ class Seam:
         return [a for a in found if all(a.tags.get(k) == v for k, v in tags.items())]
 
     # -- waiting on a long-running operation ------------------------------------------------
-    def _operation(self, what: str, begin: Callable[[], Any], state: Callable[[], str]):
+    def _operation(self, what: str, begin: Callable[[], Any], state: Callable[[], str],
+                   label: Optional[str] = None):
         """Begin a long-running operation and wait for its result (see _finish); stdout stays
         shielded from the moment its poll thread starts."""
         with stdout_to_stderr():
             with sdk_call(what):
                 poller = begin()
-            return self._finish(poller, what, state)
+            return self._finish(poller, what, state, label)
 
-    def _finish(self, poller, what: str, state: Callable[[], str]):
-        """The poller's result; a state line every STATE_EVERY seconds; DeadlineExceeded,
-        with the current provisioning state, once ``deadline`` has passed."""
+    def _finish(self, poller, what: str, state: Callable[[], str],
+                label: Optional[str] = None):
+        """The poller's result, waited for as a ``deployer.progress`` wait (``label``, else
+        ``what``) that hears the provisioning state every STATE_EVERY seconds and the
+        operation's own status at its end; DeadlineExceeded, with the current provisioning
+        state, once ``deadline`` has passed."""
+        from deployer import progress
+
         started = self.clock()
-        deadline, next_line = started + self.deadline, started + STATE_EVERY
-        with sdk_call(what):
+        deadline, next_read = started + self.deadline, started + STATE_EVERY
+        read = False  # a quick operation ends without a state line
+        with progress.waiting(self.progress, label or f"  {what}") as wait, sdk_call(what):
             while True:
-                poller.wait(max(0.0, min(next_line, deadline) - self.clock()))
+                poller.wait(max(0.0, min(next_read, deadline) - self.clock()))
                 if poller.done():
-                    return poller.result()
+                    result = poller.result()
+                    if read:
+                        wait.state(str(getattr(result, "provisioning_state", "") or "")
+                                   or str(poller.status()))
+                    return result
                 now = self.clock()
-                if now < next_line and now < deadline:
+                if now < next_read and now < deadline:
                     continue
                 current = self._current(state, poller)
-                elapsed = _duration(now - started)
-                if now >= next_line:
-                    self.progress(f"  {what}: {current}, {elapsed} elapsed")
-                    next_line += STATE_EVERY
+                wait.state(current)
+                read = True
+                next_read = now + STATE_EVERY
                 if now >= deadline:
                     _abandon(poller)
                     raise DeadlineExceeded(
-                        f"{what}: still {current} after {elapsed}, past its deadline "
-                        f"(startup_timeout={self.deadline:g}s); it goes on in Azure", current,
-                        "DeadlineExceeded",
+                        f"{what}: still {current} after {_duration(now - started)}, past its "
+                        f"deadline (startup_timeout={self.deadline:g}s); it goes on in Azure",
+                        current, "DeadlineExceeded",
                         "raise -o startup_timeout=SECONDS if it only needs longer")
 
     def _current(self, state: Callable[[], str], poller) -> str:
@@ -833,10 +851,13 @@ class MLSeam(Seam):
         with sdk_call("connecting to the Azure ML workspace"):
             if settings.workspace_config or not (settings.subscription and
                                                  settings.resource_group and settings.workspace):
-                client = MLClient.from_config(credential, path=settings.workspace_config)
+                client = MLClient.from_config(credential, path=settings.workspace_config,
+                                              show_progress=False)
             else:
+                # show_progress=False: no tqdm bar (carriage returns) on stderr; our own
+                # progress says what happens
                 client = MLClient(credential, settings.subscription, settings.resource_group,
-                                  settings.workspace)
+                                  settings.workspace, show_progress=False)
         return cls(client, progress, credential)
 
     def _workspace(self):

@@ -172,25 +172,54 @@ def ensure_image(client: docker.DockerClient, image: str, policy: str,
 
 
 def pull(client: docker.DockerClient, image: str, progress: Callable[[str], None]) -> None:
-    """``docker pull`` with a progress line every few seconds (bytes over all layers)."""
+    """``docker pull``, reported as a transfer in bytes with one part per layer it downloads
+    (see :class:`LayerBytes`)."""
     from docker.utils import parse_repository_tag
 
+    from deployer.progress import transfer
+
     repository, tag = parse_repository_tag(image)
-    progress(f"  pulling {image}")
-    layers: dict[str, tuple[int, int]] = {}
-    last = time.monotonic()
-    for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-        if "error" in event:
-            raise docker.errors.APIError(event["error"], explanation=event["error"])
-        detail = event.get("progressDetail") or {}
-        if event.get("id") and detail.get("total"):
-            layers[event["id"]] = (detail.get("current", 0), detail["total"])
-        if time.monotonic() - last >= 3 and layers:
-            done = sum(c for c, _ in layers.values()) / 1e6
-            total = sum(t for _, t in layers.values()) / 1e6
-            progress(f"  pulling {image}: {done:,.0f} / {total:,.0f} MB ({len(layers)} layers)")
-            last = time.monotonic()
-    progress(f"  pulled {image}")
+    with transfer(progress, f"  pulling {image}", None) as moving:
+        layers = LayerBytes(moving)
+        for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise docker.errors.APIError(event["error"], explanation=event["error"])
+            layers.hear(event)
+
+
+class LayerBytes:
+    """The bytes of a pull's layers from the engine's stream of events, each downloaded layer
+    a part of ``moving`` (a ``deployer.progress`` transfer): ``Pulling fs layer`` adds it (its
+    size unknown), ``Downloading`` says how far it is (``progressDetail``: current, total: the
+    compressed size), ``Download complete`` makes it whole, and so does ``Extracting`` (whose
+    own count starts again from 0, of the same total: a small layer may say nothing before
+    it) and ``Pull complete``. A layer the engine has (``Already exists``) is not a part."""
+
+    def __init__(self, moving):
+        self.moving = moving
+        self.sizes: dict[str, int | None] = {}
+
+    def hear(self, event: dict) -> None:
+        layer, status = event.get("id"), str(event.get("status") or "")
+        if not layer or status.startswith("Pulling from"):
+            return
+        total = (event.get("progressDetail") or {}).get("total")
+        if status == "Pulling fs layer":
+            self.sizes[layer] = None
+            self.moving.part(layer, 0, None)
+            return
+        if layer not in self.sizes:
+            return  # Already exists, or a layer we never heard of
+        if total:
+            self.sizes[layer] = int(total)
+        size = self.sizes[layer]
+        if status == "Downloading" and size:
+            current = int((event.get("progressDetail") or {}).get("current") or 0)
+            self.moving.part(layer, min(current, size), size)
+        elif status in ("Verifying Checksum", "Download complete", "Extracting") and size:
+            self.moving.part(layer, size, size)
+        elif status == "Pull complete":  # never said how big: nothing we could count
+            self.moving.part(layer, size or 0, size or 0)
 
 
 # -- our containers --------------------------------------------------------------------------

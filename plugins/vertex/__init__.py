@@ -78,10 +78,11 @@ class Steps:
 
     def _model(self, repository, context, name: str, uri: str, labels: dict):
         container = spec.container_spec(self.settings, repository)
-        self.progress(f"  uploading model {name} (image {container['image_uri']})")
         resource = context.record("model", name, display_name=name, artifact_uri=uri,
                                   image=container["image_uri"], args=container["args"])
-        info = self._backend().upload_model(name, uri, container, labels)
+        info = self._backend().upload_model(
+            name, uri, container, labels,
+            label=f"  uploading model {name} (image {container['image_uri']})")
         context.update(resource, id=info.name)
         context.created(resource, name=info.name)
         return info
@@ -95,9 +96,9 @@ class Steps:
                        if machine["accelerator_type"] else "")
         target = machine.get(spec.TARGET_KEY)
         scaling = f", {target} requests/minute per replica" if target is not None else ""
-        self.progress(f"  deploying {name} on {machine['machine_type']}{accelerator}, "
-                      f"{machine['min_replica_count']}-{machine['max_replica_count']} replicas"
-                      f"{scaling} (10-30 minutes on Vertex)")
+        label = (f"  deploying {name} on {machine['machine_type']}{accelerator}, "
+                 f"{machine['min_replica_count']}-{machine['max_replica_count']} replicas"
+                 f"{scaling} (10-30 minutes on Vertex)")
         note = spec.quota_note(self.settings)
         if note and self.cloud:
             self.progress(f"  {note}")
@@ -106,7 +107,7 @@ class Steps:
         backend = self._backend()
         try:
             deployed = backend.deploy_model(endpoint, model, name, machine, traffic,
-                                            float(self.settings.startup_timeout))
+                                            float(self.settings.startup_timeout), label=label)
         except (OperationFailed, DeployFailed) as exc:
             if isinstance(exc, DeployFailed):  # the twin's container
                 message = f"deploying {name} on {endpoint} failed: {exc.message}"

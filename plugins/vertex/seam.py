@@ -27,12 +27,14 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from deployer import progress
 from deployer.triton import Credential
 
 #: seconds one deploy may take; ``connect`` sets it from ``startup_timeout``
 DEADLINE = 1800.0
-#: a running deploy's progress is reported this often (seconds)
-STATE_EVERY = 30.0
+#: a running deploy's operation is read this often (seconds), its deployment stage reported;
+#: a plain log shows a change at once, else a line each ``deployer.progress.EVERY``
+STATE_EVERY = 10.0
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: Cloud Logging's REST call for a failed deploy's container lines
 LOGGING_URL = "https://logging.googleapis.com/v2/entries:list"
@@ -188,9 +190,11 @@ class Seam:
             self._check()
 
     def upload_model(self, display_name: str, artifact_uri: str, container: dict,
-                     labels: dict[str, str]) -> ModelInfo:
-        """Upload (register) a model: ``container`` is spec.container_spec's dict."""
-        with self.call(f"uploading model {display_name}"):
+                     labels: dict[str, str], label: Optional[str] = None) -> ModelInfo:
+        """Upload (register) a model: ``container`` is spec.container_spec's dict. Reported
+        as a wait called ``label`` (the SDK waits on its operation itself)."""
+        with progress.waiting(self.progress, label or f"  uploading model {display_name}"), \
+                self.call(f"uploading model {display_name}"):
             return _model_info(self._upload_model(display_name, artifact_uri, dict(container),
                                                   dict(labels)))
 
@@ -232,15 +236,17 @@ class Seam:
             return [self._endpoint_info(e) for e in self._endpoints(label_filter(labels))]
 
     def deploy_model(self, endpoint: str, model: str, display_name: str, machine: dict,
-                     traffic_percentage: int, timeout: Optional[float] = None) -> str:
+                     traffic_percentage: int, timeout: Optional[float] = None,
+                     label: Optional[str] = None) -> str:
         """Deploy ``model`` on ``endpoint`` (``machine``: spec.machine's dict, named as
         ``Endpoint.deploy``'s arguments: machine, accelerator, replica range, the
         request-count target) with
         ``traffic_percentage`` of the requests (the others scaled down; all of them on an
         endpoint with no traffic) and wait for the operation, at most ``timeout`` (else the
-        seam's deadline). Returns the deployed model's id. A refused request fails as its
-        status says; an operation that failed is OperationFailed with its error;
-        DeadlineExceeded when still running at the deadline."""
+        seam's deadline), reported as a wait called ``label`` (see _wait). Returns the
+        deployed model's id. A refused request fails as its status says; an operation that
+        failed is OperationFailed with its error; DeadlineExceeded when still running at the
+        deadline."""
         endpoint = self.resource("endpoints", endpoint)
         model = self.resource("models", model)
         what = f"deploying {display_name} on {endpoint}"
@@ -249,7 +255,7 @@ class Seam:
             operation = self._begin_deploy(endpoint, model, display_name, dict(machine),
                                            allocate(current, int(traffic_percentage)))
         response = self._wait(operation, what, float(timeout or self.deadline),
-                              machine=machine)
+                              machine=machine, label=label)
         return str(response.deployed_model.id)
 
     def set_traffic(self, endpoint: str, split: dict[str, int]) -> EndpointInfo:
@@ -270,7 +276,9 @@ class Seam:
                     return False
                 split = dict(info.traffic_split)
                 given = unallocate(split, deployed_id) if split.get(deployed_id) else None
-                self._undeploy(endpoint, deployed_id, given)
+                with progress.waiting(self.progress, f"  undeploying {deployed_id} from "
+                                      f"{endpoint}"):
+                    self._undeploy(endpoint, deployed_id, given)
         except NotFoundError:
             return False
         return True
@@ -284,7 +292,8 @@ class Seam:
                 info = self._endpoint(name)
             for deployed in list(info.deployed_models):
                 self.undeploy_model(name, deployed.id)
-            with self.call(f"deleting endpoint {name}"):
+            with progress.waiting(self.progress, f"  deleting endpoint {name}"), \
+                    self.call(f"deleting endpoint {name}"):
                 self._delete_endpoint(name)
         except NotFoundError:
             return False
@@ -321,28 +330,38 @@ class Seam:
                 raise
             raise translate(exc, what, self.project, self.region) from None
 
-    def _wait(self, operation, what: str, deadline: float, machine: Optional[dict] = None):
-        """The operation's result; a progress line every STATE_EVERY seconds;
+    def _wait(self, operation, what: str, deadline: float, machine: Optional[dict] = None,
+              label: Optional[str] = None):
+        """The operation's result, waited for as a ``deployer.progress`` wait (``label``,
+        else ``what``) that hears the operation's deployment stage every STATE_EVERY seconds;
         OperationFailed with its error, DeadlineExceeded past ``deadline``."""
         from google.api_core import exceptions
 
         started = self.clock()
-        while True:
-            left = started + deadline - self.clock()
-            try:
-                return operation.result(timeout=max(0.001, min(STATE_EVERY, left)))
-            except concurrent.futures.TimeoutError:
-                elapsed = _duration(self.clock() - started)
-                if self.clock() - started >= deadline:
-                    raise DeadlineExceeded(
-                        f"{what}: still running after {elapsed}, past its deadline "
-                        f"(startup_timeout={deadline:g}s); it goes on in Vertex",
-                        "DEADLINE_EXCEEDED",
-                        hint="raise -o startup_timeout=SECONDS if it only needs longer") \
-                        from None
-                self.progress(f"  {what}: running, {elapsed} elapsed")
-            except exceptions.GoogleAPICallError as exc:
-                raise self._failed(exc, what, machine) from None
+        read = False  # a quick operation ends without a state line
+        with progress.waiting(self.progress, label or f"  {what}") as wait:
+            while True:
+                left = started + deadline - self.clock()
+                try:
+                    response = operation.result(timeout=max(0.001, min(STATE_EVERY, left)))
+                except concurrent.futures.TimeoutError:
+                    current = stage(operation)
+                    wait.state(current)
+                    read = True
+                    if self.clock() - started >= deadline:
+                        raise DeadlineExceeded(
+                            f"{what}: still {current} after "
+                            f"{_duration(self.clock() - started)}, past its deadline "
+                            f"(startup_timeout={deadline:g}s); it goes on in Vertex",
+                            "DEADLINE_EXCEEDED",
+                            hint="raise -o startup_timeout=SECONDS if it only needs longer") \
+                            from None
+                except exceptions.GoogleAPICallError as exc:
+                    raise self._failed(exc, what, machine) from None
+                else:
+                    if read:
+                        wait.state(stage(operation, "done"))
+                    return response
 
     def _failed(self, exc, what: str, machine: Optional[dict]) -> OperationFailed:
         from google.api_core import exceptions
@@ -419,6 +438,19 @@ class Seam:
 
     def _predict_url(self, endpoint: str) -> str:
         return f"https://{self.region}-aiplatform.googleapis.com/v1/{endpoint}:rawPredict"
+
+
+def stage(operation, otherwise: str = "running") -> str:
+    """A deploy operation's deployment stage as Vertex names it (``STARTING_MODEL_SERVER``,
+    ``FINISHING_UP``...: DeployModelOperationMetadata.deployment_stage), ``otherwise`` when
+    its metadata names none."""
+    try:
+        metadata = operation.metadata
+    except Exception:  # noqa: BLE001 - metadata of another type: no stage to show
+        return otherwise
+    value = getattr(metadata, "deployment_stage", None)
+    name = str(getattr(value, "name", "") or "")
+    return name if name and name != "DEPLOYMENT_STAGE_UNSPECIFIED" else otherwise
 
 
 def _deployed_model(item) -> DeployedModel:

@@ -17,13 +17,19 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable
+
+from deployer.progress import transfer
 
 #: bump when the layout changes, so old digests are not reused for a new layout
 LAYOUT_VERSION = "1"
 #: files uploaded at once
 WORKERS = 4
+#: a file over 8 MiB goes up in resumable chunks of this size (a multiple of 256 KiB), each
+#: read from disk just before it is sent: what the upload's progress counts
+CHUNK = 16 << 20
 
 
 class StorageError(Exception):
@@ -128,6 +134,28 @@ def _error(exc: Exception, bucket: str, what: str) -> StorageError:
                         hint="check the network, or STORAGE_EMULATOR_HOST when set")
 
 
+class _Counted:
+    """A file read by an upload: ``advance(n)`` hears of each byte the first time it is read
+    (a retried chunk is read again after a seek back, and not counted twice)."""
+
+    def __init__(self, handle, advance: Callable[[int], None]):
+        self._handle, self._advance, self._furthest = handle, advance, handle.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        position = self._handle.tell()
+        if position > self._furthest:
+            self._advance(position - self._furthest)
+            self._furthest = position
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 class Storage:
     """Cloud Storage through google-cloud-storage (anonymous against an emulator named by
     ``STORAGE_EMULATOR_HOST``). Every failure is a :class:`StorageError`."""
@@ -194,25 +222,33 @@ class Storage:
         if not missing:
             return 0, 0
         bucket = self.client.bucket(bucket_name)
+        total = sum(f.stat().st_size for _, f in missing if f is not None)
+        moving = transfer(progress, f"  sending {len(missing)} of "
+                                    f"{len(layout_.objects)} object(s) to {uri}", total)
+        lock = threading.Lock()
+
+        def advance(count: int) -> None:  # from the upload threads
+            with lock:
+                moving.advance(count)
 
         def one(item) -> int:
             name, file = item
-            blob = bucket.blob(path + name)
+            blob = bucket.blob(path + name, chunk_size=CHUNK)
             if file is None:
                 blob.upload_from_string(b"", content_type="application/x-directory")
                 return 0
-            blob.upload_from_filename(str(file), content_type="application/octet-stream")
-            return file.stat().st_size
-
-        total = sum(f.stat().st_size for _, f in missing if f is not None)
-        progress(f"  sending {len(missing)} of {len(layout_.objects)} object(s), "
-                 f"{total:,} bytes")
+            size = file.stat().st_size
+            with open(file, "rb") as handle:
+                blob.upload_from_file(_Counted(handle, advance), size=size,
+                                      content_type="application/octet-stream")
+            return size
 
         def run() -> int:
             with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
                 return sum(pool.map(one, missing))
 
-        sent = self._call(bucket_name, f"uploading to {uri}", run)
+        with moving:
+            sent = self._call(bucket_name, f"uploading to {uri}", run)
         return len(missing), sent
 
     def delete(self, uri: str) -> int:

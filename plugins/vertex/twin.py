@@ -109,7 +109,10 @@ class LocalVertex:
 
         return ModelInfo(name, entry["display_name"], entry["labels"], entry["artifact_uri"])
 
-    def upload_model(self, display_name: str, artifact_uri: str, container: dict, labels):
+    def upload_model(self, display_name: str, artifact_uri: str, container: dict, labels,
+                     label: str | None = None):
+        if label:
+            self.progress(label)
         if not self.store.exists(artifact_uri):
             raise DeployFailed(f"artifact_uri {artifact_uri} holds no objects")
         data = self._read()
@@ -195,9 +198,11 @@ class LocalVertex:
         return self.get_endpoint(name)
 
     def deploy_model(self, endpoint: str, model: str, display_name: str, machine: dict,
-                     traffic_percentage: int, timeout: float) -> str:
+                     traffic_percentage: int, timeout: float, label: str | None = None) -> str:
         from . import serving
 
+        if label:
+            self.progress(label)
         data = self._read()
         entry, model_entry = data["endpoints"].get(endpoint), data["models"].get(model)
         if entry is None or model_entry is None:
