@@ -137,6 +137,10 @@ class Wait:
             self.say(f"{self.what}: {text}" + ("" if changed else
                                                f" ({elapsed(now - self.started)})"))
 
+    def end(self, text: str) -> None:
+        """The final state: said once, by the line that ends the wait (not a line of its own)."""
+        self.current = text
+
     def finish(self) -> None:
         self.say(self.finished())
 

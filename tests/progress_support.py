@@ -57,6 +57,12 @@ class Recorded:
             self.calls.append(("state", text))
             self.states.append(text)
 
+    def end(self, text: str) -> None:
+        """The final state (a Wait's ``end``): recorded as the last state seen."""
+        with self._lock:
+            self.calls.append(("end", text))
+            self.states.append(text)
+
     def changes(self) -> list[str]:
         """The states without repeats (one per change)."""
         return [s for i, s in enumerate(self.states) if i == 0 or self.states[i - 1] != s]

@@ -5,6 +5,7 @@ error body, and seen through the CLI: one line, the exit code, nothing left in t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,11 @@ SCOPE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/
          "Microsoft.MachineLearningServices/workspaces/ws")
 CREATES = ("create_or_update_endpoint", "register_model", "create_or_update_deployment",
            "set_traffic")
+
+
+def untimed(line: str) -> str:
+    """A progress line without the timestamp piped output starts it with."""
+    return re.sub(r"^\d\d:\d\d:\d\d ", "", line).strip()
 
 
 def _line(err: str) -> str:
@@ -159,7 +165,7 @@ def test_a_deployment_stuck_in_creating_meets_its_deadline(fake, run_cli):
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "stuck",
                            "-o", "endpoint=ep-stuck", "-o", "startup_timeout=95")
     assert code == 3, err
-    states = [line.strip() for line in err.splitlines() if "creating deployment" in line
+    states = [untimed(line) for line in err.splitlines() if "creating deployment" in line
               and not line.startswith("error:")]
     label = "creating deployment ep-stuck/blue on Standard_NC4as_T4_v3 x1 (10-20 minutes)"
     assert states == [label, f"{label}: Creating"], err
@@ -183,7 +189,7 @@ def test_stuck_traffic_update_in_run_still_tears_down(fake, run_cli):
     assert code == 3, err
     assert "setting traffic on ep-jam: still Updating after 40s" in json.loads(out)["error"]
     deploying = err.split("tearing down", 1)[0]
-    assert [line.strip() for line in deploying.splitlines() if "setting traffic" in line] == [
+    assert [untimed(line) for line in deploying.splitlines() if "setting traffic" in line] == [
         "setting traffic on ep-jam", "setting traffic on ep-jam: Updating"], err
     assert fake.endpoints == {} and fake.models[("jam", "1")]["archived"]
 

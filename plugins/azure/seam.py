@@ -505,22 +505,19 @@ class Seam:
 
         started = self.clock()
         deadline, next_read = started + self.deadline, started + STATE_EVERY
-        read = False  # a quick operation ends without a state line
         with progress.waiting(self.progress, label or f"  {what}") as wait, sdk_call(what):
             while True:
                 poller.wait(max(0.0, min(next_read, deadline) - self.clock()))
                 if poller.done():
                     result = poller.result()
-                    if read:
-                        wait.state(str(getattr(result, "provisioning_state", "") or "")
-                                   or str(poller.status()))
+                    wait.end(str(getattr(result, "provisioning_state", "") or "")
+                             or str(poller.status()))
                     return result
                 now = self.clock()
                 if now < next_read and now < deadline:
                     continue
                 current = self._current(state, poller)
                 wait.state(current)
-                read = True
                 next_read = now + STATE_EVERY
                 if now >= deadline:
                     _abandon(poller)

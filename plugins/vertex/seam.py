@@ -338,7 +338,6 @@ class Seam:
         from google.api_core import exceptions
 
         started = self.clock()
-        read = False  # a quick operation ends without a state line
         with progress.waiting(self.progress, label or f"  {what}") as wait:
             while True:
                 left = started + deadline - self.clock()
@@ -347,7 +346,6 @@ class Seam:
                 except concurrent.futures.TimeoutError:
                     current = stage(operation)
                     wait.state(current)
-                    read = True
                     if self.clock() - started >= deadline:
                         raise DeadlineExceeded(
                             f"{what}: still {current} after "
@@ -359,8 +357,7 @@ class Seam:
                 except exceptions.GoogleAPICallError as exc:
                     raise self._failed(exc, what, machine) from None
                 else:
-                    if read:
-                        wait.state(stage(operation, "done"))
+                    wait.end(stage(operation, "done"))
                     return response
 
     def _failed(self, exc, what: str, machine: Optional[dict]) -> OperationFailed:
