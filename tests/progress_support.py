@@ -4,7 +4,10 @@ call made on them. Pass it as ``Deployer(progress=...)``; the targets run unchan
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
+from pathlib import Path
 
 
 class Recorded:
@@ -106,3 +109,13 @@ def rises_to(task: Recorded, total: int) -> bool:
     return (bool(history) and history[-1] == total
             and all(a <= b for a, b in zip(history, history[1:]))
             and any(0 < value < total for value in history))
+
+
+def heavy_repository(root: Path, size: int) -> Path:
+    """A copy of tests/repos/add_sub under ``root`` with ``size`` random (incompressible)
+    bytes beside its model: an upload with something to count."""
+    copy = root / "heavy"
+    shutil.copytree(Path(__file__).parent / "repos" / "add_sub", copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "add_sub" / "1" / "weights.bin").write_bytes(os.urandom(size))
+    return copy

@@ -14,24 +14,13 @@ from deployer.api import Deployer
 from deployer.errors import DeployerError
 from progress_support import RecordingSink, rises_to
 from registry_support import Registry, tiny_image
+from test_docker import ENGINE   # skips, with the reason, when no engine answers
 
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed")
 
 #: two layers of random bytes: 4 MiB and 3 MiB (the registry sends them in slices)
 SIZES = (4 << 20, 3 << 20)
 
-
-def _engine():
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine answers ({exc}); start one with .ci/start-docker.sh",
-                    allow_module_level=True)
-    return client
-
-
-ENGINE = _engine()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ one DescribeEndpoint with ``Creating``, as SageMaker does for minutes); a record
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import pytest
@@ -15,8 +13,7 @@ import pytest
 from deployer.api import Deployer
 
 from aws_faults import proxy  # noqa: F401 - a fixture
-from conftest import REPOS
-from progress_support import RecordingSink, rises_to
+from progress_support import RecordingSink, heavy_repository, rises_to
 from sagemaker_support import aws_environment, leftovers
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
 
@@ -37,11 +34,7 @@ def aws(proxy):
 
 @pytest.fixture
 def heavy(tmp_path):
-    """add_sub with a 20 MiB file of random (incompressible) bytes beside its model."""
-    root = tmp_path / "heavy"
-    shutil.copytree(REPOS / "add_sub", root, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "add_sub" / "1" / "weights.bin").write_bytes(os.urandom(WEIGHTS))
-    return root
+    return heavy_repository(tmp_path, WEIGHTS)
 
 
 def _content(root) -> int:

@@ -7,16 +7,13 @@ Operation); a recording sink (tests/progress_support.py) stands in for the live 
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import pytest
 
-from conftest import REPOS
 from deployer.api import Deployer
 from deployer_plugins.vertex import seam
 from gcs_support import gcs  # noqa: F401 (fixture)
-from progress_support import RecordingSink, rises_to
+from progress_support import RecordingSink, heavy_repository, rises_to
 from vertex_support import fake  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.server
@@ -28,11 +25,7 @@ STAGES = ("STARTING_DEPLOYMENT", "PREPARING_MODEL", "STARTING_MODEL_SERVER", "FI
 
 @pytest.fixture
 def heavy(tmp_path):
-    """add_sub with a 20 MiB file beside its model."""
-    root = tmp_path / "heavy"
-    shutil.copytree(REPOS / "add_sub", root, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "add_sub" / "1" / "weights.bin").write_bytes(os.urandom(WEIGHTS))
-    return root
+    return heavy_repository(tmp_path, WEIGHTS)
 
 
 def test_upload_is_a_transfer_and_the_deploy_a_wait_on_its_stages(
