@@ -49,9 +49,12 @@ def test_upload_is_a_transfer_and_the_deploy_a_wait_on_its_stages(
         model, deploy = sink.waits("uploading model"), sink.waits("  deploying ")
         assert len(model) == 1 and model[0].states == [] and model[0].error is None
         assert len(deploy) == 1 and deploy[0].exited and deploy[0].error is None
-        # every stage, in order; the done operation names none (the fake's, like Vertex's
+        # the stages in order (api_core may refresh the operation twice in one poll, so a
+        # stage can pass unseen); the done operation names none (the fake's, like Vertex's
         # response) and the wait says so
-        assert deploy[0].changes() == [*STAGES, "done"], deploy[0].states
+        seen = deploy[0].changes()
+        assert seen[-1] == "done" and len(seen) >= 3, deploy[0].states
+        assert seen[:-1] == [stage for stage in STAGES if stage in seen], deploy[0].states
         assert deploy[0].what.endswith("(10-30 minutes on Vertex)")
         assert not any(line.startswith(("  deploying", "  uploading model"))
                        for line in sink.lines), sink.lines
