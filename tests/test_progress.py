@@ -28,6 +28,7 @@ from deployer import progress
 from deployer.progress import EVERY, Prefixed, Transfer, Wait
 
 from conftest import REPOS, Worker, wait_for
+from progress_support import heavy_repository
 from sagemaker_support import moto_url  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).parent.parent
@@ -331,12 +332,7 @@ def pane(tmp_path):
 @pytest.fixture
 def big(tmp_path):
     """add_sub with a 300 MB file of random (incompressible) bytes beside its model."""
-    root = tmp_path / "big"
-    shutil.copytree(REPOS / "add_sub", root, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(root / "add_sub" / "1" / "weights.bin", "wb") as weights:
-        for _ in range(30):
-            weights.write(os.urandom(10_000_000))
-    return root
+    return heavy_repository(tmp_path, 300_000_000)
 
 
 def _environment() -> dict[str, str]:
