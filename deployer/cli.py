@@ -241,7 +241,7 @@ def targets(ctx: Context, name: str | None, gpus: bool, as_json: bool) -> None:
 def _gpus(as_json: bool) -> None:
     from . import hardware
     from .compare import price_table
-    from .render import table
+    from .render import at_terminal, table
 
     rows = hardware.table(price_table())
     clouds = list(hardware.vocabulary()["clouds"])
@@ -255,12 +255,22 @@ def _gpus(as_json: bool) -> None:
         span = f" ({low}-{high} GPUs)" if high > low else f" ({low} GPUs)" if low > 1 else ""
         return f"{first['name']}: {price} USD/h{span}"
 
-    emit(as_json, rows, lambda: table(
+    def notes() -> list[str]:
+        lines = [f"{hardware.CLOUD_NAMES[c]}: {v['source']} ({v['date']})"
+                 for c, v in hardware.vocabulary()["clouds"].items()]
+        lines.append("? = no price: 'deployer prices refresh', or compare --price TYPE=USD")
+        if not at_terminal(sys.stdout):
+            return lines
+        import shutil
+        import textwrap
+
+        width = shutil.get_terminal_size().columns
+        return [part for line in lines for part in textwrap.wrap(line, width)]
+
+    emit(as_json, rows, lambda: "\n".join([table(
         ["gpu", *(hardware.CLOUD_NAMES[c] for c in clouds)],
-        [[r["accelerator"], *(cell(r["clouds"][c]) for c in clouds)] for r in rows])
-        + "\n" + "\n".join(f"{hardware.CLOUD_NAMES[c]}: {v['source']} ({v['date']})"
-                            for c, v in hardware.vocabulary()["clouds"].items())
-        + "\n? = no price: 'deployer prices refresh', or compare --price TYPE=USD")
+        [[r["accelerator"], *(cell(r["clouds"][c]) for c in clouds)] for r in rows]),
+        *notes()]))
 
 
 @cli.command()
