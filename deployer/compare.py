@@ -145,23 +145,18 @@ def _runs(core: Deployer, targets: Sequence[str], options: Mapping[str, Mapping[
           gpus: Sequence[str]) -> dict[str, tuple[str, dict[str, Any], str | None]]:
     """Label → (target, its options, accelerator): one run per target, and with ``gpus`` one
     per accelerator for each target that takes ``gpu`` (labelled TARGET@GPU when several)."""
-    def label_of(gpu: str) -> str:
-        name, count = hardware.parse(gpu)
-        return name if count == 1 else f"{name}:{count}"
-
-    labels = [label_of(gpu) for gpu in gpus]
+    labels = [hardware.label(gpu) for gpu in gpus]
     if len(set(labels)) != len(labels):
         raise UsageError("name each accelerator once: --gpu T4 --gpu L4 ...")
     runs: dict[str, tuple[str, dict[str, Any], str | None]] = {}
     for target in targets:
         opts = dict(options.get(target, {}))
-        takes = bool(core.registry.get(target).hardware)
-        if not labels or not takes:
-            runs[target] = (target, opts, label_of(opts["gpu"]) if takes and opts.get("gpu")
-                            else None)
+        column = core.registry.get(target).hardware
+        if not labels or not column:
+            runs[target] = (target, opts, hardware.label(opts["gpu"])
+                            if column and opts.get("gpu") else None)
             continue
-        named = sorted(({"gpu"} | hardware.option_names(core.registry.get(target).hardware))
-                       & set(opts))
+        named = sorted(({"gpu"} | hardware.option_names(column)) & set(opts))
         if named:   # an explicit type would win over every --gpu
             raise UsageError(f"-o {target}.{named[0]} and --gpu both name the hardware",
                              hint=f"drop -o {target}.{named[0]}, or --gpu")

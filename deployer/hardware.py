@@ -47,7 +47,17 @@ class Choice:
     @property
     def label(self) -> str:
         """``T4`` or ``A100:2``, as the user would write it."""
-        return self.accelerator if self.count <= 1 else f"{self.accelerator}:{self.count}"
+        return _label(self.accelerator, self.count)
+
+
+def _label(accelerator: str, count: int) -> str:
+    return accelerator if count <= 1 else f"{accelerator}:{count}"
+
+
+def label(text: str) -> str:
+    """``"a100:2"`` → ``"A100:2"``, ``"t4:1"`` → ``"T4"``: a request as the vocabulary spells
+    it (a UsageError for anything else, as :func:`parse`)."""
+    return _label(*parse(text))
 
 
 def parse(text: str) -> tuple[str, int]:
