@@ -168,7 +168,7 @@ def table(prices: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _parts(options: Mapping[str, Any]) -> list[tuple[str, int]]:
+def parts(options: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The priced parts of one instance type: the type, and a Vertex machine's GPUs apart."""
     parts = [(options.get("instance_type") or options.get("machine_type"), 1)]
     accelerator = options.get("accelerator_type")
@@ -183,7 +183,7 @@ def price_of(options: Mapping[str, Any], prices: Mapping[str, Any] | None) -> di
     if prices is None:
         return {}
     total, sources, missing = 0.0, [], []
-    for kind, count in _parts(options):
+    for kind, count in parts(options):
         entry = prices["prices"].get(str(kind).lower())
         if entry is None:
             missing.append(kind)
@@ -208,6 +208,6 @@ def offered(cloud: str, region: str | None) -> tuple[Callable[[Mapping[str, Any]
     missing, source = found
 
     def allowed(entry: Mapping[str, Any]) -> bool:
-        return not any(str(kind).lower() in missing for kind, _ in _parts(entry["options"]))
+        return not any(str(kind).lower() in missing for kind, _ in parts(entry["options"]))
 
     return allowed, f" in {region} (per {source})"

@@ -126,19 +126,16 @@ def cache_path() -> Path:
 
 
 def types_to_price() -> dict[str, list[str]]:
-    """Per cloud, the instance types to price: every ``instance_type`` (sagemaker, azure) and
-    every Vertex ``machine_type`` and ``accelerator_type`` (not "none") in the hardware
-    vocabulary, plus every type in the shipped price table."""
-    vocabulary = json.loads(resources.files("deployer").joinpath("hardware.json").read_text())
+    """Per cloud, the instance types to price: every priced part of the hardware vocabulary's
+    types (an ``instance_type``; a Vertex machine and its accelerator apart, see
+    :func:`deployer.hardware.parts`), plus every type in the shipped price table."""
+    from . import hardware
+
     found: dict[str, set[str]] = {cloud: set() for cloud in CLOUDS}
-    for cloud, spec in vocabulary.get("clouds", {}).items():
-        for choices in spec.get("types", {}).values():
-            for choice in choices:
-                options = choice.get("options", {})
-                for key in ("instance_type", "machine_type", "accelerator_type"):
-                    value = options.get(key)
-                    if value and value != "none":
-                        found.setdefault(cloud, set()).add(value)
+    for cloud in hardware.vocabulary()["clouds"]:
+        for choices in hardware.types(cloud).values():
+            found.setdefault(cloud, set()).update(
+                kind for choice in choices for kind, _ in hardware.parts(choice["options"]))
     for name, entry in shipped()["prices"].items():
         found.setdefault(entry["cloud"], set()).add(name)
     return {cloud: sorted(names) for cloud, names in found.items()}
@@ -215,7 +212,12 @@ def refresh(clouds: Iterable[str] | None = None, regions: Mapping[str, str] | No
         names = wanted.get(cloud, [])
         say(f"{cloud}: asking the {result.source} for {len(names)} type(s) in {region}")
         try:
-            found = fetchers[cloud](names, region)
+            try:
+                found = fetchers[cloud](names, region)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # an answer in a shape we do not know is the source failing, not the command
+                raise SourceFailed(f"the {result.source} answered in an unexpected shape "
+                                   f"({type(exc).__name__}: {_line(str(exc))})") from None
         except SourceFailed as exc:
             had = cached and cached["sources"].get(cloud)
             kept = (f"the prices fetched on {had['date']} ({had['region']})" if had else
@@ -420,7 +422,8 @@ def _vertex_machine(name: str, rates: Mapping[str, list[float]]) -> float | str 
     vcpus, gib = shape
     family = re.escape(name.split("-")[0].upper())
     usage = r"Vertex AI: Online/Batch Prediction {f}( Predefined)? Instance {part} running in "
-    fee = r"Vertex AI: Online/Batch Prediction management fee on {f}( Predefined)? Instance {part} in "
+    fee = (r"Vertex AI: Online/Batch Prediction management fee on {f}( Predefined)? "
+           r"Instance {part} in ")
     total = 0.0
     for pattern, required in ((usage, True), (fee, False)):
         core = _matching(rates, pattern.format(f=family, part="Core"))

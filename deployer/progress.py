@@ -59,7 +59,8 @@ class Transfer:
         """``count`` more units done."""
         with self._lock:
             self.done += count
-        self._maybe_say()
+            line = self._moved()
+        self._say(line)
 
     def update(self, done: int, total: int | None = None) -> None:
         """The units done so far (and the total, when it becomes known)."""
@@ -67,7 +68,8 @@ class Transfer:
             self.done = done
             if total is not None:
                 self.total = total
-        self._maybe_say()
+            line = self._moved()
+        self._say(line)
 
     def part(self, key: str, done: int, total: int | None) -> None:
         """One named part's progress (an image layer); the whole is the sum of the parts."""
@@ -76,7 +78,8 @@ class Transfer:
             self.done = sum(d for d, _ in self.parts.values())
             totals = [t for _, t in self.parts.values()]
             self.total = sum(totals) if totals and None not in totals else None
-        self._maybe_say()
+            line = self._moved()
+        self._say(line)
 
     def finish(self) -> None:
         self.say(self.finished())
@@ -100,14 +103,18 @@ class Transfer:
             text += f", {len(self.parts)} part(s)"
         return text
 
-    def _maybe_say(self) -> None:
+    def _moved(self) -> str | None:
+        """Called under the lock after each change, with the figures of that change: the line
+        to say, when one is due (at most one per :data:`EVERY` seconds)."""
         now = self.clock()
-        with self._lock:
-            due = now - self.last >= EVERY
-            if due:
-                self.last = now
-        if due:
-            self.say(f"{self.what}: {self.status()}")
+        if now - self.last < EVERY:
+            return None
+        self.last = now
+        return f"{self.what}: {self.status()}"
+
+    def _say(self, line: str | None) -> None:
+        if line:
+            self.say(line)
 
 
 class Wait:

@@ -135,6 +135,13 @@ class LiveView:
                 self._live.start(refresh=True)
             return task
 
+    def _update(self, bars: Progress, task, **fields: Any) -> None:
+        """A task's new figures; nothing once it has ended or the view was closed (an SDK's
+        upload thread may report after a Ctrl-C)."""
+        with self._lock:
+            if task is not None and task in bars.task_ids:
+                bars.update(task, **fields)
+
     def _end(self, bars: Progress, task, line: str | None) -> None:
         with self._lock:
             if task not in bars.task_ids:   # closed already
@@ -145,6 +152,10 @@ class LiveView:
                 self(line)
             if self._running == 0:
                 self._live.stop()
+
+
+#: seconds between two pushes of one transfer's figures to the view (uploads report every 16 kB)
+PUSH = 0.05
 
 
 class _Transfer(plain.Transfer):
@@ -164,9 +175,14 @@ class _Transfer(plain.Transfer):
         else:   # quietly: the error says the rest
             self.view._end(self.view.transfers, self.task, None)
 
-    def _maybe_say(self) -> None:
-        if self.task is not None:
-            self.view.transfers.update(self.task, completed=self.done, total=self.total)
+    def _moved(self) -> None:
+        # under the transfer's lock: the figures of this change, in the order they happened;
+        # drawn 8 times a second, so pushed at most every PUSH seconds (and when complete)
+        now = self.clock()
+        if now - self.last >= PUSH or (self.total is not None and self.done >= self.total):
+            self.last = now
+            self.view._update(self.view.transfers, self.task, completed=self.done,
+                              total=self.total)
 
     def finish(self) -> None:
         self.view._end(self.view.transfers, self.task, self.finished())
@@ -191,7 +207,7 @@ class _Wait(plain.Wait):
 
     def state(self, text: str) -> None:
         self.current = text
-        self.view.waits.update(self.task, state=text)
+        self.view._update(self.view.waits, self.task, state=text)
 
     def finish(self) -> None:
         self.view._end(self.view.waits, self.task, self.finished())

@@ -470,7 +470,7 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
 
         send, kind = load_sender(client, repository.models[load_model], inputs[load_model])
         began = time.time()
-        with counted(progress, f"load: {options.requests} requests at concurrency "
+        with counted(progress, f"load: at least {options.requests} requests at concurrency "
                                f"{options.concurrency} on {load_model}", send) as counting:
             measured = servertime.timed_load(
                 metrics, load_model, counting, options.requests, options.concurrency,

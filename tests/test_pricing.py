@@ -253,3 +253,15 @@ def test_gpu_keeps_to_what_the_fetched_region_offers(sources, capsys, monkeypatc
     assert plugins.parse_options(vertex, {"gpu": "L4"})["machine_type"] == "g2-standard-4"
     with pytest.raises(Exception, match="Vertex AI has no H100 instance in us-central1"):
         plugins.parse_options(vertex, {"gpu": "H100"})
+
+
+@pytest.mark.parametrize("cloud", ["azure", "vertex"])
+def test_an_answer_in_an_unknown_shape_is_one_warning_and_the_others_are_kept(
+        sources, capsys, monkeypatch, cloud):
+    monkeypatch.setattr(sources[cloud], "answer", lambda *_: (200, {}, ["not", "a", "page"]))
+    code, out, err = refresh(capsys, "--json")
+    assert code == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "answered in an unexpected shape" in warnings[0], err
+    assert "kept the shipped prices" in warnings[0]
+    assert sorted(cached()["sources"]) == sorted({"sagemaker", "azure", "vertex"} - {cloud})

@@ -522,8 +522,9 @@ class Seam:
                 if now >= deadline:
                     _abandon(poller)
                     raise DeadlineExceeded(
-                        f"{what}: still {current} after {_duration(now - started)}, past its "
-                        f"deadline (startup_timeout={self.deadline:g}s); it goes on in Azure",
+                        f"{what}: still {current} after {progress.elapsed(now - started)}, "
+                        f"past its deadline (startup_timeout={self.deadline:g}s); it goes on "
+                        "in Azure",
                         current, "DeadlineExceeded",
                         "raise -o startup_timeout=SECONDS if it only needs longer")
 
@@ -632,11 +633,6 @@ def _endpoint_info(endpoint) -> EndpointInfo:
                         scoring_uri=endpoint.scoring_uri or "",
                         traffic=dict(endpoint.traffic or {}), tags=dict(endpoint.tags or {}),
                         auth_mode=str(getattr(endpoint, "auth_mode", None) or "key"))
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _abandon(poller) -> None:

@@ -433,19 +433,10 @@ def existing_keys(s3, bucket: str, prefix: str) -> dict[str, int]:
 def upload_files(s3, bucket: str, items: list[tuple[str, object]], config,
                  advance=None) -> int:
     """Upload (key, path) pairs, several at a time; return the bytes sent. ``advance(n)``
-    (when given) hears of every ``n`` bytes sent, one call at a time."""
-    import threading
-
-    lock = threading.Lock()
-
-    def sent(count: int) -> None:
-        with lock:
-            advance(count)
-
+    (when given, safe to call from several threads) hears of every ``n`` bytes sent."""
     def one(item) -> int:
         key, path = item
-        s3.upload_file(str(path), bucket, key, Config=config,
-                       Callback=sent if advance else None)
+        s3.upload_file(str(path), bucket, key, Config=config, Callback=advance)
         return path.stat().st_size
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -67,8 +67,8 @@ class Steps:
         if old and any(r.id == uri for r in old):
             self.progress(f"  artefact {uri} unchanged")
             return uri
-        self.progress(f"  uploading the repository to {uri} ({lay.size:,} bytes)" if self.cloud
-                      else f"  writing the artefact vertex would upload to {uri} here")
+        if not self.cloud:   # the cloud's upload says so itself, as a transfer
+            self.progress(f"  writing the artefact vertex would upload to {uri} here")
         resource = context.record("artefact", uri, uri=uri, digest=lay.digest)
         objects, sent = self._store().upload(lay, uri, self.progress)
         if not sent and not objects:

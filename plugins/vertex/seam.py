@@ -349,7 +349,7 @@ class Seam:
                     if self.clock() - started >= deadline:
                         raise DeadlineExceeded(
                             f"{what}: still {current} after "
-                            f"{_duration(self.clock() - started)}, past its deadline "
+                            f"{progress.elapsed(self.clock() - started)}, past its deadline "
                             f"(startup_timeout={deadline:g}s); it goes on in Vertex",
                             "DEADLINE_EXCEEDED",
                             hint="raise -o startup_timeout=SECONDS if it only needs longer") \
@@ -469,11 +469,6 @@ def _deployed_model(item) -> DeployedModel:
 
 def _model_info(model) -> ModelInfo:
     return ModelInfo(model.name, model.display_name, dict(model.labels), model.artifact_uri)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _first_line(text: str) -> str:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -225,11 +224,6 @@ class Storage:
         total = sum(f.stat().st_size for _, f in missing if f is not None)
         moving = transfer(progress, f"  sending {len(missing)} of "
                                     f"{len(layout_.objects)} object(s) to {uri}", total)
-        lock = threading.Lock()
-
-        def advance(count: int) -> None:  # from the upload threads
-            with lock:
-                moving.advance(count)
 
         def one(item) -> int:
             name, file = item
@@ -239,7 +233,7 @@ class Storage:
                 return 0
             size = file.stat().st_size
             with open(file, "rb") as handle:
-                blob.upload_from_file(_Counted(handle, advance), size=size,
+                blob.upload_from_file(_Counted(handle, moving.advance), size=size,
                                       content_type="application/octet-stream")
             return size
 
