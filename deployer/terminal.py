@@ -227,10 +227,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int | No
                  header_style="bold")
     for header, cells, size in zip(headers, columns, sizes):
         grid.add_column(Text(header), width=size)
+    short = [max(map(len, cells), default=0) <= SHORT for cells in columns]
     for row in rows:
-        grid.add_row(*(Text(cell, no_wrap=max(map(len, columns[i])) <= SHORT,
-                            overflow="ellipsis" if max(map(len, columns[i])) <= SHORT
-                            else "fold") for i, cell in enumerate(row)))
+        grid.add_row(*(Text(cell, no_wrap=short[i], overflow="ellipsis" if short[i] else "fold")
+                       for i, cell in enumerate(row)))
     console = Console(width=width, force_terminal=True, highlight=False, emoji=False)
     with console.capture() as captured:
         console.print(grid, markup=False)
