@@ -13,6 +13,8 @@ import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .loadgen import HttpRequest
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -184,6 +186,14 @@ class EndpointClient:
         EndpointError. The default calls ``infer``; clients override it to encode once."""
         return lambda: self.infer(model, inputs)
 
+    def load_request(self, model: str, inputs: Mapping[str, np.ndarray],
+                     **route: Any) -> HttpRequest | None:
+        """The request of :meth:`sender` described as plain HTTP, for the load generator's
+        engine (:mod:`deployer.loadgen`: many in flight from several processes, or a fixed
+        rate); ``route`` as for :meth:`sender`. None (the default): load calls :meth:`sender`
+        from threads of one process instead."""
+        return None
+
     def stream(self, model: str, inputs: Mapping[str, np.ndarray], *,
                version: str | None = None) -> StreamAnswer:
         """Call a decoupled model; wait for the end of its responses. Raises EndpointError
@@ -342,6 +352,19 @@ class KServeClient(EndpointClient):
             (lambda: {**source(), **fixed})  # static headers: the request stays prebuilt
         path = self._route(model, version, "infer")
         return post_sender(self._netloc, path, headers, body, self._timeout, self._ssl)
+
+    def load_request(self, model: str, inputs: Mapping[str, np.ndarray], *,
+                     version: str | None = None) -> HttpRequest:
+        body, json_size = self._httpclient.InferenceServerClient.generate_request_body(
+            self._inputs(inputs))
+        fixed = {"Content-Type": "application/octet-stream"}
+        if json_size is not None:
+            fixed["Inference-Header-Content-Length"] = str(json_size)
+        source = self._header_source
+        scheme = "https" if self._ssl else "http"
+        return HttpRequest(f"{scheme}://{self._netloc}{self._route(model, version, 'infer')}",
+                           bytes(body), {**self._headers, **fixed},
+                           fresh=None if source is None else source)
 
     def _route(self, model: str, version: str | None, action: str) -> str:
         return f"{self._prefix}/v2/models/{urllib.parse.quote(model)}" + (

@@ -52,13 +52,15 @@ from typing import Sequence
 
 from .client import (BearerAuth, Credential, EndpointClient, EndpointError, KServeClient,
                      post_sender)
+from .loadgen import HttpRequest
 from .runtime import Server, check_backends, find_server, serve_folder
 from .server import (TAG_ENV, LoadError, LogLines, alive, all_tagged, answers, failure_in,
                      free_ports, inherited, port_in_use, recorded_log, start, stop, tagged, tail,
                      wait_ready, watch_start)
 
 __all__ = [
-    "TAG_ENV", "BearerAuth", "Credential", "EndpointClient", "EndpointError", "KServeClient",
+    "TAG_ENV", "BearerAuth", "Credential", "EndpointClient", "EndpointError", "HttpRequest",
+    "KServeClient",
     "LoadError", "LogLines", "post_sender",
     "Server", "alive", "all_tagged", "answers", "check_backends", "failure_in", "find_server",
     "free_ports", "inherited", "port_in_use", "recorded_log", "serve_folder", "start", "stop",
