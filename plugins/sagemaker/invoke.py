@@ -227,16 +227,27 @@ class TwinClient(_InvokeClient):
             meta["name"] = model
         return meta
 
-    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
-        from .container import TARGET_HEADER, request
+    def _address(self, model: str, content_type: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers of an invocation: a multi-model endpoint's model route."""
+        from .container import TARGET_HEADER
 
         headers = {"Content-Type": content_type}
-        if self.multi:
-            served = self._served(model)
-            url = f"{self.base}/models/{urllib.parse.quote(served)}/invoke"
-            headers[TARGET_HEADER] = served
-        else:
-            url = f"{self.base}/invocations"
+        if not self.multi:
+            return f"{self.base}/invocations", headers
+        served = self._served(model)
+        headers[TARGET_HEADER] = served
+        return f"{self.base}/models/{urllib.parse.quote(served)}/invoke", headers
+
+    def load_request(self, model: str, inputs: Mapping[str, Any]) -> HttpRequest:
+        """The twin's invocation as plain HTTP (it asks no credential)."""
+        body, content_type = encode(self.repository.models[model], inputs)
+        url, headers = self._address(model, content_type)
+        return HttpRequest(url, body, headers)
+
+    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
+        from .container import request
+
+        url, headers = self._address(model, content_type)
         try:
             status, answer_headers, answer = request("POST", url, body, headers)
         except OSError as exc:
