@@ -263,6 +263,76 @@ def test_static_headers_keep_the_request_prebuilt():
     assert b"Authorization: t2\r\n" in send._encode(send.headers())
 
 
+def _post(request, headers: dict) -> tuple[int, bytes, dict]:
+    """Send a load engine's request as it is, with ``headers`` from its fresh()."""
+    sent = urllib.request.Request(request.url, data=request.body, method="POST",
+                                  headers={**request.headers, **headers})
+    try:
+        with urllib.request.urlopen(sent, timeout=60) as answer:
+            return answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def test_load_request_as_is_and_a_new_token_after_a_401(fake, tmp_path):
+    """The load engine's request, sent as it is with fresh()'s headers, reaches the deployment
+    (200, the outputs infer gives). Once the endpoint refuses the token, refused() (however
+    many requests met the 401) makes the next fresh() fetch one new token, which works."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    inputs = {"INPUT0": np.arange(4, dtype=np.float32).reshape(1, 4),
+              "INPUT1": np.ones((1, 4), np.float32)}
+    fake.token_lifetime = 3600.0  # only the revocation makes the client fetch again
+    deployer = Deployer(state_dir=tmp_path / "state", progress=lambda _: None)
+    record = deployer.deploy(str(ADD_SUB), "azure", "lr", {"auth_mode": "aad_token",
+                                                           "endpoint": "ep-lr"})
+    try:
+        client = deployer.registry.create("azure", record.options, lambda _: None).client(record)
+        expected = client.infer("add_sub", inputs)
+        request = client.load_request("add_sub", inputs)
+        assert request.refresh <= 60
+        headers = request.fresh()
+        assert set(headers) == {"Authorization", spec.DEPLOYMENT_HEADER}
+        status, payload, answer = _post(request, headers)
+        assert status == 200, payload
+        size = answer.get("Inference-Header-Content-Length")
+        result = httpclient.InferenceServerClient.parse_response_body(
+            payload, header_length=int(size) if size else None)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(result.as_numpy(name), value)
+
+        fetched = fake.token_fetches
+        fake.revoke_tokens("ep-lr")
+        assert request.fresh() == headers and _post(request, headers)[0] == 401
+        request.refused()
+        request.refused()
+        renewed = request.fresh()
+        assert renewed["Authorization"] != headers["Authorization"]
+        assert fake.token_fetches == fetched + 1
+        assert _post(request, renewed)[0] == 200
+        assert request.fresh() == renewed and fake.token_fetches == fetched + 1
+    finally:
+        deployer.teardown("lr")
+
+
+def test_load_request_with_a_key_fetches_nothing_again():
+    import numpy as np
+
+    from deployer.client import Credential
+    from deployer_plugins.azure.client import AzureClient
+
+    calls = []
+    client = AzureClient("http://127.0.0.1:9", lambda: calls.append(1) or Credential("k"),
+                         "blue", "ep")
+    request = client.load_request("add_sub", {"INPUT0": np.zeros((1, 4), np.float32)},
+                                  version="1")
+    assert request.url == "http://127.0.0.1:9/v2/models/add_sub/versions/1/infer"
+    request.refused()
+    assert request.fresh() == {"Authorization": "Bearer k", spec.DEPLOYMENT_HEADER: "blue"}
+    assert len(calls) == 1
+
+
 def test_endpoint_name_taken_elsewhere(fake, run_cli):
     fake.taken.add("ep-taken")
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", "taken",

@@ -142,6 +142,69 @@ def test_body_over_six_megabytes_is_refused():
                                    "json-header-size=")
 
 
+# -- the load engine's request -------------------------------------------------------------------
+
+LOAD_INPUTS = {"INPUT0": np.arange(4, dtype=np.float32).reshape(1, 4),
+               "INPUT1": np.ones((1, 4), dtype=np.float32)}
+
+
+@pytest.mark.parametrize("multi, runtime, token", [
+    (False, None, "session-token"), (True, "http://127.0.0.1:9", None)],
+    ids=["single-on-aws", "multi-at-AWS_ENDPOINT_URL"])
+def test_load_request_is_what_boto3_signs(monkeypatch, multi, runtime, token):
+    """At the same signing time, the load engine's request (URL, body, headers and SigV4
+    signature) is what boto3's own invoke_endpoint sends, captured at botocore's before-send
+    and never sent; boto3 adds only headers it does not sign."""
+    import datetime
+
+    import boto3
+    import botocore.auth
+
+    from deployer_plugins.sagemaker.invoke import SageMakerClient
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    if runtime:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime)
+    # a second before midnight: the date of the credential scope is the signing time's
+    at = datetime.datetime(2026, 3, 1, 23, 59, 59)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: at)
+    session = boto3.Session(aws_access_key_id="AKIDLOADTEST", aws_secret_access_key="secret",
+                            aws_session_token=token, region_name="eu-west-1")
+    client = SageMakerClient(session, "ep-load", Repository.load(MULTI if multi else ADD_SUB),
+                             multi)
+    request = client.load_request("add_sub", LOAD_INPUTS)
+    ours = {**request.headers, **request.fresh()}
+
+    class Captured(Exception):
+        pass
+
+    def capture(request, **_):
+        sent.append(request)
+        raise Captured
+
+    sent: list = []
+    client._runtime.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint",
+                                         capture)
+    with pytest.raises(Captured):
+        client.infer("add_sub", LOAD_INPUTS)
+    boto = sent[0]
+    theirs = {k: v.decode() if isinstance(v, bytes) else v for k, v in boto.headers.items()}
+    assert request.url == boto.url == (
+        f"{runtime or 'https://runtime.sagemaker.eu-west-1.amazonaws.com'}"
+        "/endpoints/ep-load/invocations")
+    assert request.body == boto.body
+    assert ours == {k: theirs[k] for k in ours}  # the same Authorization: the same signature
+    assert "20260301/eu-west-1/sagemaker/aws4_request" in ours["Authorization"]
+    assert ("X-Amz-Security-Token" in ours) == bool(token)
+    assert ("X-Amzn-SageMaker-Target-Model" in ours) == multi
+    signed = theirs["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert set(signed) == {k.lower() for k in ours if k != "Authorization"} | {"host"}
+    assert set(theirs) - set(ours) <= {"User-Agent", "Content-Length", "amz-sdk-invocation-id",
+                                       "amz-sdk-request"}
+    assert request.refresh <= 60 and request.refused is None
+
+
 # -- validation: one line, exit 2, before any cloud call ----------------------------------------
 
 @pytest.mark.parametrize("repo, extra, expected", [
@@ -275,6 +338,43 @@ def test_run_multi_model_two_models(aws, state, capsys, tmp_path, emulator):
     assert "text_len  infer     ok" in out and "add_sub   infer     ok" in out
     assert emulator.not_ready_answers >= before + 2, "cold models answer ModelNotReady first"
     assert "is loading; retrying" in err
+    assert_clean(aws["bucket"])
+
+
+def test_load_request_reaches_the_endpoint(aws, state, emulator):
+    """The load engine's request, sent as it is (with fresh()'s signature) on one keep-alive
+    connection to the runtime at AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME, is answered 200 by the
+    multi-model endpoint's TargetModel, with the outputs infer gives."""
+    import http.client
+    import urllib.parse
+
+    from deployer_plugins.sagemaker.invoke import decode
+
+    deployer = Deployer(state_dir=state, progress=lambda _: None)
+    record = deployer.deploy(MULTI, "sagemaker", "sm-load", {
+        "role": aws["role"], "bucket": aws["bucket"], "mode": "multi"})
+    try:
+        client = deployer.registry.create("sagemaker", record.options,
+                                          lambda _: None).client(record)
+        expected = client.infer("add_sub", LOAD_INPUTS)  # the cold TargetModel loads
+        request = client.load_request("add_sub", LOAD_INPUTS)
+        url = urllib.parse.urlsplit(request.url)
+        assert f"{url.scheme}://{url.netloc}" == emulator.url
+        before = emulator.invocations
+        conn = http.client.HTTPConnection(url.netloc, timeout=60)
+        for _ in range(2):
+            conn.request("POST", url.path, request.body, {**request.headers, **request.fresh()})
+            answer = conn.getresponse()
+            payload = answer.read()
+            assert answer.status == 200, payload
+            got = decode(payload, answer.getheader("Content-Type"))
+            assert sorted(got) == sorted(expected) == ["OUTPUT0", "OUTPUT1"]
+            for name, value in expected.items():
+                np.testing.assert_array_equal(got[name], value)
+        conn.close()
+        assert emulator.invocations == before + 2
+    finally:
+        deployer.teardown("sm-load")
     assert_clean(aws["bucket"])
 
 

@@ -119,6 +119,42 @@ def test_rehearse_multi_model_loads_each_archive(state, capsys):
         assert f"{name:<8}  metadata  ok" in out   # the twin reads Triton's real metadata
 
 
+def test_load_request_reaches_each_model_of_a_multi_model_twin(state):
+    """The load engine's request, sent as it is, is answered by the TargetModel's route with
+    the outputs infer gives."""
+    import http.client
+    import urllib.parse
+
+    import numpy as np
+
+    from deployer.api import Deployer
+    from deployer_plugins.sagemaker.invoke import decode
+
+    inputs = {"INPUT0": np.arange(4, dtype=np.float32).reshape(1, 4),
+              "INPUT1": np.ones((1, 4), dtype=np.float32)}
+    deployer = Deployer(state_dir=state, progress=lambda _: None)
+    record = deployer.deploy(MULTI, "sagemaker-twin", "twin-load", {"mode": "multi"})
+    try:
+        client = deployer.registry.create("sagemaker-twin", record.options,
+                                          lambda _: None).client(record)
+        expected = client.infer("add_sub", inputs)
+        request = client.load_request("add_sub", inputs)
+        assert request.fresh is None and request.url.endswith("/models/add_sub.tar.gz/invoke")
+        url = urllib.parse.urlsplit(request.url)
+        conn = http.client.HTTPConnection(url.netloc, timeout=60)
+        conn.request("POST", url.path, request.body, dict(request.headers))
+        answer = conn.getresponse()
+        payload = answer.read()
+        conn.close()
+        assert answer.status == 200, payload
+        got = decode(payload, answer.getheader("Content-Type"))
+        assert sorted(got) == sorted(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(got[name], value)
+    finally:
+        deployer.teardown("twin-load")
+
+
 @pytest.mark.parametrize("repo, extra, expected", [
     (ADD_SUB / "add_sub", [], "config.pbtxt at the repository root"),
     (MULTI, [], "More than 1 model directory"),

@@ -237,6 +237,35 @@ def test_token_refresh_after_a_401(endpoint):
     assert oct(endpoint.tokens.stat().st_mode & 0o777) == "0o600"
 
 
+def test_load_request_as_is_and_a_new_token_after_a_401(endpoint):
+    """The load engine's request, sent as it is with fresh()'s header, reaches the model named
+    in the redirect (a version too) and answers its outputs as JSON. Once the endpoint
+    refuses the token, refused() (however many requests met the 401) makes the next fresh()
+    fetch one new token, which works."""
+    client = endpoint.client()
+    request = client.load_request("add_sub", ADD_SUB, version="1")
+    assert request.url == endpoint.url and request.refresh <= 60
+    assert request.headers[REDIRECT_HEADER] == "v2/models/add_sub/versions/1/infer"
+
+    def post(headers: dict) -> tuple[int, bytes, dict]:
+        return endpoint.post(request.body, {**request.headers, **headers}, token=None)
+
+    headers = request.fresh()
+    status, payload, _ = post(headers)
+    assert status == 200, payload
+    outputs = {o["name"]: o["data"] for o in json.loads(payload)["outputs"]}
+    assert outputs == {"OUTPUT0": [1, 2, 3, 4], "OUTPUT1": [-1, 0, 1, 2]}
+    fetched = client.auth.fetches
+    serving.write_token(endpoint.tokens, 3600)  # the old token is no longer accepted
+    assert request.fresh() == headers and post(headers)[0] == 401
+    request.refused()
+    request.refused()
+    renewed = request.fresh()
+    assert renewed != headers and client.auth.fetches == fetched + 1
+    assert post(renewed)[0] == 200
+    assert request.fresh() == renewed and client.auth.fetches == fetched + 1
+
+
 def _fails(tmp_path, folder: Path, spec: dict, tag: str) -> DeployFailed:
     with pytest.raises(DeployFailed) as failed:
         serving.start_model_server(folder, spec, tmp_path, tag, print, timeout=120)

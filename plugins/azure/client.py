@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from deployer.triton import BearerAuth
 from deployer.errors import Unavailable
-from deployer.triton import EndpointError, KServeClient
+from deployer.triton import EndpointError, HttpRequest, KServeClient
 
 from .spec import DEPLOYMENT_HEADER
 
@@ -19,6 +19,9 @@ from .spec import DEPLOYMENT_HEADER
 REFRESH_MARGIN = 300.0
 #: seconds since the epoch, the clock token expiries are read on (tests hand in their own)
 CLOCK: Callable[[], float] = time.time
+#: seconds between two reads of the headers during a load (a token is renewed REFRESH_MARGIN
+#: before its expiry)
+LOAD_REFRESH = 30.0
 
 
 class AzureClient(KServeClient):
@@ -51,6 +54,25 @@ class AzureClient(KServeClient):
     def sender(self, model, inputs, **route):
         send = super().sender(model, inputs, **route)  # headers taken per request
         return lambda: self._again_on_401(send)
+
+    def load_request(self, model, inputs, **route) -> HttpRequest:
+        """KServe's request; its headers (the credential and the deployment) read again every
+        :data:`LOAD_REFRESH` s; after a 401, the next read fetches a new token (a key is
+        never fetched again)."""
+        request = super().load_request(model, inputs, **route)
+        handed, refused = [self.auth.generation], []
+
+        def fresh():
+            if refused:
+                refused.clear()
+                self.auth.renew(handed[0])  # once, however many requests met the 401
+            headers = self.headers()
+            handed[0] = self.auth.generation
+            return headers
+
+        request.fresh, request.refresh = fresh, LOAD_REFRESH
+        request.refused = lambda: refused.append(True)
+        return request
 
     def probe(self) -> None:
         """Raise Unavailable at once on a 401 rather than waiting for a ready that never comes."""

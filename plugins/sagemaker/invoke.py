@@ -12,13 +12,19 @@ import time
 import urllib.parse
 from typing import Any, Mapping
 
-from deployer.triton import EndpointClient, EndpointError
+from deployer.triton import EndpointClient, EndpointError, HttpRequest
 
 #: InvokeEndpoint's request limit
 MAX_BODY = 6_291_456
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 #: ModelNotReadyException: a cold multi-model TargetModel can take up to 360 s to load
 NOT_READY_DEADLINE = 360.0
+#: InvokeEndpoint's header naming a multi-model endpoint's TargetModel
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
+#: seconds a load keeps one SigV4 signature: AWS refuses a request that reaches it more than
+#: five minutes after the signature's X-Amz-Date (IAM User Guide, "Elements of an AWS API
+#: request signature")
+SIGNATURE_REFRESH = 60.0
 
 
 def encode(model, inputs: Mapping[str, Any],
@@ -101,6 +107,7 @@ class SageMakerClient(_InvokeClient):
         self.repository = repository
         self.multi = multi
         self.progress = progress
+        self._session = session
         config = Config(read_timeout=70, retries={"max_attempts": 2, "mode": "standard"})
         self._runtime = session.client("sagemaker-runtime", config=config)
         self._control = session.client("sagemaker")
@@ -115,6 +122,34 @@ class SageMakerClient(_InvokeClient):
 
     def metadata(self, model: str) -> dict[str, Any]:
         raise EndpointError(f"metadata of {model}: {self.no_metadata}", kind="unsupported")
+
+    def load_request(self, model: str, inputs: Mapping[str, Any]) -> HttpRequest:
+        """InvokeEndpoint as plain HTTP: the runtime client's endpoint URL (which honours
+        ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``), the body and headers ``invoke_endpoint``
+        sends, and a SigV4 signature from botocore's own signer (on the session's credentials,
+        refreshed when they expire), made again every :data:`SIGNATURE_REFRESH` s."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        body, content_type = encode(self.repository.models[model], inputs)
+        meta = self._runtime.meta
+        url = (f"{meta.endpoint_url.rstrip('/')}/endpoints/"
+               f"{urllib.parse.quote(self.endpoint, safe='')}/invocations")
+        headers = {"Content-Type": content_type}
+        if self.multi:
+            headers[TARGET_MODEL_HEADER] = f"{model}.tar.gz"
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise EndpointError("no AWS credentials to sign InvokeEndpoint with",
+                                kind="credentials")
+        signing = (meta.service_model.signing_name, meta.region_name)
+
+        def sign() -> dict[str, str]:
+            request = AWSRequest("POST", url, data=body, headers=headers)
+            SigV4Auth(credentials.get_frozen_credentials(), *signing).add_auth(request)
+            return {k: v for k, v in request.headers.items() if k not in headers}
+
+        return HttpRequest(url, body, headers, fresh=sign, refresh=SIGNATURE_REFRESH)
 
     def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -192,16 +227,27 @@ class TwinClient(_InvokeClient):
             meta["name"] = model
         return meta
 
-    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
-        from .container import TARGET_HEADER, request
+    def _address(self, model: str, content_type: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers of an invocation: a multi-model endpoint's model route."""
+        from .container import TARGET_HEADER
 
         headers = {"Content-Type": content_type}
-        if self.multi:
-            served = self._served(model)
-            url = f"{self.base}/models/{urllib.parse.quote(served)}/invoke"
-            headers[TARGET_HEADER] = served
-        else:
-            url = f"{self.base}/invocations"
+        if not self.multi:
+            return f"{self.base}/invocations", headers
+        served = self._served(model)
+        headers[TARGET_HEADER] = served
+        return f"{self.base}/models/{urllib.parse.quote(served)}/invoke", headers
+
+    def load_request(self, model: str, inputs: Mapping[str, Any]) -> HttpRequest:
+        """The twin's invocation as plain HTTP (it asks no credential)."""
+        body, content_type = encode(self.repository.models[model], inputs)
+        url, headers = self._address(model, content_type)
+        return HttpRequest(url, body, headers)
+
+    def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
+        from .container import request
+
+        url, headers = self._address(model, content_type)
         try:
             status, answer_headers, answer = request("POST", url, body, headers)
         except OSError as exc:

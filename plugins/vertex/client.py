@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Mapping
 
-from deployer.triton import BearerAuth, EndpointClient, EndpointError, post_sender
+from deployer.triton import BearerAuth, EndpointClient, EndpointError, HttpRequest, post_sender
 from deployer.errors import Unavailable
 
 #: Triton's Vertex frontend (server src/vertex_ai_server.cc): the header that routes a
@@ -29,6 +29,9 @@ BINARY_TYPE = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
 REFRESH_MARGIN = 300.0
 #: seconds since the epoch, the clock token expiries are read on (tests hand in their own)
 CLOCK: Callable[[], float] = time.time
+#: seconds between two reads of the token during a load (it is renewed REFRESH_MARGIN before
+#: its expiry)
+LOAD_REFRESH = 30.0
 
 
 def redirect(model: str, version: str | None = None, action: str | None = None) -> str:
@@ -203,6 +206,28 @@ class VertexClient(EndpointClient):
         send = post_sender(self._netloc, self._path, headers, body, self._timeout, self._ssl)
 
         return lambda: self.auth.again_on_401(send)
+
+    def load_request(self, model: str, inputs: Mapping[str, Any], *,
+                     version: str | None = None) -> HttpRequest:
+        """:meth:`sender`'s request as plain HTTP; the token read again every
+        :data:`LOAD_REFRESH` s; after a 401, the next read fetches a new one."""
+        body, kind = encode(inputs)
+        scheme = "https" if self._ssl else "http"
+        handed, refused = [self.auth.generation], []
+
+        def fresh() -> dict[str, str]:
+            if refused:
+                refused.clear()
+                self.auth.renew(handed[0])  # once, however many requests met the 401
+            header = self.auth.header()
+            handed[0] = self.auth.generation
+            return {"Authorization": header}
+
+        return HttpRequest(f"{scheme}://{self._netloc}{self._path}", body,
+                           {REDIRECT_HEADER: redirect(model, version, "infer"),
+                            "Content-Type": kind},
+                           fresh=fresh, refresh=LOAD_REFRESH,
+                           refused=lambda: refused.append(True))
 
     def probe(self) -> None:
         """Raise Unavailable at once when the endpoint refuses the token, rather than
