@@ -142,8 +142,12 @@ def test_options(fn: Callable) -> Callable:
                      help="Batch size of generated inputs."),
         click.option("--requests", type=click.IntRange(min=0), default=0,
                      help="Load: number of requests after the checks (0 = no load)."),
-        click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Load: concurrent connections."),
+        click.option("--concurrency", type=click.IntRange(min=1),
+                     help="Load: requests in flight (default 1); with --rate, the most in "
+                          "flight (default 512)."),
+        click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+                     help="Load: send open-loop at this many requests per second, latency "
+                          "measured from each request's intended send time."),
         click.option("--junit-xml", type=click.Path(dir_okay=False),
                      help="Write the results as JUnit XML."),
         CLOUD_WAIT,
@@ -166,10 +170,15 @@ def check_writable(path: str | None, what: str) -> None:
 def make_test_options(kwargs: dict[str, Any]):
     from .tester import TestOptions
 
+    if kwargs["rate"] and not kwargs["requests"]:
+        raise UsageError("--rate sets the pace of a load: say how many requests",
+                         hint="e.g. --requests 3000 --rate 200")
+
     return TestOptions(models=kwargs["models"], sample=kwargs["sample"], expect=kwargs["expect"],
                        rtol=kwargs["rtol"], atol=kwargs["atol"], batch_size=kwargs["batch_size"],
                        model_version=kwargs["model_version"], requests=kwargs["requests"],
-                       concurrency=kwargs["concurrency"], cloud_wait=kwargs["cloud_wait"])
+                       concurrency=kwargs["concurrency"], rate=kwargs["rate"],
+                       cloud_wait=kwargs["cloud_wait"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -487,7 +496,12 @@ def prices_show(as_json) -> None:
 @click.option("--requests", type=click.IntRange(min=1), default=1000, show_default=True,
               help="At least this many measured requests per concurrency level.")
 @click.option("--concurrency", "concurrency", multiple=True, type=click.IntRange(min=1),
-              help="Concurrency levels (repeatable; default 1 and 4).")
+              help="Concurrency levels (repeatable; default 1 and 4); with --rate, the most "
+                   "requests in flight (one value; default 512).")
+@click.option("--rate", "rates", multiple=True,
+              type=click.FloatRange(min=0, min_open=True), metavar="RPS",
+              help="Offer every target the same load, open-loop at RPS requests per second "
+                   "(repeatable: one level per rate) instead of concurrency levels.")
 @click.option("--price", "prices", multiple=True, metavar="TYPE=USD",
               help="Override an hourly price, e.g. --price ml.g4dn.xlarge=0.74.")
 @click.option("--gpu", "gpus", multiple=True, metavar="ACCELERATOR[:COUNT]",
@@ -499,10 +513,14 @@ def prices_show(as_json) -> None:
 @json_option
 @pass_ctx
 def compare(ctx: Context, repository, targets, raw_options, model, requests, concurrency,
-            prices, gpus, report_file, cloud_wait, as_json) -> None:
+            rates, prices, gpus, report_file, cloud_wait, as_json) -> None:
     """Deploy to several targets, measure the same load on each, tear all down, compare."""
     from . import compare as comparing
-    from .render import cloud_line, server_time_table, table
+    from .render import cloud_line, load_quality, server_time_table, table
+
+    if rates and len(concurrency) > 1:
+        raise UsageError("with --rate, --concurrency is the most requests in flight: give it "
+                         "once", hint="e.g. --rate 200 --rate 400 --concurrency 256")
 
     check_writable(report_file, "report")
     flat = parse_options(raw_options)
@@ -516,7 +534,8 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
             raise UsageError(f"--price {item!r} is not TYPE=USD_PER_HOUR",
                              hint="e.g. --price ml.g4dn.xlarge=0.74") from None
     result = comparing.compare(ctx.deployer, repository, list(targets), per_target,
-                               requests=requests, concurrency=list(concurrency) or [1, 4],
+                               requests=requests, concurrency=list(concurrency) or (
+                                   [] if rates else [1, 4]), rates=list(rates),
                                prices=price_map, model=model, cloud_wait=cloud_wait,
                                gpus=list(gpus), progress=ctx.progress)
     data = result.to_dict()
@@ -555,6 +574,9 @@ def compare(ctx: Context, repository, targets, raw_options, model, requests, con
                                  t["stream"]["between_ms"]["p50"],
                                  t["stream"]["between_ms"]["p99"],
                                  t["stream"]["responses_per_s"]] for t in streamed]))
+        lines += [f"{t['target']} at " + (f"{x['rate']:g}/s" if x.get("rate") else
+                                          f"concurrency {x['concurrency']}")
+                  + f": {load_quality(x)}" for t in data["targets"] for x in t["load"]]
         lines += [f"{t['target']}: warning: {w}" for t in data["targets"] for w in t["warnings"]]
         lines += [f"{t['target']}: {t['error']}" for t in data["targets"] if t["error"]]
         lines += [f"{t['target']}: {model} served by {how}" for t in data["targets"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import hardware, samples, servertime
 from .errors import DeployerError, Interrupted, UsageError
-from .progress import Prefixed, counted
+from .progress import Prefixed, counting
 from .state import name_from
 from .tester import TestOptions, load_sender, per_request
 
@@ -117,6 +117,9 @@ class CompareReport:
     sequential: list[str]
     price_note: str
     interrupted: bool = False
+    #: ``--rate``: the offered rates (requests/s), one load level each, every target the
+    #: same, at most ``concurrency[0]`` in flight; [] for closed-loop levels
+    rates: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -236,9 +239,11 @@ def _level(level: int, measured) -> dict[str, Any]:
     """One concurrency level's figures, the endpoint's refusals counted apart."""
     errors = dict(measured.errors)
     refused = {field: errors.pop(kind, 0) for kind, field in REFUSALS.items()}
-    return {"concurrency": level, "throughput_rps": measured.throughput_rps,
+    return {"concurrency": level, "rate": measured.rate, "sent_rps": measured.sent_rps,
+            "dropped": measured.dropped, "late": measured.late,
+            "window_cv": measured.window_cv, "throughput_rps": measured.throughput_rps,
             "latency_ms": measured.latency_ms, "errors": errors, **refused,
-            "stable": measured.stable, "stream": measured.stream,
+            "stable": measured.stable, "windows": measured.windows, "stream": measured.stream,
             "latency_by_step": measured.latency_by_step, "requests": measured.requests,
             "server_time": measured.server_time, "server_time_note": measured.server_time_note}
 
@@ -326,11 +331,13 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
             options: Mapping[str, Mapping[str, Any]] | None = None, *, requests: int = 1000,
             concurrency: Sequence[int] = (1, 4), prices: Mapping[str, float] | None = None,
             model: str | None = None, cold_start_timeout: float = 300.0,
-            cloud_wait: float = 180.0, gpus: Sequence[str] = (),
+            cloud_wait: float = 180.0, gpus: Sequence[str] = (), rates: Sequence[float] = (),
             progress: Callable[[str], None] = lambda _: None) -> CompareReport:
     """Deploy, measure and tear down ``repository`` on every target; never leaves one up.
     ``gpus`` (accelerators of :mod:`deployer.hardware`) runs each cloud target once per
-    accelerator; the report lists the results grouped by accelerator."""
+    accelerator; the report lists the results grouped by accelerator. ``rates`` measures
+    each target open-loop at each of these requests per second (at most ``concurrency[0]``
+    in flight) instead of at each concurrency."""
     from .repository import Repository
 
     if len(set(targets)) != len(targets) or not targets:
@@ -339,6 +346,13 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
     model = model or repo.top_level()[0]
     if model not in repo.models:
         raise UsageError(f"no model {model!r} in {repo.path}")
+    if any(rate <= 0 for rate in rates):
+        raise UsageError("--rate takes requests per second above 0")
+    from .load import RATE_CAP
+
+    levels = [(concurrency[0] if concurrency else RATE_CAP, float(rate)) for rate in rates] \
+        or [(level, None) for level in concurrency]
+    concurrency = [levels[0][0]] if rates else list(concurrency)
     runs = _runs(core, targets, options or {}, gpus)
     options = {label: run[1] for label, run in runs.items()}
     impls = {}
@@ -381,17 +395,19 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
                     result.test_passed = report.passed
                     metrics = impl.server_metrics(deployment)
                     began = time.time()
-                    for level in concurrency:
-                        step(f"load at concurrency {level}")
-                        send, kind = load_sender(client, repo.models[model], inputs)
-                        with counted(Prefixed(progress, f"{target}: "),
-                                     f"load at concurrency {level}", send) as counting:
+                    for level, rate in levels:
+                        shape = f"at {rate:g}/s" if rate else f"at concurrency {level}"
+                        step(f"load {shape}")
+                        send, kind = load_sender(client, repo.models[model], inputs, rate)
+                        with counting(Prefixed(progress, f"{target}: "),
+                                      f"load {shape}") as done:
                             measured = servertime.timed_load(
-                                metrics, model, counting, requests, level, kind=kind,
-                                per_request=per_request(repo.models[model], inputs))
+                                metrics, model, send, requests, level, kind=kind,
+                                per_request=per_request(repo.models[model], inputs),
+                                rate=rate, done=done)
                         result.load.append(_level(level, measured))
                         if metrics and measured.server_time_note:
-                            result.warnings.append(f"concurrency {level}: "
+                            result.warnings.append(f"{shape[3:]}: "
                                                    f"{measured.server_time_note}")
                             progress(f"warning: {target}: {result.warnings[-1]}")
                     window = (began, time.time())
@@ -473,7 +489,7 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
     report = CompareReport(repository=str(repo.path), model=model, requests=requests,
                            concurrency=list(concurrency), targets=grouped,
                            parallel=remote, sequential=here, price_note=table["about"],
-                           interrupted=interrupted)
+                           interrupted=interrupted, rates=[float(r) for r in rates])
     if interrupted:
         raise Interrupted("compare interrupted; every deployment was torn down"
                           if all(r.torn_down for r in results.values()) else

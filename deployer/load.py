@@ -269,6 +269,10 @@ class _Engine:
                     self.done(sum(self.ticks))
             elif message[0] == kind:
                 found.append(message[1])
+                if kind == "window":
+                    self.ticks[number] = message[1]["completed"]
+                    if self.done is not None:
+                        self.done(sum(self.ticks))
         return found
 
     def _refused(self, errors: Counter) -> None:

@@ -40,6 +40,9 @@ class HttpRequest:
 LATE = 0.002
 #: an answer that takes longer fails as ``timeout``
 TIMEOUT = 60.0
+#: connections a worker opens at once (hundreds of handshakes at once overflow a server's
+#: listen backlog; its dropped SYNs come back seconds later)
+CONNECTING = 32
 
 
 # --- the worker process: one asyncio loop, its share of the connections -----------------------
@@ -195,6 +198,7 @@ class _Worker:
         self.completed = 0
         self.timeout = TIMEOUT
         self.running = None
+        self.connecting = None
 
     # --- messages from the parent
     def setup(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
@@ -211,12 +215,17 @@ class _Worker:
 
     # --- connections
     async def _open(self) -> _Connection | None:
+        import asyncio
+
         host, port, tls, name = self.address
+        if self.connecting is None:
+            self.connecting = asyncio.Semaphore(CONNECTING)
         self.opening += 1
         try:
-            _, conn = await self.loop.create_connection(
-                lambda: _Connection(self), host, port, ssl=self.ssl,
-                server_hostname=name if tls else None)
+            async with self.connecting:
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self), host, port, ssl=self.ssl,
+                    server_hostname=name if tls else None)
         except OSError:
             return None
         finally:
@@ -404,7 +413,7 @@ class _Worker:
         if window is None or number > self.scheduled_past:
             return
         if window.finished >= window.dispatched:
-            self._send(("window", window.report(number)))
+            self._send(("window", {**window.report(number), "completed": self.completed}))
             del self.windows[number]
 
     # --- the pipe
@@ -472,7 +481,8 @@ def _worker_main() -> None:
             elif kind == "headers":
                 worker.headers(args)
             elif kind == "closed":
-                worker._send(("window", await worker.closed(**args)))
+                report = await worker.closed(**args)
+                worker._send(("window", {**report, "completed": worker.completed}))
             elif kind == "open":
                 worker.running = loop.create_task(worker.open(**args))
             elif kind == "stop":

@@ -174,52 +174,13 @@ def waiting(progress: Callable[[str], None], what: str) -> Wait:
     return live.waiting(what) if live else Wait(progress, what)
 
 
-class Counted:
-    """``send`` wrapped to count its calls (a load's requests done, failed ones too): each
-    thread bumps a counter of its own, so the measured path takes no lock; :attr:`done` sums."""
-
-    def __init__(self, send: Callable[[], object]):
-        self.send = send
-        self._mine = threading.local()
-        self._cells: list[list[int]] = []
-
-    def __call__(self) -> object:
-        try:
-            return self.send()
-        finally:
-            cell = getattr(self._mine, "cell", None)
-            if cell is None:
-                cell = self._mine.cell = [0]
-                self._cells.append(cell)
-            cell[0] += 1
-
-    @property
-    def done(self) -> int:
-        return sum(cell[0] for cell in list(self._cells))
-
-
 @contextlib.contextmanager
-def counted(progress: Callable[[str], None], what: str, send: Callable[[], object],
-            every: float = 0.25) -> Iterator[Counted]:
-    """A :func:`transfer` of requests (total unknown: a load runs until it is steady) that
-    follows the calls of ``send``: yields ``send`` wrapped in :class:`Counted`; a thread of its
-    own updates the transfer every ``every`` seconds."""
-    counter = Counted(send)
+def counting(progress: Callable[[str], None], what: str) -> Iterator[Callable[[int], None]]:
+    """A :func:`transfer` of requests (total unknown: a load runs until it is steady): yields
+    the function a load calls with the requests done so far (``deployer.load.run``'s
+    ``done``)."""
     with transfer(progress, what, None, unit="requests") as moving:
-        stop = threading.Event()
-
-        def tick() -> None:
-            while not stop.wait(every):
-                moving.update(counter.done)
-
-        ticker = threading.Thread(target=tick, name="progress-ticker", daemon=True)
-        ticker.start()
-        try:
-            yield counter
-        finally:
-            stop.set()
-            ticker.join()
-            moving.update(counter.done)
+        yield moving.update
 
 
 class Prefixed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -31,6 +31,20 @@ def at_terminal(stream) -> bool:
 SPLIT_HEADERS = ["target", "concurrency", "client mean ms", "outside server ms", "queue ms",
                  "compute ms", "other in server ms", "server ms", "server share", "batch size",
                  "requests"]
+
+
+def load_quality(load: Mapping[str, Any]) -> str:
+    """How far to trust a load's figures: the windows' variation, and for a fixed rate what
+    left as planned."""
+    cv = load.get("window_cv") or {}
+    steady = "steady" if load.get("stable") else "NOT steady"
+    text = (f"{load.get('windows', '?')} windows, {steady}; variation between windows: "
+            f"throughput {cv.get('throughput', 0):.1%}, p50 {cv.get('p50', 0):.1%}")
+    if load.get("rate"):
+        sent = load.get("sent_rps")
+        text += (f"; sent {sent if sent is not None else '?'}/s, {load.get('dropped', 0)} "
+                 f"dropped (every slot busy), {load.get('late', 0)} sent late")
+    return text
 
 
 def server_time_table(levels: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -76,11 +90,14 @@ def test_report(report: dict[str, Any]) -> str:
         unit = (f"sequences of {len(load['latency_by_step'])} steps"
                 if load.get("latency_by_step") else "streamed requests" if load.get("stream")
                 else "requests")
-        text += (f"\nload on {load['model']}: {load['requests']} {unit}, concurrency "
-                 f"{load['concurrency']}: {load['throughput_rps']}/s, latency ms p50 "
+        shape = (f"at {load['rate']:g}/s offered (at most {load['concurrency']} in flight)"
+                 if load.get("rate") else f"concurrency {load['concurrency']}")
+        text += (f"\nload on {load['model']}: {load['requests']} {unit}, {shape}: "
+                 f"{load['throughput_rps']}/s, latency ms p50 "
                  f"{lat['p50']} p90 {lat['p90']} p99 {lat['p99']}, errors "
                  f"{sum(load['errors'].values())}"
                  + (f" {load['errors']}" if load["errors"] else ""))
+        text += "\n  " + load_quality(load)
         text += "".join(f"\n  step {step}: p50 {lat['p50']} p99 {lat['p99']} mean {lat['mean']}"
                         for step, lat in load.get("latency_by_step", {}).items())
         split = load.get("server_time")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from . import samples
 from .client import EndpointError, StreamAnswer
 from .errors import UsageError
+from .loadgen import HttpRequest
 
 if TYPE_CHECKING:
     from .client import EndpointClient
@@ -117,12 +118,22 @@ class TestOptions:
     #: check only this version (default: every version the model's policy serves)
     model_version: int | None = None
     requests: int = 0
-    concurrency: int = 1
+    #: requests in flight (closed loop); with ``rate``, the most in flight (None: 1, or
+    #: ``load.RATE_CAP`` with a rate)
+    concurrency: int | None = None
+    #: send open-loop at this many requests per second (None: closed loop)
+    rate: float | None = None
     ready_timeout: float = 30.0
     #: after a load on a cloud target, seconds to wait for its own latency metrics
     cloud_wait: float = 180.0
 
     __test__ = False
+
+    @property
+    def in_flight(self) -> int:
+        from .load import RATE_CAP
+
+        return self.concurrency or (RATE_CAP if self.rate else 1)
 
 
 def _timed(name: str, fn: Callable[[], str | None]) -> Check:
@@ -359,15 +370,28 @@ def _infer(client: EndpointClient, model: Model, route: dict[str, Any],
     return None
 
 
-def load_sender(client: EndpointClient, model: Model,
-                steps: list[dict[str, Any]]) -> tuple[Callable[[], Any], str]:
+def load_sender(client: EndpointClient, model: Model, steps: list[dict[str, Any]],
+                rate: float | None = None) -> tuple[Any, str]:
     """What load sends for ``model`` and how ``load.run`` reads it: whole sequences for a
-    stateful model, streamed calls for a decoupled one, else the same request."""
+    stateful model, streamed calls for a decoupled one, else the same request (as plain HTTP
+    for the load engine when the client describes it so). A fixed ``rate`` needs the last:
+    UsageError otherwise."""
     if model.decoupled:
-        return client.stream_sender(model.name, steps[0]), "stream"
-    if model.stateful:
-        return client.sequence_sender(model.name, steps), "sequence"
-    return client.sender(model.name, steps[0]), "request"
+        send, kind = client.stream_sender(model.name, steps[0]), "stream"
+    elif model.stateful:
+        send, kind = client.sequence_sender(model.name, steps), "sequence"
+    else:
+        send, kind = client.load_request(model.name, steps[0]) or \
+            client.sender(model.name, steps[0]), "request"
+    if rate is not None and not isinstance(send, HttpRequest):
+        what = {"stream": "a decoupled model's streams",
+                "sequence": "a stateful model's sequences"}.get(
+            kind, f"requests of this target's client ({type(client).__name__})")
+        raise UsageError(f"--rate cannot send {what} at a fixed rate: only single requests "
+                         "the client describes as plain HTTP",
+                         hint="leave out --rate (a closed loop at --concurrency) or load "
+                              "another model with --model")
+    return send, kind
 
 
 def per_request(model: Model, steps: list[dict[str, Any]]) -> int:
@@ -466,16 +490,20 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
 
         load_model = models[0] if options.models else next(
             (m for m in repository.top_level() if m in models), models[0])
-        from .progress import counted
+        from .progress import counting
 
-        send, kind = load_sender(client, repository.models[load_model], inputs[load_model])
+        send, kind = load_sender(client, repository.models[load_model], inputs[load_model],
+                                 options.rate)
         began = time.time()
-        with counted(progress, f"load: at least {options.requests} requests at concurrency "
-                               f"{options.concurrency} on {load_model}", send) as counting:
+        shape = (f"at {options.rate:g}/s (at most {options.in_flight} in flight)"
+                 if options.rate else f"at concurrency {options.in_flight}")
+        with counting(progress, f"load: at least {options.requests} requests {shape} on "
+                                f"{load_model}") as done:
             measured = servertime.timed_load(
-                metrics, load_model, counting, options.requests, options.concurrency,
+                metrics, load_model, send, options.requests, options.in_flight,
                 kind=kind, per_request=per_request(repository.models[load_model],
-                                                   inputs[load_model]))
+                                                   inputs[load_model]),
+                rate=options.rate, done=done)
         if metrics and measured.server_time_note:
             progress(f"warning: {measured.server_time_note}")
         report.load.append(measured)

@@ -10,6 +10,7 @@ import pytest
 
 from deployer import load
 from deployer.client import EndpointError, _RawSender
+from deployer.loadgen import HttpRequest
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -78,3 +79,172 @@ def test_windows_repeat_until_stable():
                       clock=lambda: now[0])
     assert result.stable and result.windows > 3
     assert result.latency_ms["max"] == 8.0, "the slow (30 ms) windows are not in the figures"
+
+
+# --- the engine: worker processes, many in flight, a fixed rate ------------------------------
+
+class _Counting(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def _serve(handler):
+    httpd = _Counting(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v2/models/m/infer"
+
+
+def _stop(httpd):
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_engine_holds_512_in_flight_from_two_processes():
+    """A closed loop at 512 over two worker processes: every connection used, every request
+    counted once, the refusals by kind, progress to the last request."""
+    _Handler.counter = itertools.count(1)
+    _Handler.connections = set()
+    httpd, url = _serve(_Handler)
+    seen = []
+    try:
+        result = load.run("m", HttpRequest(url, b"hello", {"Content-Type": "text/plain"}),
+                          requests=3072, concurrency=512, warmup=0, max_windows=3,
+                          processes=2, done=seen.append)
+    finally:
+        _stop(httpd)
+    assert result.processes == 2 and result.windows == 3
+    assert result.requests == 3072 and result.errors == {"http-500": 307}
+    assert len(_Handler.connections) == 512, "one keep-alive connection per request in flight"
+    assert seen[-1] == 3072 and seen == sorted(seen)
+    assert set(result.window_cv) == {"throughput", "p50"}
+
+
+def test_percentiles_merge_exactly_across_processes():
+    import array
+
+    def report(values):
+        return {"latencies": array.array("d", values).tobytes(), "errors": {"http-500": 1},
+                "late": 0, "dropped": 0, "sent": len(values) + 1}
+
+    # two processes' raw latencies, interleaved: no per-process summary could give these
+    latencies, errors, counts = load._merged([report([0.001 * i for i in range(1, 101, 2)]),
+                                              report([0.001 * i for i in range(2, 101, 2)])])
+    result = load._result("m", 2, [latencies], [1.0], errors, [], "request")
+    assert result.latency_ms["p50"] == 50.0 and result.latency_ms["p99"] == 99.0
+    assert result.requests == 102 and counts["sent"] == 102
+
+
+def test_fixed_rate_keeps_sending_through_a_stall_and_measures_from_the_intended_time():
+    """Open loop: while the server holds every answer, the schedule goes on (a closed loop
+    would send nothing more), and the stall is in the latencies, measured from each request's
+    intended send time (so at least what the server held it)."""
+    release, enough = threading.Event(), threading.Event()
+    held, lock = [], threading.Lock()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        seen = itertools.count(1)
+
+        def do_POST(self):  # noqa: N802
+            import time
+
+            self.rfile.read(int(self.headers["Content-Length"]))
+            arrived = time.monotonic()
+            if next(self.seen) > 50 and not release.is_set():   # a stall in the first window
+                with lock:
+                    held.append(arrived)
+                    if len(held) == 20:
+                        enough.set()
+                release.wait()
+                with lock:
+                    held[held.index(arrived)] = time.monotonic() - arrived
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    httpd, url = _serve(Stalling)
+    threading.Thread(target=lambda: enough.wait() and release.set(), daemon=True).start()
+    try:
+        result = load.run("m", HttpRequest(url, b"x"), requests=300, concurrency=64,
+                          warmup=50, max_windows=3, rate=200.0)
+    finally:
+        release.set()
+        _stop(httpd)
+    assert len(held) == 20, "20 requests left while none was answered"
+    assert result.rate == 200.0 and result.dropped == 0 and result.errors == {}
+    assert result.requests == 600, "three windows of a second of the schedule"
+    assert result.latency_ms["max"] >= max(held) * 1000
+
+
+def test_fixed_rate_drops_what_finds_every_slot_busy():
+    """At most 2 in flight, both held: each send the schedule wants meanwhile is dropped
+    (counted, not queued), until the server answers again."""
+    release, held = threading.Event(), []
+
+    class Holding(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if not release.is_set():
+                held.append(1)
+                release.wait()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    def done(count):   # a progress tick comes a quarter second of the schedule later
+        if len(held) == 2:
+            release.set()
+
+    httpd, url = _serve(Holding)
+    try:
+        result = load.run("m", HttpRequest(url, b"x"), requests=300, concurrency=2, warmup=2,
+                          max_windows=3, rate=200.0, processes=1, done=done)
+    finally:
+        release.set()
+        _stop(httpd)
+    assert len(held) == 2 and result.concurrency == 2
+    assert result.dropped > 0 and result.errors == {}
+
+
+def test_a_refused_credential_is_renewed_between_windows():
+    refused = []
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            ok = self.headers.get("Authorization") == "Bearer new"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd, url = _serve(Guarded)
+    token = ["old"]
+
+    def fresh():
+        return {"Authorization": f"Bearer {token[0]}"}
+
+    def renew():
+        refused.append(True)
+        token[0] = "new"
+
+    try:
+        result = load.run("m", HttpRequest(url, b"x", fresh=fresh, refused=renew),
+                          requests=300, concurrency=4, warmup=20, max_windows=3)
+    finally:
+        _stop(httpd)
+    assert refused, "the 401s of the warm-up asked for a new credential"
+    assert result.errors == {} and result.requests == 300

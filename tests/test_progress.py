@@ -113,25 +113,20 @@ def test_parts_add_up_and_a_total_is_known_once_every_part_has_one():
     assert lines[1] == "pulling image: 150 B of 150 B (100%), 5 B/s, 2 part(s)"
 
 
-def test_counted_counts_every_call_from_every_thread():
+def test_a_load_counts_every_request_it_finished_failed_or_not():
+    from deployer import load
+
     lines = []
-    counter = progress.Counted(lambda: None)
-    workers = [Worker(lambda: [counter() for _ in range(10_000)]) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.result()
-    assert counter.done == 40_000
 
     def failing():
         raise ConnectionError("refused")
 
-    with progress.counted(lines.append, "load", failing) as send:
-        for _ in range(3):
-            with pytest.raises(ConnectionError):
-                send()
-    assert send.done == 3 and lines[0] == "load"
-    assert lines[-1].startswith("load: done, 3 requests in ")
+    with progress.counting(lines.append, "load") as done:
+        result = load.run("m", failing, requests=30, concurrency=3, warmup=6, max_windows=3,
+                          done=done)
+    assert result.errors == {"ConnectionError": 30}
+    assert lines[0] == "load"
+    assert lines[-1].startswith("load: done, 36 requests in "), "warm-up and windows"
 
 
 def test_prefixed_keeps_the_live_view():
