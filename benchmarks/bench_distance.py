@@ -16,11 +16,11 @@ Figures, and how each is measured:
   both sides; wrk straight to Triton is printed beside it: what the relay costs).
 - closed loop at C: ours and wrk (``-t2``) through the delay; goal: ours >= 90 % of
   min(C / RTT, capacity).
-- open loop at 80 % of what ours reached: goals: requests answered per second within 1 % of
-  the rate; p50 within 2 ms of RTT + the server's own time, which is Triton's own
-  ``nv_inference_request_duration_us`` per request over that run (its metrics port; queue and
-  compute at that very load). The unloaded time, wrk at 1 connection without delay, is
-  printed beside it.
+- open loop at 80 % of what ours reached (at most ``--rate-cap`` in flight): goals: requests
+  answered per second within 1 % of the rate; p50 within 2 ms of RTT + the server's own
+  time, which is Triton's own ``nv_inference_request_duration_us`` per request over that run
+  (its metrics port; queue and compute at that very load). The unloaded time, wrk at 1
+  connection without delay, is printed beside it.
 
 Run (as root): python benchmarks/bench_distance.py [--concurrency 256] [--delay-ms 10]
 """
@@ -186,6 +186,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--delay-ms", type=float, default=10.0, help="each way (RTT: twice)")
     parser.add_argument("--requests", type=int, default=30000, help="ours, closed loop")
+    parser.add_argument("--rate-cap", type=int, default=1024,
+                        help="open loop: the cap on requests in flight")
     parser.add_argument("--seconds", type=int, default=8, help="each wrk run")
     parser.add_argument("--subnet", type=int, default=20, help="the pair gets 10.254.N.0/30")
     parser.add_argument("--repository", type=Path, default=ROOT / "tests" / "repos" / "add_sub")
@@ -261,7 +263,7 @@ def main() -> None:
               + (f"; straight to Triton: {direct['throughput_rps']:.0f} req/s (the delay line "
                  f"costs {1 - capacity['throughput_rps'] / direct['throughput_rps']:.0%})"
                  if direct else ""))
-        print(f"unloaded, wrk -c1 without delay: p50 {unloaded['p50']:.3f} ms, "
+        print(f"unloaded, wrk -t1 -c1 without delay: p50 {unloaded['p50']:.3f} ms, "
               f"{unloaded['throughput_rps']:.0f} req/s")
 
         relay_before, began = far.relay_cpu(), time.perf_counter()
@@ -296,8 +298,8 @@ def main() -> None:
         rate = round(0.8 * ours.throughput_rps, 1)
         metrics = f"http://{far.far}:{METRICS_PORT}/metrics"
         before = servertime.read(metrics)
-        paced = load.run(model, request(url), max(args.requests // 2, int(rate * 6)), C,
-                         rate=rate)
+        paced = load.run(model, request(url), max(args.requests // 2, int(rate * 6)),
+                         args.rate_cap, rate=rate)
         time.sleep(servertime.SETTLE_SECONDS)
         change = servertime.delta(before, servertime.read(metrics))
         own = servertime.model_figures(change[model])
@@ -305,8 +307,8 @@ def main() -> None:
         p50 = paced.latency_ms["p50"]
         answered_off = paced.throughput_rps / rate - 1
         sent_off = (paced.sent_rps / rate - 1) if paced.sent_rps else float("nan")
-        print(f"\nopen loop at {rate:.0f} req/s (80% of ours closed-loop), at most {C} in "
-              f"flight:")
+        print(f"\nopen loop at {rate:.0f} req/s (80% of ours closed-loop), at most "
+              f"{args.rate_cap} in flight, {paced.processes} processes:")
         print(f"  answered {paced.throughput_rps:.1f} req/s ({answered_off:+.2%}), sent "
               f"{paced.sent_rps:.1f} req/s ({sent_off:+.2%}); goal within 1%: "
               f"{'met' if abs(answered_off) <= 0.01 and abs(sent_off) <= 0.01 else 'NOT met'}"
