@@ -98,9 +98,14 @@ def bar_chart(chart_id: str, groups: Sequence[str], series: Sequence[str],
             f'role="img">{"".join(parts)}</svg><div class="legend">{legend}</div>')
 
 
-def line_chart(chart_id: str, xs: Sequence[int], lines: dict[str, dict[int, float]],
-               unit: str) -> str:
-    """Throughput against concurrency: one polyline with points per target."""
+def _level(level: dict) -> str:
+    """A load level in words: ``concurrency 4``, or ``200/s`` for a fixed rate."""
+    return f"{level['rate']:g}/s" if level.get("rate") else f"concurrency {level['concurrency']}"
+
+
+def line_chart(chart_id: str, xs: Sequence[float], lines: dict[str, dict[float, float]],
+               unit: str, axis: str = "concurrency") -> str:
+    """Throughput against concurrency (or the offered rate): one polyline per target."""
     width, height, left, bottom = 520, 260, 52, 40
     top = max([v for pts in lines.values() for v in pts.values()] or [1.0]) * 1.1
     span = (width - left - 30) / max(1, len(xs) - 1)
@@ -109,7 +114,7 @@ def line_chart(chart_id: str, xs: Sequence[int], lines: dict[str, dict[int, floa
         parts.append(f'<text x="{left + 10 + i * span:.1f}" y="{height - bottom + 16}" '
                      f'font-size="12" text-anchor="middle">{x}</text>')
     parts.append(f'<text x="{width / 2:.0f}" y="{height - 6}" font-size="11" fill="#6b7280" '
-                 f'text-anchor="middle">concurrency</text>')
+                 f'text-anchor="middle">{_esc(axis)}</text>')
     for n, (name, points) in enumerate(lines.items()):
         color = COLORS[n % len(COLORS)]
         coords = [(left + 10 + xs.index(x) * span, height - bottom - (height - bottom - 20)
@@ -120,7 +125,7 @@ def line_chart(chart_id: str, xs: Sequence[int], lines: dict[str, dict[int, floa
                          + '"/>')
         for (x, y), (c, v) in zip(coords, sorted(points.items())):
             parts.append(f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
-                         f'<title>{_esc(name)} at concurrency {c}: {v:,.1f} {_esc(unit)}'
+                         f'<title>{_esc(name)} at {_esc(axis)} {c:g}: {v:,.1f} {_esc(unit)}'
                          f'</title></circle>')
     legend = "".join(f'<span><i style="background:{COLORS[n % len(COLORS)]}"></i>{_esc(k)}'
                      f'</span>' for n, k in enumerate(lines))
@@ -216,20 +221,20 @@ def _server_time(targets: Sequence[dict[str, Any]], levels: Sequence[int]) -> st
     split = [(t, x) for t in targets for x in t["load"] if x.get("server_time")]
     if not split:
         return ""
-    bars = stacked_bars("servertime", [(f"{t['target']} ×{x['concurrency']}",
+    bars = stacked_bars("servertime", [(f"{t['target']} {_level(x)}",
                                         x["server_time"]) for t, x in split])
     batch = bar_chart("batch", [t["target"] for t in targets],
-                      [f"concurrency {c}" for c in levels],
-                      {(t["target"], f"concurrency {x['concurrency']}"):
+                      list(dict.fromkeys(_level(x) for t in targets for x in t["load"])),
+                      {(t["target"], _level(x)):
                        x["server_time"]["batch_size"] for t, x in split}, "requests per batch")
     rows = "".join(
-        f"<tr><td>{_esc(t['target'])}</td><td>{x['concurrency']}</td>"
+        f"<tr><td>{_esc(t['target'])}</td><td>{_esc(_level(x))}</td>"
         + "".join(f"<td>{_fmt(x['server_time'][k], 3)}</td>" for k in (
             "client_mean_ms", "outside_server_ms", "queue_ms", "compute_input_ms",
             "compute_infer_ms", "compute_output_ms", "server_ms"))
         + f"<td>{_share(x['server_time']['server_share'])}</td>"
         f"<td>{_fmt(x['server_time']['batch_size'], 2)}</td></tr>" for t, x in split)
-    missing = "".join(f"<li>{_esc(t['target'])} at concurrency {x['concurrency']}: "
+    missing = "".join(f"<li>{_esc(t['target'])} at {_esc(_level(x))}: "
                       f"{_esc(x['server_time_note'])}</li>" for t in targets for x in t["load"]
                       if not x.get("server_time") and x.get("server_time_note"))
     return f"""<h2>Where the time goes</h2>
@@ -254,9 +259,15 @@ def render(report: dict[str, Any]) -> str:
     latency = bar_chart("latency", [t["target"] for t in measured], PERCENTILES,
                         {(t["target"], p): t["latency_ms"].get(p) for t in measured
                          for p in PERCENTILES}, "ms")
-    throughput = line_chart("throughput", report["concurrency"], {
-        t["target"]: {x["concurrency"]: x["throughput_rps"] for x in t["load"]}
-        for t in measured}, "requests/s")
+    rates = report.get("rates") or []
+    key = "rate" if rates else "concurrency"
+    throughput = line_chart("throughput", rates or report["concurrency"], {
+        t["target"]: {x[key]: x["throughput_rps"] for x in t["load"]}
+        for t in measured}, "requests/s", "offered requests/s" if rates else "concurrency")
+    shape = (f"at each offered rate ({', '.join(f'{r:g}/s' for r in rates)}), at most "
+             f"{report['concurrency'][0]} in flight" if rates else
+             f"per concurrency level ({', '.join(map(str, report['concurrency']))})")
+    first = f"{rates[0]:g}/s" if rates else f"concurrency {report['concurrency'][0]}"
     timing = bar_chart("timing", names, ("deploy", "cold start"),
                        {**{(t["target"], "deploy"): t["deploy_seconds"] for t in targets},
                         **{(t["target"], "cold start"): t["cold_start_seconds"]
@@ -311,14 +322,13 @@ def render(report: dict[str, Any]) -> str:
 <body>
 <h1>{_esc(" vs ".join(names))}</h1>
 <div class="sub">Repository <code>{_esc(report['repository'])}</code>, model
-<code>{_esc(report['model'])}</code>, at least {report['requests']} requests per concurrency
-level ({", ".join(map(str, report['concurrency']))}). Overall:
+<code>{_esc(report['model'])}</code>, at least {report['requests']} requests {_esc(shape)}. Overall:
 {'<span class="ok">passed</span>' if report['passed'] else '<span class="fail">failed</span>'}.
 </div>
 <div class="charts">
-<figure><figcaption>Latency percentiles at concurrency {report['concurrency'][0]}</figcaption>
+<figure><figcaption>Latency percentiles at {_esc(first)}</figcaption>
 {latency}</figure>
-<figure><figcaption>Throughput against concurrency</figcaption>{throughput}</figure>
+<figure><figcaption>Throughput against {"the offered rate" if rates else "concurrency"}</figcaption>{throughput}</figure>
 <figure><figcaption>Deploy and cold-start time</figcaption>{timing}</figure>
 </div>
 {_server_time(targets, report["concurrency"])}

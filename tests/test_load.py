@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import itertools
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +249,38 @@ def test_a_refused_credential_is_renewed_between_windows():
         _stop(httpd)
     assert refused, "the 401s of the warm-up asked for a new credential"
     assert result.errors == {} and result.requests == 300
+
+
+@pytest.mark.usefixtures("tritonserver")
+def test_test_step_at_a_fixed_rate_on_the_local_triton(cli, tmp_path):
+    """``deployer test --rate``: the offered rate, what was sent and dropped, the windows'
+    variation; a rate without a request count, or on a stateful model, is one line, exit 2."""
+    from conftest import EXAMPLES
+
+    deployed = cli("deploy", EXAMPLES / "add_sub" / "models", "--name", "paced")
+    assert deployed.code == 0, deployed
+    try:
+        tested = cli("test", "paced", "--requests", "600", "--rate", "300", "--json")
+        assert tested.code == 0, tested
+        measured = tested.json()["load"][0]
+        assert measured["rate"] == 300.0 and measured["concurrency"] == 512
+        assert measured["errors"] == {} and measured["dropped"] == 0
+        assert measured["requests"] >= 900 and measured["processes"] == 1
+        assert set(measured["window_cv"]) == {"throughput", "p50"}
+        text = cli("test", "paced", "--requests", "300", "--rate", "300",
+                   "--concurrency", "64")
+        assert "at 300/s offered (at most 64 in flight)" in text.out
+        assert "variation between windows: throughput" in text.out
+        alone = cli("test", "paced", "--rate", "300")
+        assert alone.code == 2 and "--rate sets the pace of a load" in alone.err
+        assert "Traceback" not in alone.err
+    finally:
+        assert cli("teardown", "paced").code == 0
+    acc = cli("deploy", Path(__file__).parent / "repos" / "acc", "--name", "paced-acc")
+    assert acc.code == 0, acc
+    try:
+        refused = cli("test", "paced-acc", "--requests", "100", "--rate", "50")
+        assert refused.code == 2 and "a stateful model's sequences" in refused.err
+        assert len(refused.err.strip().splitlines()) <= 2 and "Traceback" not in refused.err
+    finally:
+        assert cli("teardown", "paced-acc").code == 0
