@@ -22,7 +22,7 @@ from . import hardware, samples, servertime
 from .errors import DeployerError, Interrupted, UsageError
 from .progress import Prefixed, counting
 from .state import name_from
-from .tester import TestOptions, load_sender, per_request
+from .tester import TestOptions, check_rate, load_sender, per_request
 
 if TYPE_CHECKING:
     from .api import Deployer
@@ -348,6 +348,8 @@ def compare(core: Deployer, repository: str, targets: Sequence[str],
         raise UsageError(f"no model {model!r} in {repo.path}")
     if any(rate <= 0 for rate in rates):
         raise UsageError("--rate takes requests per second above 0")
+    if rates:
+        check_rate(repo.models[model])
     from .load import RATE_CAP
 
     levels = [(concurrency[0] if concurrency else RATE_CAP, float(rate)) for rate in rates] \

@@ -13,7 +13,12 @@ in tens of milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import select as _select
 from typing import Callable, Mapping
+
+_IN = getattr(_select, "EPOLLIN", getattr(_select, "POLLIN", 1))
+_OUT = getattr(_select, "EPOLLOUT", getattr(_select, "POLLOUT", 4))
+_ERR = getattr(_select, "EPOLLERR", 8) | getattr(_select, "EPOLLHUP", 16)
 
 
 @dataclasses.dataclass
@@ -61,363 +66,126 @@ def _request_bytes(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[b
             (parsed.hostname, port, tls, parsed.hostname))
 
 
-class _Connection:
-    """One keep-alive connection (an asyncio protocol): writes the request, reads the answer
-    by Content-Length (or chunks, or to the close), and hands the outcome to the engine."""
-
-    def __init__(self, engine: "_Worker"):
-        self.engine = engine
-        self.transport = None
-        self.buffer = b""
-        self.need: int | None = None      # body bytes still expected; -1 chunked; -2 to close
-        self.status = 0
-        self.keep = True
-        self.busy = False
-        self.began = self.sent_at = 0.0
-        self.window = 0
-
-    # asyncio.Protocol
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        if self.busy and self.need == -2:   # an answer that ends at the close
-            self._done()
-        elif self.busy:
-            self.busy = False
-            self.engine.failed(self, "timeout" if self.engine.expired(self) else "connection")
-        self.engine.lost(self)
-
-    def eof_received(self):
-        return None
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def send(self, request: bytes, began: float, window: int, now: float) -> None:
-        self.busy, self.began, self.sent_at, self.window = True, began, now, window
-        self.need, self.buffer = None, b""
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        if self.buffer:
-            data, self.buffer = self.buffer + data, b""
-        if not self.busy:
-            return
-        if self.need is None:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self.buffer = data
-                return
-            head = data[:end].lower()
-            data = data[end + 4:]
-            self.status = int(head[9:12])
-            at = head.find(b"\r\ncontent-length:")
-            if at >= 0:
-                stop = head.find(b"\r\n", at + 2)
-                self.need = int(head[at + 17:stop if stop > 0 else None])
-            elif b"\r\ntransfer-encoding: chunked" in head:
-                self.need = -1
-            else:
-                self.need = -2
-            self.keep = b"\r\nconnection: close" not in head and (
-                not head.startswith(b"http/1.0") or b"\r\nconnection: keep-alive" in head)
-        if self.need >= 0:
-            if len(data) < self.need:
-                self.buffer = data
-                return
-        elif self.need == -1:
-            if not self._chunks_end(data):
-                self.buffer = data
-                return
-        else:
-            return   # read to the close
-        self._done()
-
-    @staticmethod
-    def _chunks_end(data: bytes) -> bool:
-        at = 0
-        while True:
-            line = data.find(b"\r\n", at)
-            if line < 0:
-                return False
-            size = int(data[at:line].split(b";")[0], 16)
-            if size == 0:
-                return data.find(b"\r\n\r\n", line) >= 0 or data.endswith(b"0\r\n\r\n")
-            at = line + 2 + size + 2
-            if at > len(data):
-                return False
-
-    def _done(self) -> None:
-        self.busy = False
-        if not self.keep and self.transport is not None:
-            self.transport.close()
-            self.transport = None   # connection_lost opens another when one is needed
-        if self.status == 200:
-            self.engine.answered(self)
-        else:
-            self.engine.failed(self, f"http-{self.status}")
-
-
 class _Window:
     """What one window's requests came to, in this worker."""
 
     def __init__(self) -> None:
         import array
-        from collections import Counter
 
         self.latencies = array.array("d")
-        self.errors: Counter = Counter()
+        self.errors: dict[str, int] = {}
         self.dispatched = self.finished = self.late = self.dropped = 0
         self.first = self.last = self.ended = 0.0
 
-    def report(self, number: int) -> dict:
+    def report(self, number: int, completed: int) -> dict:
         return {"window": number, "latencies": self.latencies.tobytes(),
-                "errors": dict(self.errors), "late": self.late, "dropped": self.dropped,
+                "errors": self.errors, "late": self.late, "dropped": self.dropped,
                 "sent": self.dispatched - self.dropped, "first": self.first,
-                "last": self.last, "ended": self.ended}
+                "last": self.last, "ended": self.ended, "completed": completed}
+
+
+class _Connection:
+    """One keep-alive connection and the request it carries (at most one at a time)."""
+
+    __slots__ = ("sock", "fd", "state", "buffer", "need", "status", "keep", "busy", "began",
+                 "sent_at", "window", "out")
+
+    def __init__(self) -> None:
+        self.sock = None
+        self.fd = -1
+        self.state = "waiting"      # waiting (for a connect slot), connecting, tls, open
+        self.buffer = b""
+        self.need = None            # body bytes expected; -1 chunked; -2 to the close
+        self.status = 0
+        self.keep = True
+        self.busy = False
+        self.began = self.sent_at = 0.0
+        self.window = 0
+        self.out = b""
+
+
+def _wants_io(exc: OSError) -> bool:
+    """A TLS socket's "try again when readable/writable" (not a failure)."""
+    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
+
+
+def _chunks_end(data: bytes) -> bool:
+    at = 0
+    while True:
+        line = data.find(b"\r\n", at)
+        if line < 0:
+            return False
+        size = int(data[at:line].split(b";")[0], 16)
+        if size == 0:
+            return data.find(b"\r\n\r\n", line) >= 0 or data.endswith(b"0\r\n\r\n")
+        at = line + 2 + size + 2
+        if at > len(data):
+            return False
 
 
 class _Worker:
-    def __init__(self, loop, out) -> None:
-        self.loop, self.out = loop, out
-        self.request = b""
-        self.address: tuple = ()
-        self.ssl = None
-        self.connections: set[_Connection] = set()
+    """A worker process: one poll loop over its connections and the parent's pipe, no
+    threads, no asyncio (the fewest instructions between two requests)."""
+
+    def __init__(self, out) -> None:
+        import time
+
+        self.out = out
+        self.clock = time.monotonic
+        self.poller = _select.epoll() if hasattr(_select, "epoll") else _Poll()
+        self.conns: dict[int, _Connection] = {}     # by fd, once connecting
+        self.pool: set[_Connection] = set()         # every connection, any state
         self.idle: list[_Connection] = []
-        self.opening = 0
+        self.waiting: list[_Connection] = []        # for a connect slot
+        self.connecting = 0
         self.windows: dict[int, _Window] = {}
-        self.closed_left = 0
-        self.closed_done = None
-        self.mode = "closed"
+        self.mode = "idle"
         self.completed = 0
+        self.closed_left = 0
+        self.connections = 0
+        self.tick = 0.0
+        self.next_tick = 0.0
+        self.next_sweep = 0.0
         self.timeout = TIMEOUT
-        self.running = None
-        self.connecting = None
+        self.request = b""
+        self.ssl = None
+        self.inbox = b""
+        self.quit = False
 
     # --- messages from the parent
     def setup(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
               tick: float = 0) -> None:
-        self.url, self.body, self.timeout = url, body, timeout
-        self.request, self.address = _request_bytes(url, body, headers)
-        if self.address[2]:
+        import socket
+
+        self.url, self.body, self.timeout, self.tick = url, body, timeout, tick
+        self.request, (host, port, tls, self.name) = _request_bytes(url, body, headers)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        self.family, self.address = family, address
+        if tls:
             import ssl
 
             self.ssl = ssl.create_default_context()
 
-    def headers(self, headers: Mapping[str, str]) -> None:
-        self.request, _ = _request_bytes(self.url, self.body, headers)
+    def on_message(self, message) -> None:
+        kind, args = message
+        if kind == "setup":
+            self.setup(**args)
+            self.send(("ready", None))
+        elif kind == "headers":
+            self.request, _ = _request_bytes(self.url, self.body, args)
+        elif kind == "closed":
+            self.start_closed(**args)
+        elif kind == "open":
+            self.start_open(**args)
+        elif kind == "stop":
+            self.mode = "idle"
+            self.windows.clear()
+            self.send(("stopped", None))
+        elif kind == "quit":
+            self.quit = True
 
-    # --- connections
-    async def _open(self) -> _Connection | None:
-        import asyncio
-
-        host, port, tls, name = self.address
-        if self.connecting is None:
-            self.connecting = asyncio.Semaphore(CONNECTING)
-        self.opening += 1
-        try:
-            async with self.connecting:
-                _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), host, port, ssl=self.ssl,
-                    server_hostname=name if tls else None)
-        except OSError:
-            return None
-        finally:
-            self.opening -= 1
-        self.connections.add(conn)
-        return conn
-
-    def lost(self, conn: _Connection) -> None:
-        self.connections.discard(conn)
-        if conn in self.idle:
-            self.idle.remove(conn)
-        if self.mode == "closed" and self.closed_left > 0:
-            self.loop.create_task(self._closed_connection())
-
-    def expired(self, conn: _Connection) -> bool:
-        return self.loop.time() - conn.sent_at > self.timeout
-
-    async def _sweep(self) -> None:
-        import asyncio
-
-        while True:
-            await asyncio.sleep(1.0)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                if conn.busy and now - conn.sent_at > self.timeout and conn.transport:
-                    conn.transport.abort()
-
-    # --- outcomes
-    def answered(self, conn: _Connection) -> None:
-        now = self.loop.time()
-        window = self.windows.get(conn.window)
-        if window is None:    # after a stop
-            if conn.transport is not None:
-                self.idle.append(conn)
-            return
-        window.latencies.append(now - conn.began)
-        self._finished(conn, window, now)
-
-    def failed(self, conn: _Connection, kind: str) -> None:
-        window = self.windows.get(conn.window)
-        if window is None:
-            return
-        window.errors[kind] += 1
-        self._finished(conn, window, self.loop.time())
-        if self.mode == "closed":
-            self._closed_check()
-
-    def _finished(self, conn: _Connection, window: _Window, now: float) -> None:
-        self.completed += 1
-        window.finished += 1
-        window.ended = now
-        if self.mode == "closed":
-            if conn.transport is None or conn.busy:
-                return   # lost: lost() opens another while requests are left
-            if self.closed_left > 0:
-                self.closed_left -= 1
-                self._dispatch(conn, now, now)
-            else:
-                self.idle.append(conn)
-                self._closed_check()
-        else:
-            if conn.transport is not None and not conn.busy:
-                self.idle.append(conn)
-            self._complete(conn.window)
-
-    def _dispatch(self, conn: _Connection, began: float, now: float) -> None:
-        window = self.windows[self.current]
-        window.dispatched += 1
-        if not window.first:
-            window.first = now
-        window.last = now
-        conn.send(self.request, began, self.current, now)
-
-    def _closed_check(self) -> None:
-        if self.closed_left <= 0 and not self.opening and self.closed_done is not None \
-                and not self.closed_done.done() and not any(c.busy for c in self.connections):
-            self.closed_done.set_result(None)
-
-    # --- closed loop: ``count`` requests over ``connections`` connections
-    async def closed(self, count: int, connections: int) -> dict:
-        import asyncio
-
-        self.mode, self.current = "closed", 0
-        self.windows = {0: _Window()}
-        self.closed_done = self.loop.create_future()
-        self.closed_left = count
-        missing = connections - len(self.connections)
-        if missing > 0:
-            opened = await asyncio.gather(*(self._open() for _ in range(missing)))
-            for conn in opened:
-                if conn is None:
-                    self.windows[0].errors["connection"] += 1
-                    self.closed_left -= 1
-                else:
-                    self.idle.append(conn)
-            if not self.connections and self.closed_left > 0:
-                self.loop.create_task(self._closed_connection())
-        starting, self.idle = self.idle[:connections], self.idle[connections:]
-        for conn in starting:
-            if self.closed_left <= 0:
-                self.idle.append(conn)
-                continue
-            self.closed_left -= 1
-            now = self.loop.time()
-            self._dispatch(conn, now, now)
-        self._closed_check()
-        await self.closed_done
-        return self.windows.pop(0).report(0)
-
-    async def _closed_connection(self) -> None:
-        import asyncio
-
-        conn = await self._open()
-        if self.closed_left <= 0:
-            if conn is not None:
-                self.idle.append(conn)
-            return
-        if conn is None:
-            self.windows[0].errors["connection"] += 1
-            self.closed_left -= 1
-            if self.closed_left > 0 and not self.connections:
-                await asyncio.sleep(0.05)   # nothing answers: fail the requests left slowly
-                self.loop.create_task(self._closed_connection())
-            self._closed_check()
-            return
-        self.closed_left -= 1
-        now = self.loop.time()
-        self._dispatch(conn, now, now)
-
-    # --- open loop: request i (of every ``step``-th from ``first``) leaves at t0 + i / rate
-    async def open(self, rate: float, t0: float, first: int, step: int, cap: int,
-                   warm: int, size: int) -> None:
-        """Window 0 is the warm-up (``warm`` requests), then windows of ``size``; the schedule
-        runs until ``stop``; each window is reported once all its requests have finished."""
-        import asyncio
-
-        self.mode = "open"
-        self.scheduled_past = -1
-        index = first
-        loop = self.loop
-        while self.running:
-            intended = t0 + index / rate
-            now = loop.time()
-            if intended > now:
-                await asyncio.sleep(intended - now)
-                continue
-            number = 0 if index < warm else 1 + (index - warm) // size
-            window = self.windows.get(number)
-            if window is None:
-                window = self.windows[number] = _Window()
-                self.scheduled_past = number - 1
-                self._complete(number - 1)
-            self.current = number
-            if now - intended > LATE:
-                window.late += 1
-            if self.idle:
-                self._dispatch(self.idle.pop(), intended, now)
-            elif len(self.connections) + self.opening < cap:
-                window.dispatched += 1
-                loop.create_task(self._open_and_send(intended, number))
-            else:
-                window.dispatched += 1
-                window.dropped += 1
-                window.finished += 1
-            index += step
-
-    async def _open_and_send(self, intended: float, number: int) -> None:
-        conn = await self._open()
-        window = self.windows.get(number)
-        if window is None:
-            return
-        if conn is None:
-            window.errors["connection"] += 1
-            window.finished += 1
-            self._complete(number)
-            return
-        now = self.loop.time()
-        if not window.first:
-            window.first = now
-        window.last = max(window.last, now)
-        conn.send(self.request, intended, number, now)
-
-    def _complete(self, number: int) -> None:
-        window = self.windows.get(number)
-        if window is None or number > self.scheduled_past:
-            return
-        if window.finished >= window.dispatched:
-            self._send(("window", {**window.report(number), "completed": self.completed}))
-            del self.windows[number]
-
-    # --- the pipe
-    def _send(self, message) -> None:
+    def send(self, message) -> None:
         import pickle
         import struct
 
@@ -425,12 +193,352 @@ class _Worker:
         self.out.write(struct.pack(">I", len(data)) + data)
         self.out.flush()
 
-    async def _tick(self, every: float) -> None:
-        import asyncio
+    def read_inbox(self, fd: int) -> None:
+        import os
+        import pickle
+        import struct
 
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.quit = True
+            return
+        self.inbox += chunk
+        while len(self.inbox) >= 4:
+            size = struct.unpack(">I", self.inbox[:4])[0]
+            if len(self.inbox) < 4 + size:
+                return
+            message, self.inbox = pickle.loads(self.inbox[4:4 + size]), self.inbox[4 + size:]
+            self.on_message(message)
+
+    # --- connections
+    def new_connection(self) -> _Connection:
+        conn = _Connection()
+        self.pool.add(conn)
+        if self.connecting < CONNECTING:
+            self.connect(conn)
+        else:
+            self.waiting.append(conn)
+        return conn
+
+    def connect(self, conn: _Connection) -> None:
+        import socket
+
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock, conn.fd, conn.state = sock, sock.fileno(), "connecting"
+        self.connecting += 1
+        self.conns[conn.fd] = conn
+        sock.connect_ex(self.address)
+        self.poller.register(conn.fd, _OUT)
+
+    def connected(self, conn: _Connection) -> None:
+        import socket
+
+        if conn.state == "connecting":
+            error = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self.lost(conn, "connection")
+                return
+            if self.ssl is not None:
+                conn.sock = self.ssl.wrap_socket(conn.sock, server_hostname=self.name,
+                                                 do_handshake_on_connect=False)
+                conn.state = "tls"
+        if conn.state == "tls":
+            import ssl
+
+            try:
+                conn.sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self.poller.modify(conn.fd, _IN)
+                return
+            except ssl.SSLWantWriteError:
+                self.poller.modify(conn.fd, _OUT)
+                return
+            except (OSError, ValueError):
+                self.lost(conn, "connection")
+                return
+        conn.state = "open"
+        self.connecting -= 1
+        self.next_waiting()
+        self.poller.modify(conn.fd, _IN)
+        if conn.busy:
+            self.write(conn, self.request)
+        else:
+            self.ready(conn)
+
+    def next_waiting(self) -> None:
+        while self.waiting and self.connecting < CONNECTING:
+            self.connect(self.waiting.pop())
+
+    def write(self, conn: _Connection, data: bytes) -> None:
+
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            if not _wants_io(exc):
+                self.lost(conn, "connection")
+                return
+            sent = 0
+        if sent < len(data):
+            conn.out = data[sent:]
+            self.poller.modify(conn.fd, _IN | _OUT)
+
+    def flush(self, conn: _Connection) -> None:
+
+        data, conn.out = conn.out, b""
+        self.poller.modify(conn.fd, _IN)
+        self.write(conn, data)
+
+    def lost(self, conn: _Connection, kind: str) -> None:
+        """The connection is gone: fail what it carried; the loop carries on without it."""
+        if conn.fd in self.conns:
+            del self.conns[conn.fd]
+            try:
+                self.poller.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+        if conn.state in ("connecting", "tls"):
+            self.connecting -= 1
+        if conn.sock is not None:
+            conn.sock.close()
+        conn.sock, conn.state = None, "closed"
+        self.pool.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.next_waiting()
+        if conn.busy:
+            conn.busy = False
+            if conn.need == -2 and kind == "closed":   # an answer that ends at the close
+                self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+            else:
+                self.finished(conn, kind)
+
+    def readable(self, conn: _Connection) -> None:
+        import ssl
+
+        try:
+            data = conn.sock.recv(262144)
+            if self.ssl is not None:
+                while conn.sock.pending():
+                    data += conn.sock.recv(262144)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            self.lost(conn, "connection")
+            return
+        if not data:
+            self.lost(conn, "closed" if conn.busy and conn.need == -2 else "connection")
+            return
+        if not conn.busy:
+            return
+        if conn.buffer:
+            data, conn.buffer = conn.buffer + data, b""
+        if conn.need is None:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                conn.buffer = data
+                return
+            head = data[:end].lower()
+            data = data[end + 4:]
+            conn.status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                conn.need = int(head[at + 17:stop if stop > 0 else None])
+            elif b"\r\ntransfer-encoding: chunked" in head:
+                conn.need = -1
+            else:
+                conn.need = -2
+            conn.keep = b"\r\nconnection: close" not in head and (
+                not head.startswith(b"http/1.0") or b"\r\nconnection: keep-alive" in head)
+        if conn.need >= 0:
+            if len(data) < conn.need:
+                conn.buffer = data
+                return
+        elif conn.need == -1:
+            if not _chunks_end(data):
+                conn.buffer = data
+                return
+        else:
+            return   # to the close
+        conn.busy = False
+        if not conn.keep:   # answered, and the server closes: lost() counts the answer
+            conn.busy = True
+            conn.need = -2
+            self.lost(conn, "closed")
+            return
+        self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+
+    # --- outcomes
+    def finished(self, conn: _Connection, error: str | None) -> None:
+        now = self.clock()
+        window = self.windows.get(conn.window)
+        if window is not None:
+            if error is None:
+                window.latencies.append(now - conn.began)
+            else:
+                window.errors[error] = window.errors.get(error, 0) + 1
+            window.finished += 1
+            window.ended = now
+            self.completed += 1
+        if conn.state == "open":
+            self.ready(conn)
+        elif self.mode == "closed" and self.closed_left > 0:
+            self.closed_left -= 1
+            self.carry(self.new_connection(), now, now)   # the one lost: another
+        if window is not None and self.mode == "open":
+            self.complete(conn.window)
+        elif self.mode == "closed":
+            self.closed_check()
+
+    def ready(self, conn: _Connection) -> None:
+        """An open connection with nothing to carry: the next request, or idle."""
+        if self.mode == "closed" and self.closed_left > 0:
+            self.closed_left -= 1
+            now = self.clock()
+            self.carry(conn, now, now)
+        else:
+            self.idle.append(conn)
+
+    def carry(self, conn: _Connection, began: float, now: float) -> None:
+        window = self.windows[self.current]
+        window.dispatched += 1
+        if not window.first:
+            window.first = now
+        window.last = now
+        conn.busy, conn.began, conn.sent_at, conn.window = True, began, now, self.current
+        conn.need, conn.buffer, conn.out = None, b"", b""
+        if conn.state == "open":
+            self.write(conn, self.request)   # else: sent once connected
+
+    # --- closed loop: ``count`` requests over ``connections`` connections
+    def start_closed(self, count: int, connections: int) -> None:
+        self.mode, self.current = "closed", 0
+        self.windows = {0: _Window()}
+        self.closed_left, self.connections = count, connections
+        while len(self.pool) < connections and self.closed_left > 0:
+            self.closed_left -= 1
+            now = self.clock()
+            self.carry(self.new_connection(), now, now)
+        while self.idle and self.closed_left > 0:
+            self.ready(self.idle.pop())
+        self.closed_check()
+
+    def closed_check(self) -> None:
+        if self.mode == "closed" and self.closed_left <= 0 and \
+                not any(c.busy for c in self.pool):
+            self.mode = "idle"
+            self.send(("window", self.windows.pop(0).report(0, self.completed)))
+
+    # --- open loop: request i (every ``step``-th from ``first``) leaves at t0 + i / rate
+    def start_open(self, rate: float, t0: float, first: int, step: int, cap: int, warm: int,
+                   size: int) -> None:
+        """Window 0 is the warm-up (``warm`` requests), then windows of ``size``; the schedule
+        runs until ``stop``; each window is reported once all its requests have finished."""
+        self.mode = "open"
+        self.rate, self.t0, self.index, self.step = rate, t0, first, step
+        self.cap, self.warm, self.size = cap, warm, size
+        self.scheduled_past = -1
+        self.windows = {}
+
+    def due(self, now: float) -> float | None:
+        """Send what the schedule wants by ``now``; the seconds to the next send."""
         while True:
-            await asyncio.sleep(every)
-            self._send(("tick", self.completed))
+            intended = self.t0 + self.index / self.rate
+            if intended > now:
+                return intended - now
+            index = self.index
+            number = 0 if index < self.warm else 1 + (index - self.warm) // self.size
+            window = self.windows.get(number)
+            if window is None:
+                window = self.windows[number] = _Window()
+                self.scheduled_past = number - 1
+                self.complete(number - 1)
+            self.current = number
+            if now - intended > LATE:
+                window.late += 1
+            if self.idle:
+                self.carry(self.idle.pop(), intended, now)
+            elif len(self.pool) < self.cap:
+                self.carry(self.new_connection(), intended, now)
+            else:
+                window.dispatched += 1
+                window.dropped += 1
+                window.finished += 1
+            self.index += self.step
+
+    def complete(self, number: int) -> None:
+        window = self.windows.get(number)
+        if window is None or number > self.scheduled_past:
+            return
+        if window.finished >= window.dispatched:
+            self.send(("window", window.report(number, self.completed)))
+            del self.windows[number]
+
+    # --- the loop
+    def sweep(self, now: float) -> None:
+        for conn in list(self.pool):
+            if conn.busy and now - conn.sent_at > self.timeout:
+                self.lost(conn, "timeout")
+
+    def run(self, inbox: int) -> None:
+        import os
+
+        os.set_blocking(inbox, False)
+        self.poller.register(inbox, _IN)
+        conns, clock = self.conns, self.clock
+        while not self.quit:
+            now = clock()
+            wait = 1.0
+            if self.mode == "open":
+                wait = min(wait, self.due(now))
+            if self.tick and self.mode != "idle":
+                if now >= self.next_tick:
+                    self.next_tick = now + self.tick
+                    self.send(("tick", self.completed))
+                wait = min(wait, max(0.0, self.next_tick - now))
+            if now >= self.next_sweep:
+                self.next_sweep = now + 1.0
+                self.sweep(now)
+            for fd, event in self.poller.poll(wait):
+                if fd == inbox:
+                    self.read_inbox(fd)
+                    continue
+                conn = conns.get(fd)
+                if conn is None:
+                    continue
+                if conn.state != "open":
+                    self.connected(conn)
+                elif event & _IN:
+                    self.readable(conn)
+                elif event & _ERR:
+                    self.lost(conn, "connection")
+                if conn.out and conn.state == "open" and event & _OUT:
+                    self.flush(conn)
+        for conn in list(self.pool):
+            if conn.sock is not None:
+                conn.sock.close()
+
+
+class _Poll:
+    """select.poll with epoll's seconds (where there is no epoll)."""
+
+    def __init__(self) -> None:
+        import select
+
+        self._poll = select.poll()
+        self.register, self.modify, self.unregister = (self._poll.register, self._poll.modify,
+                                                       self._poll.unregister)
+
+    def poll(self, timeout: float):
+        return self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
 
 
 def _read_message(stream):
@@ -446,60 +554,11 @@ def _read_message(stream):
 def _worker_main() -> None:
     """A worker process: messages in on stdin, results out on stdout (length-prefixed
     pickles, between this module and its parent only)."""
-    import asyncio
-    import os
     import sys
-    import threading
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout = sys.stdout.buffer
     sys.stdout = sys.stderr   # nothing else may write to the pipe
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue = asyncio.Queue()
-
-        def read() -> None:
-            while True:
-                message = _read_message(stdin)
-                loop.call_soon_threadsafe(inbox.put_nowait, message)
-                if message is None:
-                    return
-
-        threading.Thread(target=read, daemon=True).start()
-        worker = _Worker(loop, stdout)
-        background = [loop.create_task(worker._sweep())]
-        while True:
-            message = await inbox.get()
-            if message is None or message[0] == "quit":
-                break
-            kind, args = message
-            if kind == "setup":
-                worker.setup(**args)
-                if args.get("tick"):
-                    background.append(loop.create_task(worker._tick(args["tick"])))
-                worker._send(("ready", None))
-            elif kind == "headers":
-                worker.headers(args)
-            elif kind == "closed":
-                report = await worker.closed(**args)
-                worker._send(("window", {**report, "completed": worker.completed}))
-            elif kind == "open":
-                worker.running = loop.create_task(worker.open(**args))
-            elif kind == "stop":
-                task, worker.running = worker.running, None
-                if task is not None:
-                    await asyncio.wait([task])
-                worker.windows.clear()
-                worker._send(("stopped", None))
-        for conn in list(worker.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        for task in background:
-            task.cancel()
-
-    asyncio.run(serve())
-    sys.stderr.flush()
-    os._exit(0)   # the stdin reader thread may still hold its lock
+    _Worker(stdout).run(sys.stdin.fileno())
 
 
 if __name__ == "__main__":

@@ -383,15 +383,27 @@ def load_sender(client: EndpointClient, model: Model, steps: list[dict[str, Any]
     else:
         send, kind = client.load_request(model.name, steps[0]) or \
             client.sender(model.name, steps[0]), "request"
-    if rate is not None and not isinstance(send, HttpRequest):
-        what = {"stream": "a decoupled model's streams",
-                "sequence": "a stateful model's sequences"}.get(
-            kind, f"requests of this target's client ({type(client).__name__})")
-        raise UsageError(f"--rate cannot send {what} at a fixed rate: only single requests "
-                         "the client describes as plain HTTP",
-                         hint="leave out --rate (a closed loop at --concurrency) or load "
-                              "another model with --model")
+    if rate is not None:
+        check_rate(model, f"requests of this target's client ({type(client).__name__})"
+                   if not isinstance(send, HttpRequest) else None)
     return send, kind
+
+
+def check_rate(model: Model, other: str | None = None) -> None:
+    """UsageError when a fixed rate cannot send ``model``'s load (or ``other``, in words)."""
+    what = ("a decoupled model's streams" if model.decoupled else
+            "a stateful model's sequences" if model.stateful else other)
+    if what:
+        raise UsageError(f"--rate cannot send {what} at a fixed rate ({model.name}): only "
+                         "single requests the client describes as plain HTTP",
+                         hint="leave out --rate (a closed loop at --concurrency), or load "
+                              "another model with --model")
+
+
+def load_model(repository: Repository, models: Sequence[str], options: TestOptions) -> str:
+    """The model the load runs on: the first of --model, else the first top-level one."""
+    return models[0] if options.models else next(
+        (m for m in repository.top_level() if m in models), models[0])
 
 
 def per_request(model: Model, steps: list[dict[str, Any]]) -> int:
@@ -447,6 +459,8 @@ def prepare(repository: Repository, served: Sequence[str], options: TestOptions)
             versions[model_name] = [options.model_version]
     expected = {m: samples.expected_steps(doc, len(inputs[m]), str(options.expect))
                 for m, doc in expect_doc.items() if m in inputs}   # others are not tested
+    if options.rate and options.requests:
+        check_rate(repository.models[load_model(repository, models, options)])
     return Prepared(models, inputs, expected, versions)
 
 
@@ -488,21 +502,20 @@ def run(client: EndpointClient, repository: Repository, served: Sequence[str], *
     if options.requests > 0:
         from . import servertime
 
-        load_model = models[0] if options.models else next(
-            (m for m in repository.top_level() if m in models), models[0])
+        loaded = load_model(repository, models, options)
         from .progress import counting
 
-        send, kind = load_sender(client, repository.models[load_model], inputs[load_model],
+        send, kind = load_sender(client, repository.models[loaded], inputs[loaded],
                                  options.rate)
         began = time.time()
         shape = (f"at {options.rate:g}/s (at most {options.in_flight} in flight)"
                  if options.rate else f"at concurrency {options.in_flight}")
         with counting(progress, f"load: at least {options.requests} requests {shape} on "
-                                f"{load_model}") as done:
+                                f"{loaded}") as done:
             measured = servertime.timed_load(
-                metrics, load_model, send, options.requests, options.in_flight,
-                kind=kind, per_request=per_request(repository.models[load_model],
-                                                   inputs[load_model]),
+                metrics, loaded, send, options.requests, options.in_flight,
+                kind=kind, per_request=per_request(repository.models[loaded],
+                                                   inputs[loaded]),
                 rate=options.rate, done=done)
         if metrics and measured.server_time_note:
             progress(f"warning: {measured.server_time_note}")
