@@ -26,7 +26,8 @@ def write(report: TestReport, path: str | Path) -> None:
             ET.SubElement(case, "failure", message=check.message[:500]).text = check.message
     for result in report.load:
         case = ET.SubElement(suite, "testcase", classname=result.model,
-                             name=f"load[{result.requests}x{result.concurrency}]",
+                             name=f"load[{result.requests}@{result.rate:g}/s]" if result.rate
+                             else f"load[{result.requests}x{result.concurrency}]",
                              time=f"{result.seconds:.3f}")
         ET.SubElement(case, "system-out").text = (
             f"throughput {result.throughput_rps} req/s, latency ms {result.latency_ms}")

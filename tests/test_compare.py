@@ -56,6 +56,32 @@ def test_local_against_the_azure_twin_json_and_report(cli, tmp_path, repo, trito
     assert report_file.read_text().startswith("<!doctype html>")
 
 
+def test_compare_at_fixed_rates_offers_every_level_the_same_load(cli, tmp_path, repo,
+                                                                  tritonserver):
+    """--rate: one open-loop level per rate, at most --concurrency in flight; the JSON, the
+    text and the report say rates, not concurrency; two caps with --rate are refused."""
+    report_file = tmp_path / "rates.html"
+    result = cli("compare", repo, "--target", "local", "--requests", "300", "--rate", "150",
+                 "--rate", "300", "--concurrency", "64", "--json", "--report", report_file)
+    assert result.code == 0, result
+    data = result.json()
+    assert data["rates"] == [150.0, 300.0] and data["concurrency"] == [64]
+    (local,) = data["targets"]
+    assert [(x["rate"], x["concurrency"]) for x in local["load"]] == [(150.0, 64), (300.0, 64)]
+    for level in local["load"]:
+        assert level["errors"] == {} and level["dropped"] == 0 and level["requests"] >= 300
+        assert level["sent_rps"] and set(level["window_cv"]) == {"throughput", "p50"}
+    page = report_file.read_text()
+    assert "offered requests/s" in page and "150/s" in page
+    text = cli("compare", repo, "--target", "local", "--requests", "150", "--rate", "150")
+    assert text.code == 0, text
+    assert "local at 150/s: " in text.out and "sent " in text.out
+    two = cli("compare", repo, "--target", "local", "--rate", "100", "--concurrency", "1",
+              "--concurrency", "2")
+    assert two.code == 2 and "give it once" in two.err and "Traceback" not in two.err
+    assert cli("list", "--json").json() == []
+
+
 def test_a_failing_target_is_reported_and_the_others_torn_down(tmp_path, repo, tritonserver):
     world = FakeWorld(tmp_path / "world.json")
     core = Deployer(state_dir=tmp_path / "s", plugins=[FakePlugin()], progress=lambda _: None)
