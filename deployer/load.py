@@ -202,7 +202,7 @@ class _Engine:
                                         stderr=log)
                 self.procs.append(proc)
                 threading.Thread(target=self._read, args=(number, proc), daemon=True).start()
-            headers = self._headers()
+            headers = self._first_headers()
             for number in range(processes):
                 self._tell(number, ("setup", {"url": request.url, "body": request.body,
                                               "headers": headers, "timeout": TIMEOUT,
@@ -216,6 +216,14 @@ class _Engine:
 
     def _headers(self) -> dict:
         return {**self.request.headers, **(self.request.fresh() if self.request.fresh else {})}
+
+    def _first_headers(self) -> dict:
+        from .errors import Unavailable
+
+        try:
+            return self._headers()
+        except EndpointError as exc:
+            raise Unavailable(f"the load cannot get its credentials: {exc}") from None
 
     def _read(self, number: int, proc) -> None:
         from .loadgen import _read_message

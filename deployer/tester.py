@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import samples
 from .client import EndpointError, StreamAnswer
-from .errors import UsageError
+from .errors import Unavailable, UsageError
 from .loadgen import HttpRequest
 
 if TYPE_CHECKING:
@@ -381,8 +381,11 @@ def load_sender(client: EndpointClient, model: Model, steps: list[dict[str, Any]
     elif model.stateful:
         send, kind = client.sequence_sender(model.name, steps), "sequence"
     else:
-        send, kind = client.load_request(model.name, steps[0]) or \
-            client.sender(model.name, steps[0]), "request"
+        try:
+            send, kind = client.load_request(model.name, steps[0]) or \
+                client.sender(model.name, steps[0]), "request"
+        except EndpointError as exc:   # e.g. no credentials to sign it with
+            raise Unavailable(f"the load cannot be sent: {exc}") from None
     if rate is not None:
         check_rate(model, f"requests of this target's client ({type(client).__name__})"
                    if not isinstance(send, HttpRequest) else None)

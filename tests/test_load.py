@@ -284,3 +284,34 @@ def test_test_step_at_a_fixed_rate_on_the_local_triton(cli, tmp_path):
         assert len(refused.err.strip().splitlines()) <= 2 and "Traceback" not in refused.err
     finally:
         assert cli("teardown", "paced-acc").code == 0
+
+
+def test_credentials_that_cannot_be_had_stop_the_load_in_one_line():
+    from deployer.errors import Unavailable
+
+    def fresh():
+        raise EndpointError("fetching a new token: the workspace refused", kind="token")
+
+    with pytest.raises(Unavailable) as caught:
+        load.run("m", HttpRequest("http://127.0.0.1:9/x", b"x", fresh=fresh), requests=10,
+                 concurrency=2)
+    assert str(caught.value) == ("the load cannot get its credentials: fetching a new token: "
+                                 "the workspace refused")
+    assert _my_workers() == [], "no worker process outlives the load"
+
+
+def _my_workers() -> list[int]:
+    """Load worker processes that are children of this one."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            command = open(f"/proc/{entry}/cmdline", "rb").read()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and \
+                b"deployer.loadgen" in command:
+            found.append(int(entry))
+    return found
