@@ -118,6 +118,7 @@ def test_engine_holds_512_in_flight_from_two_processes():
     assert len(_Handler.connections) == 512, "one keep-alive connection per request in flight"
     assert seen[-1] == 3072 and seen == sorted(seen)
     assert set(result.window_cv) == {"throughput", "p50"}
+    assert _my_workers() == [], "the workers end with the load"
 
 
 def test_percentiles_merge_exactly_across_processes():
