@@ -117,6 +117,13 @@ class _Endpoint:
         self.lock = threading.Lock()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # the listen backlog (5 by default, read as the server starts listening): a load of
+    # hundreds connecting at once would overflow it, and a dropped SYN comes back seconds later
+    request_queue_size = 1024
+
+
 class RuntimeEmulator:
     """``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` for tests. Uses boto3 with the process's env.
     What goes wrong in the emulator itself (not in what it serves) is kept in ``faults``;
@@ -196,8 +203,7 @@ class RuntimeEmulator:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._stop = threading.Event()
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -249,6 +249,36 @@ def test_a_401_fetches_a_token_and_retries_once(fake, run_cli, monkeypatch):
     assert run_cli("teardown", "kk")[0] == 0
 
 
+@pytest.mark.parametrize("auth_mode", ["key", "aml_token"])
+def test_cli_test_at_concurrency_512(fake, run_cli, auth_mode):
+    """Issue 20: ``test --concurrency 512`` through the endpoint's gateway, with a key and with
+    a token: 512 requests in flight from the load engine's processes (the deployment admits
+    them: max_concurrent_requests_per_instance 512), every one answered 200; teardown removes
+    the endpoint and archives the model."""
+    fake.token_lifetime = 3600.0   # a token's life as Azure gives it, longer than the load
+    name, endpoint = f"c512-{auth_mode[:3]}", f"ep-c512-{auth_mode[:3]}"
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "azure", "--name", name,
+                             "-o", f"endpoint={endpoint}", "-o", f"auth_mode={auth_mode}",
+                             "-o", "max_concurrent_requests_per_instance=512")
+    assert code == 0, out + err
+    try:
+        code, out, err = run_cli("test", name, "--requests", "1024", "--concurrency", "512",
+                                 "--json")
+        assert code == 0, out + err
+        report = json.loads(out)
+        assert report["passed"], report
+        load = report["load"][0]
+        assert load["errors"] == {}, load["errors"]
+        assert load["concurrency"] == 512 and load["requests"] >= 1024, load
+        assert load["processes"] >= 1 and set(load["window_cv"]) == {"throughput", "p50"}, load
+        answered = [r["status"] for r in fake.gateway_requests(endpoint) if r["method"] == "POST"]
+        assert len(answered) >= 1024 and set(answered) == {200}, set(answered)
+    finally:
+        code, out, err = run_cli("teardown", name)
+    assert code == 0, out + err
+    assert fake.endpoints == {} and fake.models[(name, "1")]["archived"]
+
+
 def test_static_headers_keep_the_request_prebuilt():
     import numpy as np
 

@@ -378,6 +378,36 @@ def test_load_request_reaches_the_endpoint(aws, state, emulator):
     assert_clean(aws["bucket"])
 
 
+def assert_load_at(report: dict, concurrency: int, requests: int) -> None:
+    """A passed test whose load ran by the engine at ``concurrency`` without one failure."""
+    assert report["passed"], report
+    load = report["load"][0]
+    assert load["errors"] == {}, load["errors"]
+    assert load["concurrency"] == concurrency and load["requests"] >= requests, load
+    assert load["processes"] >= 1, load
+    assert set(load["window_cv"]) == {"throughput", "p50"}, load
+
+
+def test_cli_test_at_concurrency_512(aws, state, capsys, emulator):
+    """Issue 20: ``test --concurrency 512`` on a SageMaker endpoint: 512 signed
+    InvokeEndpoint requests in flight from the load engine's processes, every one answered
+    200 by the runtime; teardown leaves nothing."""
+    code, out, err = run_cli(capsys, "deploy", str(ADD_SUB), "--target", "sagemaker",
+                             "--name", "sm512", *options(aws))
+    assert code == 0, out + err
+    before = len(emulator.records)   # one per invocation that reached the container
+    try:
+        code, out, err = run_cli(capsys, "test", "sm512", "--requests", "1024",
+                                 "--concurrency", "512", "--json")
+        assert code == 0, out + err
+        assert_load_at(json.loads(out), 512, 1024)
+        assert len(emulator.records) - before >= 1024   # they went to InvokeEndpoint
+    finally:
+        code, out, err = run_cli(capsys, "teardown", "sm512")
+    assert code == 0, out + err
+    assert_clean(aws["bucket"])
+
+
 def test_run_ensemble_repository_multi_model(aws, state, capsys, tmp_path):
     """No metadata route: that check is skipped with its reason (not passed, not failed) in
     --json and JUnit, and every model's outputs (an ensemble's, BYTES) are checked instead."""

@@ -250,6 +250,35 @@ def test_cloud_deploy_test_teardown(fake, gcs, run_cli, tmp_path):
     assert gcs.names(prefix) == {} and fake.endpoints == {} and fake.models == {}
 
 
+def test_cloud_test_at_concurrency_512(fake, gcs, run_cli):
+    """Issue 20: ``test --concurrency 512`` through the endpoint's gateway (rawPredict with the
+    bearer token): 512 requests in flight from the load engine's processes, every one answered
+    200; teardown removes the deployed model, endpoint, model and artefact."""
+    code, out, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "c512",
+                             *cloud(gcs), "--json")
+    assert code == 0, err
+    prefix = json.loads(out)["resources"][0]["id"][len(f"gs://{gcs.bucket}/"):]
+    try:
+        code, out, err = run_cli("test", "c512", "--requests", "1024", "--concurrency", "512",
+                                 "--json")
+        assert code == 0, out + err
+        report = json.loads(out)
+        assert report["passed"], report
+        load = report["load"][0]
+        assert load["errors"] == {}, load["errors"]
+        assert load["concurrency"] == 512 and load["requests"] >= 1024, load
+        assert load["processes"] >= 1 and set(load["window_cv"]) == {"throughput", "p50"}, load
+        endpoint = next(iter(fake.endpoints.values()))
+        log = (fake.root / f"{endpoint.tag}.log").read_text()   # the gateway's, a line each
+        assert log.count(':rawPredict HTTP/1.1" 200 ') >= 1024
+    finally:
+        code, out, err = run_cli("teardown", "c512", "--json")
+    assert code == 0, err
+    assert [r["kind"] for r in json.loads(out)["removed"]] == [
+        "deployed-model", "endpoint", "model", "artefact"]
+    assert gcs.names(prefix) == {} and fake.endpoints == {} and fake.models == {}
+
+
 def test_cloud_refusals_before_any_call(fake, gcs, run_cli):
     """No image: one line pointing at plan, which shows how to copy NVIDIA's image; no call."""
     code, _, err = run_cli("deploy", str(ADD_SUB), "-t", "vertex", "--name", "noimg",

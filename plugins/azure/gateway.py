@@ -147,6 +147,9 @@ UPSTREAM_TIMEOUT = 180.0
 
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
+    # the listen backlog (5 by default): a load of hundreds connecting at once would
+    # overflow it, and a dropped SYN is sent again only a second or more later
+    request_queue_size = 1024
 
     def __init__(self, address, key_file: Path, routes_file: Path,
                  requests_log: Path | None = None):

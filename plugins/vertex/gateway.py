@@ -51,6 +51,7 @@ def google_error(code: int, status: str, message: str) -> bytes:
 
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024   # a load of hundreds connects at once (see the azure gateway)
 
     def __init__(self, address, project: str, region: str, tokens_file: Path,
                  routes_file: Path):
