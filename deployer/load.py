@@ -202,7 +202,7 @@ class _Engine:
                                         stderr=log)
                 self.procs.append(proc)
                 threading.Thread(target=self._read, args=(number, proc), daemon=True).start()
-            headers = self._first_headers()
+            headers = self.sent = self._first_headers()
             for number in range(processes):
                 self._tell(number, ("setup", {"url": request.url, "body": request.body,
                                               "headers": headers, "timeout": TIMEOUT,
@@ -247,15 +247,21 @@ class _Engine:
             self.procs[number].stdin.flush()
 
     def _refresh(self) -> None:
-        """Fresh headers (a token, a signature) to every worker every ``refresh`` seconds."""
+        """Fresh headers (a token, a signature) to every worker every ``refresh`` seconds,
+        when they changed."""
         while not self.stopping.wait(self.request.refresh):
             self._push()
 
-    def _push(self) -> None:
+    def _push(self, always: bool = False) -> None:
+        """The headers to every worker when they changed, or ``always`` (after a 401: the
+        workers send the refused requests again with what they get, once)."""
         try:
             headers = self._headers()
         except Exception:  # noqa: BLE001 - the requests with the old header fail and count
+            headers = self.sent
+        if headers == self.sent and not always:
             return
+        self.sent = headers
         for number in range(len(self.procs)):
             try:
                 self._tell(number, ("headers", headers))
@@ -271,7 +277,11 @@ class _Engine:
                 self.logs[number].seek(0)
                 tail = self.logs[number].read()[-400:].decode("utf-8", "replace").strip()
                 raise RuntimeError(f"a load worker process stopped: {tail or 'no output'}")
-            if message[0] == "tick":
+            if message[0] == "refused":   # a 401: a new credential, then every worker
+                if self.request.refused is not None:
+                    self.request.refused()
+                self._push(always=True)
+            elif message[0] == "tick":
                 self.ticks[number] = message[1]
                 if self.done is not None:
                     self.done(sum(self.ticks))
@@ -282,11 +292,6 @@ class _Engine:
                     if self.done is not None:
                         self.done(sum(self.ticks))
         return found
-
-    def _refused(self, errors: Counter) -> None:
-        if errors.get("http-401") and self.request.refused is not None:
-            self.request.refused()
-            self._push()
 
     def window(self, count: int, connections: int) -> tuple[list[float], Counter, float, list]:
         """``count`` requests over ``connections`` connections, closed-loop, split between
@@ -303,7 +308,6 @@ class _Engine:
         latencies, errors, _ = _merged(reports)
         firsts = [r["first"] for r in reports if r["first"]]
         seconds = (max(r["ended"] for r in reports) - min(firsts)) if firsts else 0.0
-        self._refused(errors)
         return latencies, errors, seconds, []
 
     def open_loop(self, rate: float, cap: int, warm: int, size: int,
@@ -328,7 +332,6 @@ class _Engine:
                 while len(pending.get(following, ())) == procs:
                     reports = pending.pop(following)
                     latencies, errors, counts = _merged(reports)
-                    self._refused(errors)
                     window = {"latencies": latencies, "errors": errors, **counts,
                               "seconds": (warm if following == 0 else size) / rate,
                               "first": min(r["first"] for r in reports if r["first"]) if

@@ -88,7 +88,7 @@ class _Connection:
     """One keep-alive connection and the request it carries (at most one at a time)."""
 
     __slots__ = ("sock", "fd", "state", "buffer", "need", "status", "keep", "busy", "began",
-                 "sent_at", "window", "out")
+                 "sent_at", "window", "out", "generation", "retried")
 
     def __init__(self) -> None:
         self.sock = None
@@ -102,6 +102,8 @@ class _Connection:
         self.began = self.sent_at = 0.0
         self.window = 0
         self.out = b""
+        self.generation = 0         # of the headers it was sent with
+        self.retried = False
 
 
 def _wants_io(exc: OSError) -> bool:
@@ -151,6 +153,9 @@ class _Worker:
         self.ssl = None
         self.inbox = b""
         self.quit = False
+        self.generation = 0         # of the headers: each "headers" message is the next
+        self.asked = 0              # the generation a 401 last asked the parent for
+        self.parked: list[_Connection] = []   # 401s waiting for new headers
 
     # --- messages from the parent
     def setup(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
@@ -174,6 +179,11 @@ class _Worker:
             self.send(("ready", None))
         elif kind == "headers":
             self.request, _ = _request_bytes(self.url, self.body, args)
+            self.generation += 1
+            parked, self.parked = self.parked, []
+            for conn in parked:
+                if conn.busy and conn.state == "open":
+                    self.resend(conn)
         elif kind == "closed":
             self.start_closed(**args)
         elif kind == "open":
@@ -368,6 +378,9 @@ class _Worker:
                 return
         else:
             return   # to the close
+        if conn.status == 401 and not conn.retried and conn.keep:
+            self.refused(conn)
+            return
         conn.busy = False
         if not conn.keep:   # answered, and the server closes: lost() counts the answer
             conn.busy = True
@@ -375,6 +388,23 @@ class _Worker:
             self.lost(conn, "closed")
             return
         self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+
+    # --- a 401: once, the request goes again with new headers
+    def refused(self, conn: _Connection) -> None:
+        """The endpoint refused the credential: send again with newer headers (asking the
+        parent for them, once per generation); a second 401 is the request's error."""
+        conn.retried = True
+        if conn.generation < self.generation:
+            self.resend(conn)
+            return
+        self.parked.append(conn)
+        if self.asked <= self.generation:
+            self.asked = self.generation + 1
+            self.send(("refused", None))
+
+    def resend(self, conn: _Connection) -> None:
+        conn.need, conn.buffer, conn.generation = None, b"", self.generation
+        self.write(conn, self.request)
 
     # --- outcomes
     def finished(self, conn: _Connection, error: str | None) -> None:
@@ -415,6 +445,7 @@ class _Worker:
         window.last = now
         conn.busy, conn.began, conn.sent_at, conn.window = True, began, now, self.current
         conn.need, conn.buffer, conn.out = None, b"", b""
+        conn.generation, conn.retried = self.generation, False
         if conn.state == "open":
             self.write(conn, self.request)   # else: sent once connected
 

@@ -222,9 +222,11 @@ def test_a_401_fetches_a_token_and_retries_once(fake, run_cli, monkeypatch):
     import deployer_plugins.azure.client as azure_client
 
     revoked = []
-    clock = _Ticking(1.0, at={600: lambda: revoked.append(fake.revoke_tokens("ep-aad"))})
+    # the load's headers are read every 2 ms here: the 100th reading falls inside the load
+    clock = _Ticking(1.0, at={100: lambda: revoked.append(fake.revoke_tokens("ep-aad"))})
     monkeypatch.setattr(azure_client, "REFRESH_MARGIN", -3600.0)  # never ahead
     monkeypatch.setattr(azure_client, "CLOCK", clock)
+    monkeypatch.setattr(azure_client, "LOAD_REFRESH", 0.002)
     # a life no load reaches (the load generator may run up to 10 windows when the machine is
     # busy): only the revocation makes the client fetch again
     fake.wall, fake.token_lifetime = clock, 1e9
