@@ -153,6 +153,7 @@ class _Worker:
         self.ssl = None
         self.inbox = b""
         self.quit = False
+        self.buffer = bytearray(65536)   # every read lands here first
         self.generation = 0         # of the headers: each "headers" message is the next
         self.asked = 0              # the generation a 401 last asked the parent for
         self.parked: list[_Connection] = []   # 401s waiting for new headers
@@ -331,17 +332,21 @@ class _Worker:
                 self.finished(conn, kind)
 
     def readable(self, conn: _Connection) -> None:
-        import ssl
-
+        buffer = self.buffer
         try:
-            data = conn.sock.recv(262144)
+            size = conn.sock.recv_into(buffer)
+            if self.ssl is None and size and conn.busy and conn.need is None and \
+                    not conn.buffer and self.whole(conn, buffer, size):
+                return
+            data = bytes(buffer[:size])
             if self.ssl is not None:
                 while conn.sock.pending():
-                    data += conn.sock.recv(262144)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                    data += conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            self.lost(conn, "connection")
+        except OSError as exc:
+            if not _wants_io(exc):
+                self.lost(conn, "connection")
             return
         if not data:
             self.lost(conn, "closed" if conn.busy and conn.need == -2 else "connection")
@@ -388,6 +393,27 @@ class _Worker:
             self.lost(conn, "closed")
             return
         self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+
+    def whole(self, conn: _Connection, buffer: bytearray, size: int) -> bool:
+        """The common answer, read in place: all of it in one read, ``Content-Length`` spelt
+        so, no ``Connection`` header; else False (the general reader takes it)."""
+        end = buffer.find(b"\r\n\r\n", 0, size)
+        if end < 0 or buffer.find(b"onnection:", 0, end) >= 0 or \
+                not buffer.startswith(b"HTTP/1.1 "):
+            return False
+        at = buffer.find(b"\r\nContent-Length:", 0, end)
+        if at < 0:
+            return False
+        stop = buffer.find(b"\r\n", at + 2, end + 2)
+        if size - end - 4 != int(buffer[at + 17:stop]):
+            return False
+        conn.status = status = int(buffer[9:12])
+        if status == 401 and not conn.retried:
+            self.refused(conn)
+            return True
+        conn.busy = False
+        self.finished(conn, None if status == 200 else f"http-{status}")
+        return True
 
     # --- a 401: once, the request goes again with new headers
     def refused(self, conn: _Connection) -> None:
