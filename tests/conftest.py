@@ -247,3 +247,21 @@ def pytest_sessionfinish(session, exitstatus):
                 reporter.write_line(f"{len(left)} server(s)/container(s) of this run outlived "
                                     f"it (now removed): {'; '.join(left)}", red=True)
             session.exitstatus = 1
+
+
+def measured_at(run_cli, name: str, requests: int = 1024, concurrency: int = 512) -> dict:
+    """``deployer test NAME --requests N --concurrency C --json`` through a ``run_cli`` that
+    returns (code, out, err): the test passed, the load had no error, C in flight and at least
+    N measured, its windows' variation given. Returns the load."""
+    import json
+
+    code, out, err = run_cli("test", name, "--requests", str(requests), "--concurrency",
+                             str(concurrency), "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["passed"], report
+    load = report["load"][0]
+    assert load["errors"] == {}, load["errors"]
+    assert load["concurrency"] == concurrency and load["requests"] >= requests, load
+    assert load["processes"] >= 1 and set(load["window_cv"]) == {"throughput", "p50"}, load
+    return load
