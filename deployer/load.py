@@ -16,6 +16,7 @@ those windows says how far to trust a figure.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -26,6 +27,7 @@ from collections import Counter
 from typing import Callable
 
 from .client import EndpointError
+from .errors import DeployerError, Unavailable
 from .loadgen import TIMEOUT, HttpRequest
 
 STABLE_WINDOWS = 3
@@ -190,6 +192,8 @@ class _Engine:
         self.procs: list[subprocess.Popen] = []
         self.logs = []
         self.stopping = threading.Event()
+        self.pushing = threading.Lock()
+        self.refresher: threading.Thread | None = None
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -204,12 +208,14 @@ class _Engine:
                 threading.Thread(target=self._read, args=(number, proc), daemon=True).start()
             headers = self.sent = self._first_headers()
             for number in range(processes):
-                self._tell(number, ("setup", {"url": request.url, "body": request.body,
-                                              "headers": headers, "timeout": TIMEOUT,
-                                              "tick": 0.25 if done else 0}))
+                self._tell(number, ("setup", {
+                    "url": request.url, "body": request.body, "headers": headers,
+                    "timeout": TIMEOUT, "tick": 0.25 if done else 0,
+                    "retry": request.fresh is not None}))
             self._collect("ready", processes)
             if request.fresh is not None:
-                threading.Thread(target=self._refresh, daemon=True).start()
+                self.refresher = threading.Thread(target=self._refresh, daemon=True)
+                self.refresher.start()
         except BaseException:
             self.close()
             raise
@@ -218,8 +224,6 @@ class _Engine:
         return {**self.request.headers, **(self.request.fresh() if self.request.fresh else {})}
 
     def _first_headers(self) -> dict:
-        from .errors import Unavailable
-
         try:
             return self._headers()
         except EndpointError as exc:
@@ -254,19 +258,21 @@ class _Engine:
 
     def _push(self, always: bool = False) -> None:
         """The headers to every worker when they changed, or ``always`` (after a 401: the
-        workers send the refused requests again with what they get, once)."""
-        try:
-            headers = self._headers()
-        except Exception:  # noqa: BLE001 - the requests with the old header fail and count
-            headers = self.sent
-        if headers == self.sent and not always:
-            return
-        self.sent = headers
-        for number in range(len(self.procs)):
-            try:
-                self._tell(number, ("headers", headers))
-            except OSError:
+        workers send the refused requests again with what they get, once). One at a time:
+        the refresh thread and a 401 never interleave."""
+        with self.pushing:
+            if self.stopping.is_set():
                 return
+            try:
+                headers = self._headers()
+            except Exception:  # noqa: BLE001 - the requests with the old header fail, counted
+                headers = self.sent
+            if headers == self.sent and not always:
+                return
+            self.sent = headers
+            for number in range(len(self.procs)):
+                with contextlib.suppress(OSError, ValueError):   # a worker gone: the rest
+                    self._tell(number, ("headers", headers))
 
     def _collect(self, kind: str, count: int) -> list:
         """The next ``count`` messages of ``kind``, ticks passed on to ``done`` meanwhile."""
@@ -276,7 +282,8 @@ class _Engine:
             if message is None:
                 self.logs[number].seek(0)
                 tail = self.logs[number].read()[-400:].decode("utf-8", "replace").strip()
-                raise RuntimeError(f"a load worker process stopped: {tail or 'no output'}")
+                raise Unavailable(f"a load worker process stopped: "
+                                  f"{tail.splitlines()[-1] if tail else 'no output'}")
             if message[0] == "refused":   # a 401: a new credential, then every worker
                 if self.request.refused is not None:
                     self.request.refused()
@@ -321,7 +328,8 @@ class _Engine:
         for number in range(procs):
             self._tell(number, ("open", {
                 "rate": rate, "t0": t0, "first": number, "step": procs,
-                "cap": max(1, cap // procs), "warm": warm, "size": size}))
+                "cap": max(1, cap // procs + (number < cap % procs)), "warm": warm,
+                "size": size}))
         pending: dict[int, list[dict]] = {}
         measured: list[dict] = []
         following = 0
@@ -342,18 +350,20 @@ class _Engine:
                     following += 1
                     if enough(measured if following > 1 else []):
                         return measured
-        finally:
-            for number in range(procs):
-                self._tell(number, ("stop", None))
-            self._collect("stopped", procs)
+        finally:   # never in place of what is on its way out (Ctrl-C, a worker gone)
+            with contextlib.suppress(OSError, ValueError, DeployerError):
+                for number in range(procs):
+                    self._tell(number, ("stop", None))
+                self._collect("stopped", procs)
 
     def close(self) -> None:
         self.stopping.set()
-        for proc in self.procs:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+        with self.pushing:   # no push is half-written when the pipes close
+            for number, proc in enumerate(self.procs):
+                with self.locks[number], contextlib.suppress(OSError):
+                    proc.stdin.close()
+        if self.refresher is not None:
+            self.refresher.join()
         for proc in self.procs:
             try:
                 proc.wait(timeout=5)
@@ -490,7 +500,8 @@ def _open(model: str, request: HttpRequest, requests: int, cap: int, rate: float
     result = _result(model, cap, [w["latencies"] for w in kept], [w["seconds"] for w in kept],
                      sum((w["errors"] for w in kept), Counter()), [], "request")
     sent = sum(w["sent"] for w in kept)
-    span = max(w["last"] for w in kept) - min(w["first"] for w in kept if w["first"])
+    firsts = [w["first"] for w in kept if w["first"]]   # a window may have sent nothing
+    span = max(w["last"] for w in kept) - min(firsts) if firsts else 0.0
     result.rate = rate
     result.sent_rps = round((sent - 1) / span, 1) if span > 0 and sent > 1 else None
     result.dropped = sum(w["dropped"] for w in kept)

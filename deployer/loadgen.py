@@ -35,7 +35,7 @@ class HttpRequest:
 
     url: str
     body: bytes
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
     fresh: Callable[[], Mapping[str, str]] | None = None
     refresh: float = 60.0
     refused: Callable[[], None] | None = None
@@ -154,16 +154,18 @@ class _Worker:
         self.inbox = b""
         self.quit = False
         self.buffer = bytearray(65536)   # every read lands here first
+        self.retry = False               # a 401 goes again with newer headers
         self.generation = 0         # of the headers: each "headers" message is the next
         self.asked = 0              # the generation a 401 last asked the parent for
         self.parked: list[_Connection] = []   # 401s waiting for new headers
 
     # --- messages from the parent
     def setup(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
-              tick: float = 0) -> None:
+              tick: float = 0, retry: bool = False) -> None:
         import socket
 
         self.url, self.body, self.timeout, self.tick = url, body, timeout, tick
+        self.retry = retry
         self.request, (host, port, tls, self.name) = _request_bytes(url, body, headers)
         family, kind, proto, _, address = socket.getaddrinfo(host, port,
                                                              type=socket.SOCK_STREAM)[0]
@@ -309,6 +311,8 @@ class _Worker:
 
     def lost(self, conn: _Connection, kind: str) -> None:
         """The connection is gone: fail what it carried; the loop carries on without it."""
+        if conn in self.waiting:
+            self.waiting.remove(conn)
         if conn.fd in self.conns:
             del self.conns[conn.fd]
             try:
@@ -332,6 +336,12 @@ class _Worker:
                 self.finished(conn, kind)
 
     def readable(self, conn: _Connection) -> None:
+        try:
+            self.read(conn)
+        except ValueError:   # a status, length or chunk size that is not a number
+            self.lost(conn, "bad-answer")
+
+    def read(self, conn: _Connection) -> None:
         buffer = self.buffer
         try:
             size = conn.sock.recv_into(buffer)
@@ -387,7 +397,7 @@ class _Worker:
             self.refused(conn)
             return
         conn.busy = False
-        if not conn.keep:   # answered, and the server closes: lost() counts the answer
+        if not conn.keep or conn.out:   # the server closes, or the request was not all sent
             conn.busy = True
             conn.need = -2
             self.lost(conn, "closed")
@@ -411,6 +421,10 @@ class _Worker:
         if status == 401 and not conn.retried:
             self.refused(conn)
             return True
+        if conn.out:   # answered before the request was all sent: this stream is done
+            conn.busy, conn.need = True, -2
+            self.lost(conn, "closed")
+            return True
         conn.busy = False
         self.finished(conn, None if status == 200 else f"http-{status}")
         return True
@@ -420,6 +434,15 @@ class _Worker:
         """The endpoint refused the credential: send again with newer headers (asking the
         parent for them, once per generation); a second 401 is the request's error."""
         conn.retried = True
+        if not self.retry or conn.out:   # nothing newer can come / the stream is out of step
+            conn.busy = False
+            if conn.out:
+                conn.busy, conn.need = True, -2
+                conn.status = 401
+                self.lost(conn, "closed")
+            else:
+                self.finished(conn, "http-401")
+            return
         if conn.generation < self.generation:
             self.resend(conn)
             return
@@ -519,12 +542,11 @@ class _Worker:
                 self.scheduled_past = number - 1
                 self.complete(number - 1)
             self.current = number
-            if now - intended > LATE:
-                window.late += 1
-            if self.idle:
-                self.carry(self.idle.pop(), intended, now)
-            elif len(self.pool) < self.cap:
-                self.carry(self.new_connection(), intended, now)
+            if self.idle or len(self.pool) < self.cap:
+                if now - intended > LATE:
+                    window.late += 1
+                self.carry(self.idle.pop() if self.idle else self.new_connection(),
+                           intended, now)
             else:
                 window.dispatched += 1
                 window.dropped += 1
@@ -610,9 +632,12 @@ def _read_message(stream):
 
 def _worker_main() -> None:
     """A worker process: messages in on stdin, results out on stdout (length-prefixed
-    pickles, between this module and its parent only)."""
+    pickles, between this module and its parent only). Ctrl-C is the parent's to handle: it
+    ends the workers by closing their stdin."""
+    import signal
     import sys
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr   # nothing else may write to the pipe
     _Worker(stdout).run(sys.stdin.fileno())

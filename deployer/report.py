@@ -268,6 +268,7 @@ def render(report: dict[str, Any]) -> str:
              f"{report['concurrency'][0]} in flight" if rates else
              f"per concurrency level ({', '.join(map(str, report['concurrency']))})")
     first = f"{rates[0]:g}/s" if rates else f"concurrency {report['concurrency'][0]}"
+    axis = "the offered rate" if rates else "concurrency"
     timing = bar_chart("timing", names, ("deploy", "cold start"),
                        {**{(t["target"], "deploy"): t["deploy_seconds"] for t in targets},
                         **{(t["target"], "cold start"): t["cold_start_seconds"]
@@ -322,13 +323,14 @@ def render(report: dict[str, Any]) -> str:
 <body>
 <h1>{_esc(" vs ".join(names))}</h1>
 <div class="sub">Repository <code>{_esc(report['repository'])}</code>, model
-<code>{_esc(report['model'])}</code>, at least {report['requests']} requests {_esc(shape)}. Overall:
+<code>{_esc(report['model'])}</code>, at least {report['requests']} requests
+{_esc(shape)}. Overall:
 {'<span class="ok">passed</span>' if report['passed'] else '<span class="fail">failed</span>'}.
 </div>
 <div class="charts">
 <figure><figcaption>Latency percentiles at {_esc(first)}</figcaption>
 {latency}</figure>
-<figure><figcaption>Throughput against {"the offered rate" if rates else "concurrency"}</figcaption>{throughput}</figure>
+<figure><figcaption>Throughput against {axis}</figcaption>{throughput}</figure>
 <figure><figcaption>Deploy and cold-start time</figcaption>{timing}</figure>
 </div>
 {_server_time(targets, report["concurrency"])}

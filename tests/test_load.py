@@ -316,3 +316,136 @@ def _my_workers() -> list[int]:
                 b"deployer.loadgen" in command:
             found.append(int(entry))
     return found
+
+
+def _answering(mode: str):
+    """A handler answering every POST in one of the ways HTTP allows."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0" if mode == "http10" else "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"y" * 70_000
+            self.send_response(200)
+            if mode == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (body[:30_000], body[30_000:]):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if mode == "close":
+                self.send_header("Connection", "close")
+            if mode == "bad":
+                self.send_header("Content-Length", "many")
+                self.end_headers()
+                return
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Answer
+
+
+@pytest.mark.parametrize("mode", ["chunked", "close", "http10", "plain"])
+def test_every_way_an_answer_can_end(mode):
+    """Chunks, a close after the answer (Connection: close, HTTP/1.0), or Content-Length:
+    every request answered, closed-loop and at a rate."""
+    httpd, url = _serve(_answering(mode))
+    try:
+        closed = load.run("m", HttpRequest(url, b"x"), requests=150, concurrency=3,
+                          max_windows=3)
+        paced = load.run("m", HttpRequest(url, b"x"), requests=60, concurrency=8, rate=60.0,
+                         max_windows=3)
+    finally:
+        _stop(httpd)
+    assert closed.errors == {} and closed.requests == 150
+    assert paced.errors == {} and paced.dropped == 0 and paced.requests == 180
+
+
+def test_an_answer_that_cannot_be_read_is_a_failed_request():
+    httpd, url = _serve(_answering("bad"))
+    try:
+        result = load.run("m", HttpRequest(url, b"x"), requests=30, concurrency=2,
+                          max_windows=3)
+    finally:
+        _stop(httpd)
+    assert result.errors == {"bad-answer": 30} and _my_workers() == []
+
+
+def test_https_with_the_system_trust(tmp_path, monkeypatch):
+    """TLS: the non-blocking handshake and reads, the certificate checked against the trust
+    store (here SSL_CERT_FILE, as a user's corporate CA would be)."""
+    import datetime
+    import ssl
+
+    crypto = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = crypto.Name([crypto.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (crypto.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(crypto.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(crypto.SubjectAlternativeName([crypto.DNSName("localhost")]),
+                           critical=False)
+            .add_extension(crypto.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    httpd, url = _serve(_answering("plain"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    url = url.replace("http://127.0.0.1", "https://localhost")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    try:
+        closed = load.run("m", HttpRequest(url, b"x"), requests=150, concurrency=3,
+                          max_windows=3)
+        paced = load.run("m", HttpRequest(url, b"x"), requests=60, concurrency=8, rate=60.0,
+                         max_windows=3)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = load.run("m", HttpRequest(url, b"x"), requests=6, concurrency=2,
+                             max_windows=3)
+    finally:
+        _stop(httpd)
+    assert closed.errors == {} and closed.requests == 150
+    assert paced.errors == {} and paced.requests == 180
+    assert untrusted.errors == {"connection": 6}, "a certificate no one trusts is refused"
+
+
+def test_a_fixed_rate_into_a_server_that_never_answers(monkeypatch):
+    """Every slot held (the one request waits for its timeout): each window's sends are all
+    dropped, and the figures say so (no sends, no rate sent) instead of failing."""
+    monkeypatch.setattr(load, "TIMEOUT", 4.0)
+    gone = threading.Event()
+
+    class Silent(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            gone.wait()
+
+        def log_message(self, *args):
+            pass
+
+    httpd, url = _serve(Silent)
+    try:
+        result = load.run("m", HttpRequest(url, b"x"), requests=20, concurrency=1, warmup=1,
+                          rate=20.0, max_windows=3, processes=1)
+    finally:
+        gone.set()
+        _stop(httpd)
+    assert result.dropped == 60 and result.requests == 60 and result.sent_rps is None
+    assert result.errors == {} and not result.stable
