@@ -211,7 +211,7 @@ class _Engine:
                 self._tell(number, ("setup", {
                     "url": request.url, "body": request.body, "headers": headers,
                     "timeout": TIMEOUT, "tick": 0.25 if done else 0,
-                    "retry": request.fresh is not None}))
+                    "retry": request.fresh is not None, "error_header": request.error_header}))
             self._collect("ready", processes)
             if request.fresh is not None:
                 self.refresher = threading.Thread(target=self._refresh, daemon=True)

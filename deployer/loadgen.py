@@ -31,7 +31,9 @@ class HttpRequest:
     process before the load and again every ``refresh`` seconds while it runs, and what it
     returns goes to the workers over a pipe (never printed, logged or written). ``refused``,
     when given, is called after the endpoint answered 401 (the next ``fresh`` should fetch a
-    new credential). An answer other than 200 is a failed request of kind ``http-STATUS``."""
+    new credential). An answer other than 200 is a failed request of kind ``http-STATUS``, or
+    of the kind the answer's ``error_header`` names when it has one (SageMaker's
+    ``x-amzn-ErrorType: ThrottlingException:...`` → ``ThrottlingException``)."""
 
     url: str
     body: bytes
@@ -39,6 +41,7 @@ class HttpRequest:
     fresh: Callable[[], Mapping[str, str]] | None = None
     refresh: float = 60.0
     refused: Callable[[], None] | None = None
+    error_header: str | None = None
 
 
 #: a request sent this long after its intended time is counted late (open-loop)
@@ -88,7 +91,7 @@ class _Connection:
     """One keep-alive connection and the request it carries (at most one at a time)."""
 
     __slots__ = ("sock", "fd", "state", "buffer", "need", "status", "keep", "busy", "began",
-                 "sent_at", "window", "out", "generation", "retried")
+                 "sent_at", "window", "out", "generation", "retried", "kind")
 
     def __init__(self) -> None:
         self.sock = None
@@ -104,6 +107,7 @@ class _Connection:
         self.out = b""
         self.generation = 0         # of the headers it was sent with
         self.retried = False
+        self.kind = None            # a failed answer's kind, from the error header
 
 
 def _wants_io(exc: OSError) -> bool:
@@ -155,25 +159,32 @@ class _Worker:
         self.quit = False
         self.buffer = bytearray(65536)   # every read lands here first
         self.retry = False               # a 401 goes again with newer headers
+        self.error_header = None
         self.generation = 0         # of the headers: each "headers" message is the next
         self.asked = 0              # the generation a 401 last asked the parent for
         self.parked: list[_Connection] = []   # 401s waiting for new headers
 
     # --- messages from the parent
     def setup(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float,
-              tick: float = 0, retry: bool = False) -> None:
+              tick: float = 0, retry: bool = False, error_header: str | None = None) -> None:
         import socket
 
         self.url, self.body, self.timeout, self.tick = url, body, timeout, tick
         self.retry = retry
+        self.error_header = f"\r\n{error_header.lower()}:".encode() if error_header else None
         self.request, (host, port, tls, self.name) = _request_bytes(url, body, headers)
         family, kind, proto, _, address = socket.getaddrinfo(host, port,
                                                              type=socket.SOCK_STREAM)[0]
         self.family, self.address = family, address
         if tls:
+            import os
             import ssl
 
             self.ssl = ssl.create_default_context()
+            # the bundle the SDKs would trust (requests', botocore's), besides the system's
+            for name in ("REQUESTS_CA_BUNDLE", "AWS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+                if os.environ.get(name) and os.path.isfile(os.environ[name]):
+                    self.ssl.load_verify_locations(os.environ[name])
 
     def on_message(self, message) -> None:
         kind, args = message
@@ -331,7 +342,8 @@ class _Worker:
         if conn.busy:
             conn.busy = False
             if conn.need == -2 and kind == "closed":   # an answer that ends at the close
-                self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+                self.finished(conn, None if conn.status == 200 else
+                              conn.kind or f"http-{conn.status}")
             else:
                 self.finished(conn, kind)
 
@@ -370,7 +382,8 @@ class _Worker:
             if end < 0:
                 conn.buffer = data
                 return
-            head = data[:end].lower()
+            data_head = data[:end]
+            head = data_head.lower()
             data = data[end + 4:]
             conn.status = int(head[9:12])
             at = head.find(b"\r\ncontent-length:")
@@ -383,6 +396,13 @@ class _Worker:
                 conn.need = -2
             conn.keep = b"\r\nconnection: close" not in head and (
                 not head.startswith(b"http/1.0") or b"\r\nconnection: keep-alive" in head)
+            conn.kind = None
+            if conn.status != 200 and self.error_header:
+                at = head.find(self.error_header)
+                if at >= 0:
+                    stop = head.find(b"\r\n", at + 2)
+                    value = data_head[at + len(self.error_header):stop if stop > 0 else None]
+                    conn.kind = value.decode("latin-1").strip().split(":")[0] or None
         if conn.need >= 0:
             if len(data) < conn.need:
                 conn.buffer = data
@@ -402,7 +422,7 @@ class _Worker:
             conn.need = -2
             self.lost(conn, "closed")
             return
-        self.finished(conn, None if conn.status == 200 else f"http-{conn.status}")
+        self.finished(conn, None if conn.status == 200 else conn.kind or f"http-{conn.status}")
 
     def whole(self, conn: _Connection, buffer: bytearray, size: int) -> bool:
         """The common answer, read in place: all of it in one read, ``Content-Length`` spelt
@@ -418,6 +438,8 @@ class _Worker:
         if size - end - 4 != int(buffer[at + 17:stop]):
             return False
         conn.status = status = int(buffer[9:12])
+        if status != 200 and self.error_header:
+            return False   # the general reader reads the kind
         if status == 401 and not conn.retried:
             self.refused(conn)
             return True

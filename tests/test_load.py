@@ -449,3 +449,38 @@ def test_a_fixed_rate_into_a_server_that_never_answers(monkeypatch):
         _stop(httpd)
     assert result.dropped == 60 and result.requests == 60 and result.sent_rps is None
     assert result.errors == {} and not result.stable
+
+
+def test_a_failed_answer_is_counted_by_the_kind_its_header_names():
+    """SageMaker names a refusal in ``x-amzn-ErrorType``: a throttle is ThrottlingException,
+    not one more HTTP 400; without the header's name the status is the kind."""
+    seen = itertools.count(1)
+
+    class Throttling(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            refused = next(seen) % 3 == 0
+            body = b'{"message": "Rate exceeded"}' if refused else b"{}"
+            self.send_response(400 if refused else 200)
+            if refused:
+                self.send_header("x-amzn-ErrorType",
+                                 "ThrottlingException:http://internal.amazon.com/coral/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd, url = _serve(Throttling)
+    try:
+        named = load.run("m", HttpRequest(url, b"x", error_header="x-amzn-ErrorType"),
+                         requests=90, concurrency=1, warmup=0, max_windows=3)
+        plain = load.run("m", HttpRequest(url, b"x"), requests=90, concurrency=1, warmup=0,
+                         max_windows=3)
+    finally:
+        _stop(httpd)
+    assert named.errors == {"ThrottlingException": 30}
+    assert plain.errors == {"http-400": 30}

@@ -149,7 +149,8 @@ class SageMakerClient(_InvokeClient):
             SigV4Auth(credentials.get_frozen_credentials(), *signing).add_auth(request)
             return {k: v for k, v in request.headers.items() if k not in headers}
 
-        return HttpRequest(url, body, headers, fresh=sign, refresh=SIGNATURE_REFRESH)
+        return HttpRequest(url, body, headers, fresh=sign, refresh=SIGNATURE_REFRESH,
+                           error_header="x-amzn-ErrorType")
 
     def _invoke(self, model: str, body: bytes, content_type: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
