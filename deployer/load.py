@@ -242,12 +242,10 @@ class _Engine:
                 return
 
     def _tell(self, number: int, message) -> None:
-        import pickle
-        import struct
+        from .loadgen import framed
 
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self.locks[number]:
-            self.procs[number].stdin.write(struct.pack(">I", len(data)) + data)
+            self.procs[number].stdin.write(framed(message))
             self.procs[number].stdin.flush()
 
     def _refresh(self) -> None:
@@ -312,9 +310,8 @@ class _Engine:
             self._tell(number, ("closed", {"count": counts[number],
                                            "connections": shares[number]}))
         reports = self._collect("window", len(busy))
-        latencies, errors, _ = _merged(reports)
-        firsts = [r["first"] for r in reports if r["first"]]
-        seconds = (max(r["ended"] for r in reports) - min(firsts)) if firsts else 0.0
+        latencies, errors, counts = _merged(reports)
+        seconds = counts["ended"] - counts["first"] if counts["first"] else 0.0
         return latencies, errors, seconds, []
 
     def open_loop(self, rate: float, cap: int, warm: int, size: int,
@@ -341,10 +338,7 @@ class _Engine:
                     reports = pending.pop(following)
                     latencies, errors, counts = _merged(reports)
                     window = {"latencies": latencies, "errors": errors, **counts,
-                              "seconds": (warm if following == 0 else size) / rate,
-                              "first": min(r["first"] for r in reports if r["first"]) if
-                              any(r["first"] for r in reports) else 0.0,
-                              "last": max(r["last"] for r in reports)}
+                              "seconds": (warm if following == 0 else size) / rate}
                     if following:
                         measured.append(window)
                     following += 1
@@ -375,6 +369,8 @@ class _Engine:
 
 
 def _merged(reports: list[dict]) -> tuple[list[float], Counter, dict]:
+    """One window from the processes' reports: every latency, errors by kind, the sums of
+    late, dropped and sent, the first send (0 when none), the last send and the last end."""
     import array
 
     latencies: list[float] = []
@@ -387,7 +383,10 @@ def _merged(reports: list[dict]) -> tuple[list[float], Counter, dict]:
         errors.update(report["errors"])
         for key in counts:
             counts[key] += report[key]
-    return latencies, errors, counts
+    firsts = [r["first"] for r in reports if r["first"]]   # a process may have sent nothing
+    return latencies, errors, {**counts, "first": min(firsts, default=0.0),
+                               "last": max((r["last"] for r in reports), default=0.0),
+                               "ended": max((r["ended"] for r in reports), default=0.0)}
 
 
 def processes_for(concurrency: int, rate: float | None = None) -> int:

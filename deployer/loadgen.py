@@ -210,11 +210,7 @@ class _Worker:
             self.quit = True
 
     def send(self, message) -> None:
-        import pickle
-        import struct
-
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self.out.write(struct.pack(">I", len(data)) + data)
+        self.out.write(framed(message))
         self.out.flush()
 
     def read_inbox(self, fd: int) -> None:
@@ -640,6 +636,15 @@ class _Poll:
 
     def poll(self, timeout: float):
         return self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+
+
+def framed(message) -> bytes:
+    """A message between the deployer and a worker: its length, then its pickle."""
+    import pickle
+    import struct
+
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return struct.pack(">I", len(data)) + data
 
 
 def _read_message(stream):

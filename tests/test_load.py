@@ -126,7 +126,8 @@ def test_percentiles_merge_exactly_across_processes():
 
     def report(values):
         return {"latencies": array.array("d", values).tobytes(), "errors": {"http-500": 1},
-                "late": 0, "dropped": 0, "sent": len(values) + 1}
+                "late": 0, "dropped": 0, "sent": len(values) + 1, "first": 1.0, "last": 2.0,
+                "ended": 2.0}
 
     # two processes' raw latencies, interleaved: no per-process summary could give these
     latencies, errors, counts = load._merged([report([0.001 * i for i in range(1, 101, 2)]),
